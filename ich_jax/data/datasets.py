@@ -1,0 +1,59 @@
+"""Datasets by name: find a TFDS builder, build it once, open a split as a random-access source.
+
+Builders live in `data_builders/<name>/` and write ArrayRecord; reading goes
+through `tfds.data_source`, so no TensorFlow is needed at run time.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import pathlib
+
+# name → "module:Class" of its TFDS builder (imported only when used).
+BUILDERS = {
+    "synthetic_ich": "data_builders.synthetic_ich.synthetic_ich:SyntheticIch",
+}
+
+
+def builder_class(name: str):
+  if name not in BUILDERS:
+    raise KeyError(f"config dataset.name={name!r} is not a known dataset; known: {', '.join(sorted(BUILDERS))}")
+  module, cls = BUILDERS[name].split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def data_dir(config) -> str:
+  return str(pathlib.Path(config.data_dir).expanduser().absolute())
+
+
+def builder(config):
+  """The TFDS builder for `config.name` / `config.config` in `config.data_dir`."""
+  kwargs = {"data_dir": data_dir(config), "config": config.config, "file_format": "array_record"}
+  if config.get("manual_dir"):
+    kwargs["manual_dir"] = config.manual_dir  # used by the real-dataset builders
+  return builder_class(config.name)(**kwargs)
+
+
+def ensure_built(config) -> None:
+  """Builds the dataset if its folder is not complete yet (TFDS writes to a temporary folder first)."""
+  import tensorflow_datasets as tfds
+
+  b = builder(config)
+  if not b.is_prepared():
+    logging.info("building dataset %s/%s in %s", config.name, config.config, data_dir(config))
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=config.get("manual_dir") or None))
+
+
+def open_split(config, split: str):
+  """Random-access source over one split (`len`, `[i]` → dict of numpy arrays)."""
+  import tensorflow_datasets as tfds
+
+  b = builder(config)
+  if not b.is_prepared():
+    raise FileNotFoundError(
+        f"dataset {config.name}/{config.config} is not built in {data_dir(config)}; "
+        f"run training (which builds it) or ich_jax.data.datasets.ensure_built first")
+  if split not in b.info.splits:
+    raise KeyError(f"dataset {config.name}/{config.config} has no split {split!r}; it has {list(b.info.splits)}")
+  return b.as_data_source(split=split)

@@ -1,0 +1,562 @@
+"""DICOM series: write a CT volume as a valid series, read a folder back into HU.
+
+Conventions used by every caller:
+  * A volume is ``[S, H, W]``; S runs along the slice normal, ascending.
+  * The normal is ``cross(row direction, column direction)`` of
+    ImageOrientationPatient; a slice's z is ImagePositionPatient projected on it.
+  * ``spacing = (slice gap, row spacing, column spacing)`` in mm. The gap comes
+    from positions (median of neighbouring z differences), never from
+    SliceThickness: overlapping reconstructions have thickness > gap, and the
+    RSNA 1st-place sequence model calls this gap "slice thickness".
+  * HU is the modality LUT (RescaleSlope/RescaleIntercept) applied to the
+    stored values, exactly as ``pydicom.pixels.apply_modality_lut`` does.
+
+Series *selection* (CQ500 patients hold thin/thick, plain/contrast, bone/soft
+series) is not done here: ``scan_series`` lists a folder's series from headers
+only, a selection rule picks one, and ``load_series(files)`` or
+``load_series(directory, series_uid=...)`` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pydicom
+import pydicom.uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.valuerep import format_number_as_ds
+
+PathLike = str | os.PathLike
+
+# Tags every slice of a series must carry for load_series to place it in 3-D.
+REQUIRED_TAGS = (
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+)
+
+# Two slices closer than this along the normal are the same position. DS values
+# carry 16 characters, so written positions round-trip far below this.
+POSITION_TOLERANCE_MM = 1e-3
+# Direction cosines are stored with ~6 decimals by most scanners.
+ORIENTATION_TOLERANCE = 1e-4
+
+# Brain window (level 40, width 80): the default display window of head CT.
+BRAIN_WINDOW = (40.0, 80.0)
+
+_NOT_DICOM_SUFFIXES = frozenset({
+    ".txt", ".csv", ".json", ".xml", ".md", ".html", ".pdf", ".nii", ".gz",
+    ".zip", ".tar", ".png", ".jpg", ".jpeg", ".npy", ".npz", ".py",
+})
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+
+
+class DicomError(ValueError):
+    """A DICOM file or series that cannot be read as one CT volume."""
+
+
+# --------------------------------------------------------------------------
+# Writing
+
+
+def write_series(
+    volume_hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    out_dir: PathLike,
+    *,
+    z_positions: Sequence[float] | np.ndarray | None = None,
+    slice_thickness: float | None = None,
+    orientation: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    patient_id: str = "PHANTOM",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uids: Sequence[str] | None = None,
+    series_number: int = 1,
+    series_description: str = "HEAD NONCON",
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    kernel: str = "STANDARD",
+    rescale_slope: float = 1.0,
+    rescale_intercept: float = -1024.0,
+    bits_stored: int = 16,
+    pixel_representation: int | None = None,
+    clip: bool = False,
+    file_names: str | Callable[[int, str], str] = "index",
+    transfer_syntax: str = pydicom.uid.ExplicitVRLittleEndian,
+    extra_tags: Mapping[str, Any] | None = None,
+    rng: np.random.Generator | int | None = None,
+) -> list[pathlib.Path]:
+    """Writes ``volume_hu`` [S, H, W] as one CT series, one file per slice.
+
+    Slice i lies at ``z_positions[i]`` along the normal ``cross(row, col)``
+    (default ``origin·normal + i * spacing[0]``), i.e. ImagePositionPatient is
+    ``origin`` moved along the normal so that its projection is that z; with
+    the default z the first slice sits exactly at ``origin``.
+
+    Stored value = ``round((hu - intercept) / slope)``. PixelRepresentation is
+    1 (signed) when a stored value is negative, unless given. A value outside
+    the ``bits_stored`` range raises ValueError naming it, or is clipped to the
+    range with ``clip=True`` (what scanners do at -1024 / 3071 HU).
+
+    Args (beyond the obvious):
+      sop_uids: SOPInstanceUID per slice (e.g. RSNA-style ``ID_<hex>``); None →
+        fresh UIDs.
+      file_names: "index" (``0000.dcm``…), "random" (hex names from ``rng``, so
+        the order on disk says nothing), or ``f(i, sop_uid) -> relative path``
+        (may contain sub-folders).
+      transfer_syntax: ExplicitVRLittleEndian, ImplicitVRLittleEndian, or any
+        syntax pydicom can encode here (RLELossless; JPEG2000Lossless with
+        pylibjpeg-openjpeg).
+      extra_tags: keyword → value set on every slice (e.g. ContrastBolusAgent).
+
+    Returns:
+      The written paths, in slice order.
+    """
+    volume_hu = np.asarray(volume_hu)
+    if volume_hu.ndim != 3:
+        raise ValueError(f"volume_hu must be [S, H, W], got shape {volume_hu.shape}")
+    num_slices, rows, cols = volume_hu.shape
+    gap, row_spacing, col_spacing = (float(s) for s in spacing)
+    if rescale_slope == 0:
+        raise ValueError("rescale_slope must be non-zero, got 0")
+    pixel_representation, dtype, s_min, s_max = _storage(
+        volume_hu, rescale_slope, rescale_intercept, bits_stored, pixel_representation, clip)
+
+    orientation = np.asarray(orientation, np.float64)
+    normal = _normal(orientation, "orientation argument")
+    origin = np.asarray(origin, np.float64)
+    if origin.shape != (3,):
+        raise ValueError(f"origin must have 3 values, got {origin.tolist()}")
+    if z_positions is None:
+        z = origin @ normal + gap * np.arange(num_slices)
+    else:
+        z = np.asarray(z_positions, np.float64)
+        if z.shape != (num_slices,):
+            raise ValueError(f"z_positions must have {num_slices} values, got shape {z.shape}")
+    positions = (origin - (origin @ normal) * normal)[None, :] + z[:, None] * normal[None, :]
+
+    rng = np.random.default_rng(rng)
+    study_uid = study_uid or pydicom.uid.generate_uid()
+    series_uid = series_uid or pydicom.uid.generate_uid()
+    if sop_uids is None:
+        sop_uids = [pydicom.uid.generate_uid() for _ in range(num_slices)]
+    elif len(sop_uids) != num_slices or len(set(sop_uids)) != num_slices:
+        raise ValueError(f"sop_uids must be {num_slices} distinct values, got {len(sop_uids)} "
+                         f"({len(set(sop_uids))} distinct)")
+    names = _file_names(file_names, sop_uids, rng)
+
+    base = _series_dataset(
+        rows=rows, cols=cols, orientation=orientation, pixel_spacing=(row_spacing, col_spacing),
+        slice_thickness=gap if slice_thickness is None else float(slice_thickness),
+        patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
+        series_number=series_number, series_description=series_description,
+        image_type=image_type, kernel=kernel, slope=rescale_slope, intercept=rescale_intercept,
+        bits_stored=bits_stored, pixel_representation=pixel_representation,
+        extra_tags=extra_tags or {})
+    transfer_syntax = pydicom.uid.UID(transfer_syntax)
+    native = not transfer_syntax.is_compressed
+    if native and not transfer_syntax.is_little_endian:
+        raise ValueError(f"transfer_syntax {transfer_syntax.name} is not supported for writing")
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(num_slices):
+        ds = Dataset()
+        for elem in base:  # shared, never mutated: per-slice tags below are new elements
+            ds.add(elem)
+        ds.SOPInstanceUID = sop_uids[i]
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [_ds(v) for v in positions[i]]
+        ds.SliceLocation = _ds(z[i])
+        ds.file_meta = _file_meta(sop_uids[i])
+        stored = np.clip(_to_stored(volume_hu[i], rescale_slope, rescale_intercept),
+                         s_min, s_max).astype(dtype)
+        if native:
+            ds.file_meta.TransferSyntaxUID = transfer_syntax
+            ds.PixelData = stored.tobytes()
+        else:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+            try:
+                ds.compress(transfer_syntax, stored, generate_instance_uid=False)
+            except Exception as e:  # encoder plugins raise RuntimeError with their own story
+                raise ValueError(f"cannot encode slice {i} ({rows}x{cols}, {dtype.__name__}) as "
+                                 f"{transfer_syntax.name}: {e}") from e
+        path = out_dir / names[i]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _storage(hu, slope, intercept, bits_stored, pixel_representation, clip):
+    """Checks that ``hu`` can be stored; returns (PixelRepresentation, dtype, min, max stored).
+
+    Works on the volume's extremes only: a 4000-slice volume in float64 would
+    not fit in memory, so conversion itself is per slice (``_to_stored``).
+    """
+    if not 1 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored must be in 1..16, got {bits_stored}")
+    if hu.dtype.kind not in "iuf" or hu.size == 0:
+        raise ValueError(f"volume_hu must be a non-empty real array, got {hu.dtype} {hu.shape}")
+    if hu.dtype.kind == "f":
+        finite = np.isfinite(hu)
+        if not finite.all():
+            idx = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise ValueError(f"HU value {hu[idx]} at index {idx} cannot be stored")
+    argmin, argmax = np.argmin(hu), np.argmax(hu)
+    extremes = _to_stored(hu.flat[[argmin, argmax]], slope, intercept)
+    lo, hi = extremes.min(), extremes.max()
+    if pixel_representation is None:
+        pixel_representation = int(lo < 0)
+    if pixel_representation not in (0, 1):
+        raise ValueError(f"pixel_representation must be 0 or 1, got {pixel_representation}")
+    if pixel_representation:
+        s_min, s_max, dtype = -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1, np.int16
+    else:
+        s_min, s_max, dtype = 0, 2**bits_stored - 1, np.uint16
+    if not clip and (lo < s_min or hi > s_max):
+        flat = argmin if not s_min <= extremes[0] <= s_max else argmax
+        idx = tuple(int(i) for i in np.unravel_index(flat, hu.shape))
+        hu_range = sorted((s_min * slope + intercept, s_max * slope + intercept))
+        raise ValueError(
+            f"HU value {hu[idx]} at index {idx} cannot be stored: with RescaleSlope {slope}, "
+            f"RescaleIntercept {intercept}, BitsStored {bits_stored}, PixelRepresentation "
+            f"{pixel_representation} the representable HU range is {hu_range} (pass clip=True to clip)")
+    return pixel_representation, dtype, s_min, s_max
+
+
+def _to_stored(hu, slope, intercept):
+    return np.rint((hu.astype(np.float64) - intercept) / slope)
+
+
+def _file_names(file_names, sop_uids, rng) -> list[str]:
+    n = len(sop_uids)
+    if callable(file_names):
+        names = [str(file_names(i, uid)) for i, uid in enumerate(sop_uids)]
+    elif file_names == "index":
+        width = max(4, len(str(n - 1)))
+        names = [f"{i:0{width}d}.dcm" for i in range(n)]
+    elif file_names == "random":
+        names = [f"{int(v):012x}.dcm" for v in rng.choice(2**48, size=n, replace=False)]
+    else:
+        raise ValueError(f"file_names must be 'index', 'random' or a callable, got {file_names!r}")
+    if len(set(names)) != n:
+        raise ValueError(f"file_names produced {n - len(set(names))} duplicate names")
+    return names
+
+
+def _ds(value: float) -> str:
+    return format_number_as_ds(float(value))
+
+
+def _file_meta(sop_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+def _series_dataset(*, rows, cols, orientation, pixel_spacing, slice_thickness, patient_id,
+                    study_uid, series_uid, series_number, series_description, image_type,
+                    kernel, slope, intercept, bits_stored, pixel_representation,
+                    extra_tags) -> Dataset:
+    """The tags shared by every slice of a series."""
+    date = "20000101"  # fixed, so fixtures do not depend on the day they were written
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = list(image_type)
+    ds.SOPClassUID = pydicom.uid.CTImageStorage
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = ""
+    ds.Modality = "CT"
+    ds.Manufacturer = "ich-jax"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "CT HEAD"
+    ds.SeriesDescription = series_description
+    ds.PatientName = patient_id
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.BodyPartExamined = "HEAD"
+    ds.SliceThickness = _ds(slice_thickness)
+    ds.KVP = "120"
+    ds.ConvolutionKernel = kernel
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = series_number
+    ds.AcquisitionNumber = 1
+    ds.ImageOrientationPatient = [_ds(v) for v in orientation]
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    ds.PositionReferenceIndicator = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.PixelSpacing = [_ds(v) for v in pixel_spacing]
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = pixel_representation
+    ds.WindowCenter = _ds(BRAIN_WINDOW[0])
+    ds.WindowWidth = _ds(BRAIN_WINDOW[1])
+    ds.RescaleIntercept = _ds(intercept)
+    ds.RescaleSlope = _ds(slope)
+    ds.RescaleType = "HU"
+    for keyword, value in extra_tags.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+# --------------------------------------------------------------------------
+# Reading
+
+
+@dataclasses.dataclass
+class Series:
+    """One CT series, sorted along the slice normal."""
+
+    hu: np.ndarray  # int16 [S, H, W]
+    z_positions: np.ndarray  # float64 [S], ascending projection of ImagePositionPatient on the normal
+    spacing: tuple[float, float, float]  # (gap from positions, row spacing, column spacing) mm
+    slice_thickness: float  # the SliceThickness tag; nan if absent
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    sop_uids: list[str]
+    files: list[pathlib.Path]
+    orientation: np.ndarray  # [6]
+    positions: np.ndarray  # [S, 3] ImagePositionPatient
+    series_description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesHeader:
+    """What ``scan_series`` knows about a series without reading pixels."""
+
+    series_uid: str
+    description: str
+    files: tuple[pathlib.Path, ...]
+    header: Dataset  # one slice's header: ImageType, ConvolutionKernel, SliceThickness, ...
+
+
+def read_header(path: PathLike) -> Dataset:
+    """The header of one DICOM file (no pixel data): for fast scanning."""
+    ds = _read(pathlib.Path(path), stop_before_pixels=True)
+    if ds is None:
+        raise DicomError(f"{path}: not a DICOM file (no 'DICM' preamble and no DICOM tag at byte 0)")
+    return ds
+
+
+def to_hu(ds: Dataset) -> np.ndarray:
+    """One slice in HU (float32): the modality LUT applied to the stored values."""
+    return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+
+
+def scan_series(directory: PathLike | Iterable[PathLike]) -> dict[str, SeriesHeader]:
+    """The series under ``directory`` (recursively), from headers only."""
+    groups: dict[str, list[tuple[pathlib.Path, Dataset]]] = {}
+    for path, ds in _read_all(_dicom_candidates(directory), stop_before_pixels=True):
+        uid = _require(ds, path, "SeriesInstanceUID")
+        groups.setdefault(str(uid), []).append((path, ds))
+    return {uid: SeriesHeader(uid, str(items[0][1].get("SeriesDescription", "")),
+                              tuple(p for p, _ in items), items[0][1])
+            for uid, items in groups.items()}
+
+
+def load_series(directory: PathLike | Iterable[PathLike], *, series_uid: str | None = None) -> Series:
+    """Reads one CT series from a folder (recursively) or from a list of files.
+
+    Files are recognised by content, not name: a 'DICM' preamble, or a raw
+    dataset starting with a group 0002/0008 tag. Files named ``*.dcm`` that are
+    neither are errors; other non-DICOM files (CSV, README, .DS_Store) are
+    ignored. Slices are sorted by position along the normal, whatever the file
+    names or on-disk order.
+
+    Raises:
+      DicomError: naming the file, tag and value: no DICOM files; several series
+        and no ``series_uid``; ``series_uid`` absent; a required tag missing; a
+        corrupt file; mixed Rows/Columns, orientation or PixelSpacing; two
+        slices at the same position.
+    """
+    candidates = _dicom_candidates(directory)
+    # Pixel data is deferred (read when decoded), so a folder holding several
+    # series costs header parses for the series not chosen.
+    items = list(_read_all(candidates, stop_before_pixels=False, defer_size="64 KB"))
+    where = directory if isinstance(directory, (str, os.PathLike)) else f"{len(candidates)} files"
+    if not items:
+        raise DicomError(f"no DICOM files in {where}")
+
+    groups: dict[str, list[tuple[pathlib.Path, Dataset]]] = {}
+    for path, ds in items:
+        groups.setdefault(str(_require(ds, path, "SeriesInstanceUID")), []).append((path, ds))
+    if series_uid is None:
+        if len(groups) > 1:
+            raise DicomError(f"{len(groups)} series in {where}; pass series_uid=one of:\n"
+                             + _describe(groups))
+        (series_uid,) = groups
+    elif series_uid not in groups:
+        raise DicomError(f"SeriesInstanceUID {series_uid} not in {where}; present:\n"
+                         + _describe(groups))
+    return _assemble(groups[series_uid])
+
+
+def _describe(groups) -> str:
+    return "\n".join(
+        f"  {uid}  {str(items[0][1].get('SeriesDescription', ''))!r}  {len(items)} files"
+        for uid, items in sorted(groups.items()))
+
+
+def _assemble(items: list[tuple[pathlib.Path, Dataset]]) -> Series:
+    first_path, first = items[0]
+    orientation = _floats(first, first_path, "ImageOrientationPatient", 6)
+    normal = _normal(orientation, f"{first_path}: ImageOrientationPatient")
+    shape = (int(_require(first, first_path, "Rows")), int(_require(first, first_path, "Columns")))
+    pixel_spacing = _floats(first, first_path, "PixelSpacing", 2)
+
+    positions = np.empty((len(items), 3))
+    for i, (path, ds) in enumerate(items):
+        for tag in REQUIRED_TAGS:
+            _require(ds, path, tag)
+        if "PixelData" not in ds:
+            raise DicomError(f"{path}: missing required tag PixelData")
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames != 1:
+            raise DicomError(f"{path}: NumberOfFrames is {frames}; multi-frame images are not supported")
+        if (ds.Rows, ds.Columns) != shape:
+            raise DicomError(f"{path}: Rows/Columns {ds.Rows}x{ds.Columns} differ from "
+                             f"{shape[0]}x{shape[1]} in {first_path}")
+        o = _floats(ds, path, "ImageOrientationPatient", 6)
+        if not np.allclose(o, orientation, atol=ORIENTATION_TOLERANCE):
+            raise DicomError(f"{path}: ImageOrientationPatient {o.tolist()} differs from "
+                             f"{orientation.tolist()} in {first_path}")
+        ps = _floats(ds, path, "PixelSpacing", 2)
+        if not np.allclose(ps, pixel_spacing, rtol=1e-4):
+            raise DicomError(f"{path}: PixelSpacing {ps.tolist()} differs from "
+                             f"{pixel_spacing.tolist()} in {first_path}")
+        positions[i] = _floats(ds, path, "ImagePositionPatient", 3)
+
+    z = positions @ normal
+    order = np.argsort(z, kind="stable")
+    z, positions = z[order], positions[order]
+    items = [items[i] for i in order]
+    gaps = np.diff(z)
+    if gaps.size and gaps.min() < POSITION_TOLERANCE_MM:
+        k = int(np.argmin(gaps))
+        raise DicomError(f"duplicate slice position z={z[k]:.4f} mm (ImagePositionPatient "
+                         f"{positions[k].tolist()}) in {items[k][0]} and {items[k + 1][0]}")
+
+    thickness = first.get("SliceThickness")
+    thickness = float("nan") if thickness in (None, "") else float(thickness)
+    gap = float(np.median(gaps)) if gaps.size else thickness
+
+    hu = np.empty((len(items), *shape), np.int16)
+    info = np.iinfo(np.int16)
+    for i, (path, ds) in enumerate(items):
+        try:
+            slice_hu = to_hu(ds)
+        except Exception as e:  # decoders raise anything: name the file
+            raise DicomError(f"{path}: cannot decode PixelData "
+                             f"(TransferSyntaxUID {ds.file_meta.get('TransferSyntaxUID', '?')}): "
+                             f"{type(e).__name__}: {e}") from e
+        np.clip(np.rint(slice_hu), info.min, info.max, out=slice_hu)
+        hu[i] = slice_hu
+
+    return Series(
+        hu=hu,
+        z_positions=z,
+        spacing=(gap, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        slice_thickness=thickness,
+        study_uid=str(first.StudyInstanceUID),
+        series_uid=str(first.SeriesInstanceUID),
+        patient_id=str(first.get("PatientID", "")),
+        sop_uids=[str(ds.SOPInstanceUID) for _, ds in items],
+        files=[p for p, _ in items],
+        orientation=orientation,
+        positions=positions,
+        series_description=str(first.get("SeriesDescription", "")),
+    )
+
+
+def _normal(orientation: np.ndarray, where: str) -> np.ndarray:
+    if orientation.shape != (6,):
+        raise DicomError(f"{where}: ImageOrientationPatient needs 6 values, got {orientation.tolist()}")
+    normal = np.cross(orientation[:3], orientation[3:])
+    norm = np.linalg.norm(normal)
+    if not np.isfinite(norm) or norm < 0.5:
+        raise DicomError(f"{where}: ImageOrientationPatient {orientation.tolist()} has "
+                         "parallel or zero row/column directions")
+    return normal / norm
+
+
+def _require(ds: Dataset, path: pathlib.Path, keyword: str):
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise DicomError(f"{path}: missing required tag {keyword}")
+    return value
+
+
+def _floats(ds: Dataset, path: pathlib.Path, keyword: str, n: int) -> np.ndarray:
+    value = _require(ds, path, keyword)
+    try:
+        out = np.asarray([float(v) for v in (value if isinstance(value, Sequence)
+                                              and not isinstance(value, str) else [value])])
+    except (TypeError, ValueError) as e:
+        raise DicomError(f"{path}: {keyword} is not numeric: {value!r}") from e
+    if out.shape != (n,) or not np.isfinite(out).all():
+        raise DicomError(f"{path}: {keyword} needs {n} finite numbers, got {value!r}")
+    return out
+
+
+def _dicom_candidates(directory: PathLike | Iterable[PathLike]) -> list[pathlib.Path]:
+    if isinstance(directory, (str, os.PathLike)):
+        root = pathlib.Path(directory)
+        if not root.is_dir():
+            raise DicomError(f"{root}: not a directory")
+        paths = sorted(p for p in root.rglob("*") if p.is_file())
+    else:
+        paths = [pathlib.Path(p) for p in directory]
+    return [p for p in paths if p.suffix.lower() not in _NOT_DICOM_SUFFIXES]
+
+
+def _read_all(paths, **kwargs) -> Iterable[tuple[pathlib.Path, Dataset]]:
+    for path in paths:
+        ds = _read(path, **kwargs)
+        if ds is not None:
+            yield path, ds
+        elif path.suffix.lower() in _DICOM_SUFFIXES:
+            raise DicomError(f"{path}: corrupt DICOM file: no 'DICM' preamble and no DICOM tag at byte 0")
+
+
+def _read(path: pathlib.Path, **kwargs) -> Dataset | None:
+    """One dcmread; None when the bytes are not DICOM at all."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise DicomError(f"{path}: unreadable: {e}") from e
+    if head[128:132] == b"DICM":
+        force = False
+    elif head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
+        force = True  # a raw data set without preamble (old exports), little or big endian
+    else:
+        return None
+    try:
+        return pydicom.dcmread(path, force=force, **kwargs)
+    except Exception as e:  # pydicom raises many types on truncated or garbled input
+        raise DicomError(f"{path}: corrupt DICOM file: {type(e).__name__}: {e}") from e

@@ -1,0 +1,34 @@
+"""Evaluate a trained state on the held-out split: predictions → metrics.json + printed table."""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+
+from ich_jax.data import datasets
+from ich_jax.eval import baseline, report
+from ich_jax.train import loop
+
+
+def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step: int | None = None) -> dict | None:
+  """Evaluates `state` (default: the workdir's newest checkpoint); process 0 writes and returns metrics."""
+  workdir = pathlib.Path(workdir)
+  if state is None:
+    exp, state, step = loop.restore_for_eval(config, workdir)
+  source = datasets.open_split(config.dataset, config.dataset.eval_split)
+  preds = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size)
+  if jax.process_index() != 0:
+    return None
+  base = None
+  if config.eval.get("baseline", True):
+    base = np.array([baseline.bright_fraction(source[int(i)]["image"]) for i in preds["record_index"]])
+  metrics = report.classification_metrics(preds, threshold=config.eval.threshold, baseline=base)
+  metrics["step"] = int(step) if step is not None else None
+  metrics["split"] = config.dataset.eval_split
+  metrics["dataset"] = f"{config.dataset.name}/{config.dataset.config}"
+  report.write_metrics(metrics, workdir / "metrics.json")
+  np.savez(workdir / "predictions.npz", **{k: v for k, v in preds.items() if v.dtype != object},
+           study_id=preds["study_id"].astype(str))
+  print(report.format_table(metrics), flush=True)
+  return metrics

@@ -1,0 +1,189 @@
+"""The generic training loop: one for every task, model and dataset.
+
+config → data source + model + task + optimizer → jit-compiled, data-parallel
+train step → periodic atomic checkpoints (train state and input-iterator
+state) → evaluation. Rerunning the same command after a crash resumes from the
+last checkpoint and ends with the same params as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ich_jax import LABELS, models
+from ich_jax.data import datasets, pipeline
+from ich_jax.train import checkpoint, optimizer, sharding, summary, tasks
+
+log = logging.getLogger("ich_jax.train")
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a config builds that is not data: model definition, task, optimizer, mesh."""
+
+  config: Any
+  mesh: jax.sharding.Mesh
+  task: tasks.Task
+  tx: optax.GradientTransformation
+  graphdef_train: nnx.GraphDef
+  graphdef_eval: nnx.GraphDef
+  total_steps: int
+
+  def init_state(self) -> dict:
+    """Fresh train state, replicated over the mesh."""
+    model = _build_model(self.config)
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
+             "opt_state": self.tx.init(params)}
+    return jax.device_put(state, sharding.replicated(self.mesh))
+
+  def abstract_state(self) -> dict:
+    """Shapes, dtypes and shardings of the train state without computing it (restore target)."""
+    abstract = jax.eval_shape(self.init_state)
+    rep = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), abstract)
+
+
+def _build_model(config) -> nnx.Module:
+  return models.build(config.model.name, num_classes=len(LABELS),
+                      in_channels=pipeline.num_channels(config.data),
+                      rngs=nnx.Rngs(config.seed), **config.model.get("options", {}))
+
+
+def make_experiment(config) -> Experiment:
+  sharding.check_batch_size(config.train.batch_size)
+  task = tasks.build(config.task)
+  total_steps = int(config.train.num_steps)
+  tx = optimizer.build(config.optimizer, total_steps)
+  model = nnx.eval_shape(lambda: _build_model(config))
+  model.train()
+  graphdef_train = nnx.graphdef(model)
+  model.eval()
+  graphdef_eval = nnx.graphdef(model)
+  return Experiment(config, sharding.data_mesh(), task, tx, graphdef_train, graphdef_eval, total_steps)
+
+
+def make_train_step(exp: Experiment):
+  """jit(state, batch) → (state, metrics), data-parallel, donating the old state."""
+  task, tx, graphdef = exp.task, exp.tx, exp.graphdef_train
+
+  def train_step(state, batch):
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state["model_state"])
+      loss, metrics = task.loss(model, batch)
+      return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
+    return new_state, metrics
+
+  rep, data = sharding.replicated(exp.mesh), sharding.batch_sharding(exp.mesh)
+  return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def make_predict_step(exp: Experiment):
+  """jit(state, batch) → the task's predictions, in eval mode (running BatchNorm statistics)."""
+  task, graphdef = exp.task, exp.graphdef_eval
+
+  def predict_step(state, batch):
+    model = nnx.merge(graphdef, state["params"], state["model_state"])
+    return task.predict(model, batch)
+
+  return jax.jit(predict_step, in_shardings=(sharding.replicated(exp.mesh), sharding.batch_sharding(exp.mesh)),
+                 out_shardings=sharding.batch_sharding(exp.mesh))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+  if not enabled:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+
+
+def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
+  """Trains to `config.train.num_steps`, resuming from `workdir`'s checkpoints; returns the final state."""
+  workdir = pathlib.Path(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    datasets.ensure_built(config.dataset)
+  sharding.sync("dataset built")
+  exp = make_experiment(config)
+  source = datasets.open_split(config.dataset, config.dataset.train_split)
+  batch_iter = pipeline.train_iterator(
+      source, config.data, global_batch_size=config.train.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.train.checkpoint_every,
+                                 keep=config.train.keep_checkpoints)
+  if ckpt.latest_step is not None:
+    state, start = ckpt.restore(exp.abstract_state(), batch_iter)
+    log.info("resuming from step %d (checkpoint in %s)", start, workdir / "checkpoints")
+    print(f"Resuming from step {start} of {exp.total_steps}", flush=True)
+  else:
+    state, start = exp.init_state(), 0
+  writer = summary.SummaryWriter(workdir, enabled=is_main)
+  step_fn = make_train_step(exp)
+  data_sharding = sharding.batch_sharding(exp.mesh)
+  bar = _progress(exp.total_steps, start, is_main and config.train.get("progress", True))
+  pending: list[dict] = []
+  for step in range(start, exp.total_steps):
+    batch = sharding.put_batch(next(batch_iter), data_sharding, exp.task.batch_keys)
+    state, metrics = step_fn(state, batch)
+    pending.append(metrics)
+    done = step + 1
+    if done % config.train.log_every == 0 or done == exp.total_steps:
+      means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
+      if not np.isfinite(means["loss"]):
+        raise FloatingPointError(f"loss is {means['loss']} at step {done}; last finite checkpoint: "
+                                 f"step {ckpt.latest_step} in {workdir / 'checkpoints'}")
+      means["learning_rate"] = float(optimizer.schedule(config.optimizer, exp.total_steps)(done))
+      writer.scalars(done, means)
+      pending = []
+      if bar is not None:
+        bar.set_postfix(loss=f"{means['loss']:.4f}")
+    if bar is not None:
+      bar.update(1)
+    ckpt.save(done, state, batch_iter, force=(done == exp.total_steps))
+  if bar is not None:
+    bar.close()
+  ckpt.close()
+  writer.close()
+  return exp, state
+
+
+def restore_for_eval(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict, int]:
+  """The experiment and the newest checkpointed state of a workdir."""
+  exp = make_experiment(config)
+  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", every=1, keep=config.train.keep_checkpoints)
+  state, step = ckpt.restore(exp.abstract_state())
+  ckpt.close()
+  return exp, state, step
+
+
+def predict_split(exp: Experiment, state: dict, source, *, batch_size: int) -> dict[str, np.ndarray]:
+  """Predictions and metadata for every record of `source`, gathered from all processes, in record order."""
+  predict_step = make_predict_step(exp)
+  data_sharding = sharding.batch_sharding(exp.mesh)
+  keys = exp.task.input_keys
+  outputs: dict[str, list] = {}
+  for local in pipeline.eval_batches(source, exp.config.data, batch_size=batch_size,
+                                     process_index=jax.process_index(), process_count=jax.process_count()):
+    preds = predict_step(state, sharding.put_batch(local, data_sharding, keys))
+    local_preds = {k: sharding.local_rows(v) for k, v in preds.items()}
+    for k, v in {**{k: v for k, v in local.items() if k not in keys}, **local_preds}.items():
+      outputs.setdefault(k, []).append(np.asarray(v))
+  gathered = sharding.gather_hosts({k: np.concatenate(v) for k, v in outputs.items()})
+  valid = gathered.pop("valid").astype(bool)
+  gathered = {k: v[valid] for k, v in gathered.items()}
+  order = np.argsort(gathered["record_index"], kind="stable")
+  return {k: v[order] for k, v in gathered.items()}

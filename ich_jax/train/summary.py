@@ -1,0 +1,122 @@
+"""Metric logging: JSON lines plus TensorBoard event files, without TensorFlow.
+
+The event file is TFRecord framing around `Event` protocol buffers; the few
+fields needed for scalars are encoded here by hand (wire format) so that
+TensorBoard reads the run while TensorFlow is never imported.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import socket
+import struct
+import time
+from typing import Mapping
+
+_CRC_TABLE: list[int] | None = None
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), the checksum TFRecord framing uses."""
+  global _CRC_TABLE
+  if _CRC_TABLE is None:
+    table = []
+    for i in range(256):
+      c = i
+      for _ in range(8):
+        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+      table.append(c)
+    _CRC_TABLE = table
+  crc = 0xFFFFFFFF
+  for b in data:
+    crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+  return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    byte = n & 0x7F
+    n >>= 7
+    if n:
+      out.append(byte | 0x80)
+    else:
+      out.append(byte)
+      return bytes(out)
+
+
+def _field_bytes(number: int, payload: bytes) -> bytes:
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _scalar_value(tag: str, value: float) -> bytes:
+  # Summary.Value: tag = 1 (string), simple_value = 2 (float, fixed32).
+  return _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value)
+
+
+def encode_event(wall_time: float, step: int, *, scalars: Mapping[str, float] | None = None,
+                 file_version: str | None = None) -> bytes:
+  """Event proto: wall_time = 1 (double), step = 2 (int64), file_version = 3, summary = 5."""
+  out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(step)
+  if file_version is not None:
+    out += _field_bytes(3, file_version.encode())
+  if scalars:
+    summary = b"".join(_field_bytes(1, _scalar_value(k, float(v))) for k, v in scalars.items())
+    out += _field_bytes(5, summary)
+  return out
+
+
+def frame_record(data: bytes) -> bytes:
+  header = struct.pack("<Q", len(data))
+  return header + struct.pack("<I", _masked_crc(header)) + data + struct.pack("<I", _masked_crc(data))
+
+
+class SummaryWriter:
+  """Appends scalars to `<dir>/metrics.jsonl` and a TensorBoard event file in `<dir>`.
+
+  Only process 0 writes (`enabled=False` elsewhere). On resume the JSON lines
+  file gets the steps after the checkpoint again; readers keep the last row per
+  step (see `read_jsonl`).
+  """
+
+  def __init__(self, directory: str | pathlib.Path, *, enabled: bool = True):
+    self.enabled = enabled
+    self.directory = pathlib.Path(directory)
+    if not enabled:
+      return
+    self.directory.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(self.directory / "metrics.jsonl", "a")
+    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+    self._events = open(self.directory / name, "ab")
+    self._events.write(frame_record(encode_event(time.time(), 0, file_version="brain.Event:2")))
+
+  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in values.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **{k: (v if math.isfinite(v) else None)
+                                                         for k, v in clean.items()}}) + "\n")
+    self._jsonl.flush()
+    self._events.write(frame_record(encode_event(time.time(), int(step), scalars=clean)))
+    self._events.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._events.close()
+
+
+def read_jsonl(path: str | pathlib.Path) -> dict[int, dict]:
+  """Rows of a metrics.jsonl by step; a step logged twice (after a resume) keeps its last row."""
+  rows = {}
+  for line in pathlib.Path(path).read_text().splitlines():
+    if line.strip():
+      row = json.loads(line)
+      rows[row["step"]] = row
+  return rows

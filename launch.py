@@ -1,0 +1,60 @@
+"""The one entry point: train or evaluate an experiment config.
+
+  python launch.py --config configs/quickstart.py --workdir runs/quickstart
+  python launch.py --config configs/quickstart.py:smoke --workdir W --mode eval
+  python launch.py --config configs/quickstart.py --config.train.num_steps=100 ...
+
+Multi-host: start one process per host with the same flags plus
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate) or eval from the newest checkpoint.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _init_distributed() -> None:
+  import jax
+
+  if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1:
+    # CPU collectives across processes need an implementation (gloo ships with
+    # jaxlib); the setting only concerns the CPU client, so GPUs/TPUs ignore it.
+    # It must precede any backend query, hence no jax.default_backend() here.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+
+
+def main(argv) -> None:
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  _init_distributed()
+  import jax
+
+  from ich_jax.train import evaluate, loop
+
+  config = _CONFIG.value
+  workdir = pathlib.Path(_WORKDIR.value)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  if _MODE.value == "train":
+    exp, state = loop.train(config, workdir)
+    evaluate.evaluate(config, workdir, exp=exp, state=state, step=config.train.num_steps)
+  else:
+    evaluate.evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
