@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from ich_jax import LABELS
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class SyntheticIchConfig(tfds.core.BuilderConfig):
   resolution: int = 128                     # stored in-plane size (area-downsampled from the phantom matrix)
   patients: tuple[tuple[str, int], ...] = (("train", 8), ("validation", 2), ("test", 4))

@@ -9,7 +9,7 @@ that is rare and we accept it).
 
 Which transforms the papers use differ, hence every one is switchable:
 seed 003 (§2, 2D CNN training) uses random cropping, scaling, flipping and
-rotation; seed 002 (Methods, data augmentation) uses rotation <= 20 deg,
+rotation (a crop is a zoom-in plus a shift here, the output keeps its size); seed 002 (Methods, data augmentation) uses rotation <= 20 deg,
 width/height shift, shear and zoom, and *no* flips, because all subjects lie
 in the scanner facing the same way.
 
@@ -21,10 +21,10 @@ screen, i.e. 90 deg equals `np.rot90`; `hflip` mirrors left-right
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,32 +73,86 @@ def affine_matrix(params: AffineParams, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _snap(x: np.ndarray) -> np.ndarray:
-  # cos(90 deg) is 6e-17, not 0; snapping keeps right-angle maps exact, so a
-  # border pixel is not pushed a hair outside the grid and replaced by fill.
+  # cos(90 deg) is 6e-17, not 0; snapping keeps right-angle maps and flips
+  # bit-exact instead of blending 1e-16 of a neighbour or of the fill.
   r = np.round(x)
   return np.where(np.abs(x - r) < 1e-9, r, x)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  rows, cols = np.meshgrid(np.arange(shape[0], dtype=np.float64), np.arange(shape[1], dtype=np.float64),
+                           indexing="ij")
+  rows.flags.writeable = cols.flags.writeable = False
+  return rows.ravel(), cols.ravel()
+
+
+def _source_coords(inverse: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  rows, cols = _grid(tuple(shape))
+  r = inverse[0, 0] * rows + inverse[0, 1] * cols + inverse[0, 2]
+  c = inverse[1, 0] * rows + inverse[1, 1] * cols + inverse[1, 2]
+  return r, c
+
+
+def _warp_linear(image: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """Bilinear samples of image [H, W, C] at (r, c).
+
+  Neighbours off the grid read the channel's minimum (air is the lowest value
+  under every window and under clip_rescale). Works on one padded plane per
+  channel: gathers from contiguous planes are ~3x faster than from [H, W, C].
+  """
+  h, w, ch = image.shape
+  planes = np.ascontiguousarray(np.moveaxis(image, -1, 0))
+  flat = planes.reshape(ch, -1)
+  fill, top = flat.min(axis=1), flat.max(axis=1)
+  # One ring of fill around the grid; sample points are clipped into [-1, size],
+  # so anything outside reads the ring.
+  padded = np.empty((ch, h + 2, w + 2), image.dtype)
+  padded[:] = fill[:, None, None]
+  padded[:, 1:-1, 1:-1] = planes
+  padded = padded.reshape(ch, -1)
+  r = np.clip(r, -1.0, h)
+  c = np.clip(c, -1.0, w)
+  r0 = np.minimum(np.floor(r), h - 1)
+  c0 = np.minimum(np.floor(c), w - 1)
+  fr = (r - r0).astype(np.float32)
+  fc = (c - c0).astype(np.float32)
+  stride = w + 2
+  i00 = ((r0 + 1) * stride + c0 + 1).astype(np.intp)
+  w00, w01 = (1 - fr) * (1 - fc), (1 - fr) * fc
+  w10, w11 = fr * (1 - fc), fr * fc
+  out = np.empty((h * w, ch), np.float32)
+  for k in range(ch):
+    p = padded[k]
+    v = p[i00] * w00 + p[i00 + 1] * w01 + p[i00 + stride] * w10 + p[i00 + stride + 1] * w11
+    # Rounding in the weights can overshoot by an ulp; keep windows inside [0, 1].
+    out[:, k] = np.clip(v, fill[k], top[k], out=v)
+  return out.reshape(h, w, ch)
+
+
+def _warp_nearest(mask: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """Nearest-neighbour samples of mask [H, W] at (r, c); off the grid reads 0."""
+  h, w = mask.shape
+  padded = np.zeros((h + 2, w + 2), mask.dtype)
+  padded[1:-1, 1:-1] = mask
+  ri = np.clip(np.rint(r), -1, h).astype(np.intp) + 1
+  ci = np.clip(np.rint(c), -1, w).astype(np.intp) + 1
+  return padded.ravel()[ri * (w + 2) + ci].reshape(h, w)
 
 
 def apply_affine(example: dict, matrix: np.ndarray) -> dict:
   """Warps `image` [H, W, C] (linear) and `mask` [H, W] (nearest) by a forward affine map.
 
-  Outside the input, the image is filled with each channel's minimum (air is the
-  lowest value under every window and under clip_rescale) and the mask with 0.
+  Outside the input, the image is filled with each channel's minimum and the
+  mask with 0 (as scipy.ndimage.affine_transform with mode="grid-constant").
   `pixel_spacing`, if present, is divided by the scale so physical areas stay right.
   """
   image = np.asarray(example["image"])
-  inverse = _snap(np.linalg.inv(matrix))
-  lin, off = inverse[:2, :2], inverse[:2, 2]
+  r, c = _source_coords(_snap(np.linalg.inv(matrix)), image.shape[:2])
   out = dict(example)
-  channels = [
-      ndimage.affine_transform(image[..., ch], lin, offset=off, order=1, mode="constant",
-                               cval=float(image[..., ch].min()))
-      for ch in range(image.shape[-1])
-  ]
-  out["image"] = np.stack(channels, axis=-1).astype(image.dtype, copy=False)
+  out["image"] = _warp_linear(image, r, c).astype(image.dtype, copy=False)
   if "mask" in example:
-    mask = np.asarray(example["mask"])
-    out["mask"] = ndimage.affine_transform(mask, lin, offset=off, order=0, mode="constant", cval=0)
+    out["mask"] = _warp_nearest(np.asarray(example["mask"]), r, c)
   if "pixel_spacing" in example:
     scale = np.sqrt(abs(np.linalg.det(matrix[:2, :2])))
     out["pixel_spacing"] = (np.asarray(example["pixel_spacing"]) / scale).astype(np.float32)

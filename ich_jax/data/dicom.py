@@ -55,10 +55,12 @@ ORIENTATION_TOLERANCE = 1e-4
 # Brain window (level 40, width 80): the default display window of head CT.
 BRAIN_WINDOW = (40.0, 80.0)
 
+# Never DICOM: skipped without opening. Anything else is recognised by content.
 _NOT_DICOM_SUFFIXES = frozenset({
     ".txt", ".csv", ".json", ".xml", ".md", ".html", ".pdf", ".nii", ".gz",
     ".zip", ".tar", ".png", ".jpg", ".jpeg", ".npy", ".npz", ".py",
 })
+_DICOMDIR = pydicom.uid.MediaStorageDirectoryStorage
 _DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 
 
@@ -110,8 +112,9 @@ def write_series(
     range with ``clip=True`` (what scanners do at -1024 / 3071 HU).
 
     Args (beyond the obvious):
+      study_uid, series_uid: None → fresh UIDs.
       sop_uids: SOPInstanceUID per slice (e.g. RSNA-style ``ID_<hex>``); None →
-        fresh UIDs.
+        UIDs derived from ``series_uid`` and the slice index.
       file_names: "index" (``0000.dcm``…), "random" (hex names from ``rng``, so
         the order on disk says nothing), or ``f(i, sop_uid) -> relative path``
         (may contain sub-folders).
@@ -149,8 +152,9 @@ def write_series(
     rng = np.random.default_rng(rng)
     study_uid = study_uid or pydicom.uid.generate_uid()
     series_uid = series_uid or pydicom.uid.generate_uid()
-    if sop_uids is None:
-        sop_uids = [pydicom.uid.generate_uid() for _ in range(num_slices)]
+    if sop_uids is None:  # derived from the series UID: a seeded fixture is byte-stable
+        sop_uids = [pydicom.uid.generate_uid(entropy_srcs=[series_uid, "sop", str(i)])
+                    for i in range(num_slices)]
     elif len(sop_uids) != num_slices or len(set(sop_uids)) != num_slices:
         raise ValueError(f"sop_uids must be {num_slices} distinct values, got {len(sop_uids)} "
                          f"({len(set(sop_uids))} distinct)")
@@ -302,7 +306,7 @@ def _series_dataset(*, rows, cols, orientation, pixel_spacing, slice_thickness, 
     ds.SeriesNumber = series_number
     ds.AcquisitionNumber = 1
     ds.ImageOrientationPatient = [_ds(v) for v in orientation]
-    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid(entropy_srcs=[series_uid, "frame"])
     ds.PositionReferenceIndicator = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -370,10 +374,7 @@ def to_hu(ds: Dataset) -> np.ndarray:
 
 def scan_series(directory: PathLike | Iterable[PathLike]) -> dict[str, SeriesHeader]:
     """The series under ``directory`` (recursively), from headers only."""
-    groups: dict[str, list[tuple[pathlib.Path, Dataset]]] = {}
-    for path, ds in _read_all(_dicom_candidates(directory), stop_before_pixels=True):
-        uid = _require(ds, path, "SeriesInstanceUID")
-        groups.setdefault(str(uid), []).append((path, ds))
+    groups = _by_series(_read_all(_dicom_candidates(directory), stop_before_pixels=True))
     return {uid: SeriesHeader(uid, str(items[0][1].get("SeriesDescription", "")),
                               tuple(p for p, _ in items), items[0][1])
             for uid, items in groups.items()}
@@ -397,14 +398,10 @@ def load_series(directory: PathLike | Iterable[PathLike], *, series_uid: str | N
     candidates = _dicom_candidates(directory)
     # Pixel data is deferred (read when decoded), so a folder holding several
     # series costs header parses for the series not chosen.
-    items = list(_read_all(candidates, stop_before_pixels=False, defer_size="64 KB"))
+    groups = _by_series(_read_all(candidates, stop_before_pixels=False, defer_size="64 KB"))
     where = directory if isinstance(directory, (str, os.PathLike)) else f"{len(candidates)} files"
-    if not items:
+    if not groups:
         raise DicomError(f"no DICOM files in {where}")
-
-    groups: dict[str, list[tuple[pathlib.Path, Dataset]]] = {}
-    for path, ds in items:
-        groups.setdefault(str(_require(ds, path, "SeriesInstanceUID")), []).append((path, ds))
     if series_uid is None:
         if len(groups) > 1:
             raise DicomError(f"{len(groups)} series in {where}; pass series_uid=one of:\n"
@@ -414,6 +411,13 @@ def load_series(directory: PathLike | Iterable[PathLike], *, series_uid: str | N
         raise DicomError(f"SeriesInstanceUID {series_uid} not in {where}; present:\n"
                          + _describe(groups))
     return _assemble(groups[series_uid])
+
+
+def _by_series(items) -> dict[str, list[tuple[pathlib.Path, Dataset]]]:
+    groups: dict[str, list[tuple[pathlib.Path, Dataset]]] = {}
+    for path, ds in items:
+        groups.setdefault(str(_require(ds, path, "SeriesInstanceUID")), []).append((path, ds))
+    return groups
 
 
 def _describe(groups) -> str:
@@ -538,7 +542,9 @@ def _read_all(paths, **kwargs) -> Iterable[tuple[pathlib.Path, Dataset]]:
     for path in paths:
         ds = _read(path, **kwargs)
         if ds is not None:
-            yield path, ds
+            # A DICOMDIR indexes the folder; it is not a slice.
+            if ds.get("file_meta", {}).get("MediaStorageSOPClassUID") != _DICOMDIR:
+                yield path, ds
         elif path.suffix.lower() in _DICOM_SUFFIXES:
             raise DicomError(f"{path}: corrupt DICOM file: no 'DICM' preamble and no DICOM tag at byte 0")
 

@@ -60,7 +60,13 @@ def apply_window(hu, level: float, width: float):
   if width <= 0:
     raise ValueError(f"window width must be positive, got level={level} width={width}")
   lo = level - width / 2.0
-  return ((_float32(hu) - lo) / float(width)).clip(0.0, 1.0)
+  x = _float32(hu)  # always a copy, so the in-place steps below never touch `hu`
+  if isinstance(x, np.ndarray):
+    # In place: windowing a 512x512 slice is the hot path of the input pipeline.
+    x -= lo
+    x /= float(width)
+    return np.clip(x, 0.0, 1.0, out=x)
+  return ((x - lo) / float(width)).clip(0.0, 1.0)
 
 
 def clip_rescale(hu, lo: float = -240.0, hi: float = 240.0, out_lo: float = -3.0, out_hi: float = 3.0):

@@ -11,7 +11,9 @@ import numpy as np
 from scipy import stats
 
 # Seed 001 paper (hybrid 3D/2D Mask R-CNN), size bins of hemorrhage volume in mL:
-# punctate < 0.01, small 0.01–5, medium 5–25, large > 25.
+# punctate < 0.01, small 0.01–5, medium 5–25, large > 25. Edges: a bin holds its
+# lower edge (0.01 is small, 5 is medium) except that 25 is still medium, since
+# the paper calls large "> 25".
 SIZE_BINS = (("punctate", 0.0, 0.01), ("small", 0.01, 5.0), ("medium", 5.0, 25.0), ("large", 25.0, np.inf))
 
 
@@ -85,8 +87,10 @@ def size_bin(volume_ml) -> np.ndarray | str:
   """Seed 001's bins: "punctate", "small", "medium", "large"; "none" for 0 mL."""
   v = np.asarray(volume_ml, dtype=np.float64)
   out = np.full(v.shape, "none", dtype=object)
-  for name, lo, hi in SIZE_BINS:
-    out[(v > lo if lo == 0 else v >= lo) & (v < hi)] = name
+  out[(v > 0) & (v < 0.01)] = "punctate"
+  out[(v >= 0.01) & (v < 5)] = "small"
+  out[(v >= 5) & (v <= 25)] = "medium"
+  out[v > 25] = "large"
   return out.item() if out.ndim == 0 else out
 
 

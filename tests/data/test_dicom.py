@@ -35,6 +35,7 @@ def test_round_trip_random_names_nested_folders(tmp_path):
         file_names=_nested_random(np.random.default_rng(3)))
     (tmp_path / "README.txt").write_text("not a scan")
     (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(100))
+    shutil.copy(pydicom.data.get_testdata_file("DICOMDIR"), tmp_path / "DICOMDIR")  # an index, not a slice
 
     s = dicom.load_series(tmp_path)
 
@@ -64,6 +65,14 @@ def test_written_header_is_a_valid_ct_slice(tmp_path):
     assert float(ds.SliceLocation) == 10.0 and [float(v) for v in ds.ImagePositionPatient] == [0, 0, 10]
     assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"] and ds.ConvolutionKernel == "STANDARD"
     assert not hasattr(dicom.read_header(path), "PixelData")
+
+
+def test_same_arguments_write_the_same_bytes(tmp_path):
+    kwargs = dict(study_uid="1.2.3.4", series_uid="1.2.3.4.5", file_names="random", rng=7)
+    a = dicom.write_series(_volume(), (5.0, 0.5, 0.5), tmp_path / "a", **kwargs)
+    b = dicom.write_series(_volume(), (5.0, 0.5, 0.5), tmp_path / "b", **kwargs)
+    assert [p.name for p in a] == [p.name for p in b]
+    assert all(p.read_bytes() == q.read_bytes() for p, q in zip(a, b))
 
 
 def test_rotated_orientation_sorts_along_normal(tmp_path):

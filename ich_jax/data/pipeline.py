@@ -1,0 +1,415 @@
+"""Grain input pipelines over a random-access slice source.
+
+A source is anything with `len(src)` and `src[i]` -> dict of numpy values in
+the `synthetic_ich` schema (`image` int16 HU [H, W], `labels`, `mask`,
+`series_id`, `slice_index`, ... ); `tfds.data_source(...)` and a list of dicts
+both qualify. Records may be in any order: neighbouring slices are found
+through a (series_id, slice_index) -> record index map (`SeriesSource`).
+
+Per element the steps are dict -> dict:
+  read (record + the HU slices the channel recipe asks for)
+  -> to_channels (windows or clip_rescale, `image` becomes float32 [H, W, C])
+  -> resize (to `image_size`)
+  -> augment (training only; `ich_jax.data.augment`)
+and then batching.
+
+Training order. The global stream is one index-shuffle of all records per
+epoch (a fresh permutation each epoch), repeated forever; step k's global
+batch is stream positions [k*B, (k+1)*B) and process p takes positions
+p, p+P, ... of it. So the union of the per-process batches at a step does not
+depend on how many processes there are, and augmentation randomness is keyed
+by stream position, not by process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from ich_jax.data import augment as augment_lib
+from ich_jax.data import windows
+
+INTENSITIES = ("window", "clip_rescale")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """`config.data`: what a slice becomes before it reaches a model."""
+  c = ml_collections.ConfigDict()
+  # Output in-plane size; records of another size are resized (bilinear image,
+  # nearest mask). 512 is the native RSNA matrix, also seed 001's input size.
+  c.image_size = 512
+  # (slice_offset, level, width) per channel; see ich_jax.data.windows for the
+  # named recipes and their papers. Default: seed 003 §2 brain/subdural/bone.
+  c.recipe = [list(t) for t in windows.RSNA_3WINDOW]
+  # "window": each channel apply_window(level, width) -> [0, 1].
+  # "clip_rescale": each channel clip_rescale(clip_range -> clip_out_range);
+  # level/width ignored, only the offsets are used (seed 001).
+  c.intensity = "window"
+  c.clip_range = (-240.0, 240.0)      # seed 001, Image Preprocessing
+  c.clip_out_range = (-3.0, 3.0)      # seed 001, Image Preprocessing
+  # Loading: grain thread prefetch per process, and optional worker processes.
+  c.read_threads = 8                   # threads, each building a whole batch
+  c.prefetch_batches = 8               # batches buffered ahead (memory: B*H*W*C*4 bytes each)
+  c.num_workers = 0                    # >0: grain mp_prefetch worker processes
+  c.augment = ml_collections.ConfigDict()
+  a = c.augment
+  a.enabled = True
+  # Magnitudes from seed 002 (Methods, augmentation list; Keras-style ranges):
+  # rotation <= 20 deg, width/height shift 0.1, zoom 0.2, shear 0.1 (Keras
+  # reads shear in degrees, so 0.1 deg is effectively no shear).
+  a.rotation_deg = 20.0
+  a.shift_frac = 0.1                   # max shift per axis, fraction of the image size
+  a.scale_range = (0.8, 1.2)           # isotropic; > 1 magnifies
+  a.shear_deg = 0.1
+  # Off by default: seed 002 forbids flips (all heads face the same way).
+  # Seed 003 (§2) flips; its configs set hflip = True.
+  a.hflip = False
+  a.vflip = False
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Plain, picklable view of `config.data` used inside workers."""
+  image_size: int
+  recipe: tuple[tuple[int, float, float], ...]
+  intensity: str
+  clip_range: tuple[float, float]
+  clip_out_range: tuple[float, float]
+  augment: Any  # FrozenConfigDict
+
+  @property
+  def offsets(self) -> tuple[int, ...]:
+    return windows.recipe_offsets(self.recipe)
+
+
+def _plan(cfg) -> _Plan:
+  if isinstance(cfg, _Plan):
+    return cfg
+  recipe = tuple((int(o), float(l), float(w)) for o, l, w in cfg.recipe)
+  if not recipe:
+    raise ValueError("config.data.recipe is empty")
+  if cfg.intensity not in INTENSITIES:
+    raise ValueError(f"config.data.intensity={cfg.intensity!r}; expected one of {INTENSITIES}")
+  defaults = default_data_config()
+  get = lambda k: cfg.get(k, defaults[k])
+  return _Plan(
+      image_size=int(cfg.image_size),
+      recipe=recipe,
+      intensity=str(cfg.intensity),
+      clip_range=tuple(float(x) for x in get("clip_range")),
+      clip_out_range=tuple(float(x) for x in get("clip_out_range")),
+      augment=ml_collections.FrozenConfigDict(cfg.augment),
+  )
+
+
+def num_channels(cfg) -> int:
+  """Channels of the `image` the pipeline emits for `config.data` (one per recipe entry)."""
+  return len(cfg.recipe)
+
+
+# --- Source with a series index -------------------------------------------------
+
+
+class SeriesSource:
+  """A random-access source plus a lazily built, cached (series_id, slice_index) index.
+
+  Wrap a split once and pass the wrapper to every pipeline, so the index (one
+  pass over the split) is built once. The index is only needed by recipes with
+  nonzero slice offsets.
+
+  Args:
+    source: random-access source in the slice schema.
+    metadata_source: optional second source over the same records in the same
+      order that is cheaper to read, used only to build the index; e.g. for
+      TFDS, `tfds.data_source(..., decoders={"image": tfds.decode.SkipDecoding(),
+      "mask": tfds.decode.SkipDecoding()})`. Without it the index pass reads
+      full records (`__getitems__` in chunks where the source has it).
+  """
+
+  def __init__(self, source, metadata_source=None):
+    self.source = source
+    self._metadata_source = metadata_source
+    self._index: dict[bytes, tuple[np.ndarray, np.ndarray]] | None = None
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> dict:
+    return self.source[int(i)]
+
+  def __getstate__(self):
+    # Workers get the index if it was built; the metadata source is not needed there.
+    return {"source": self.source, "_metadata_source": None, "_index": self._index}
+
+  @property
+  def index(self) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+    """series_id -> (sorted slice indices, record indices in the same order)."""
+    if self._index is None:
+      self._index = _build_index(self._metadata_source or self.source, len(self))
+    return self._index
+
+  def neighbours(self, series_id, slice_index: int, offsets: Sequence[int]) -> dict[int, int]:
+    """offset -> record index of the slice to use (nearest existing slice if absent)."""
+    key = _as_bytes(series_id)
+    if key not in self.index:
+      raise KeyError(f"series_id={key!r} is not in the series index (was metadata_source built from another split?)")
+    slices, records = self.index[key]
+    chosen = windows.select_neighbours(slices, int(slice_index), offsets)
+    return {o: int(records[np.searchsorted(slices, s)]) for o, s in chosen.items()}
+
+
+def as_series_source(source) -> SeriesSource:
+  return source if isinstance(source, SeriesSource) else SeriesSource(source)
+
+
+def _as_bytes(x) -> bytes:
+  if isinstance(x, np.ndarray):
+    x = x.item()
+  return x.encode() if isinstance(x, str) else bytes(x)
+
+
+def _build_index(source, n: int, chunk: int = 1024):
+  keys: dict[bytes, list[tuple[int, int]]] = {}
+  getitems = getattr(source, "__getitems__", None)
+  for start in range(0, n, chunk):
+    ids = range(start, min(n, start + chunk))
+    records = getitems(list(ids)) if getitems is not None else [source[i] for i in ids]
+    for i, rec in zip(ids, records):
+      keys.setdefault(_as_bytes(rec["series_id"]), []).append((int(rec["slice_index"]), i))
+  index = {}
+  for series, pairs in keys.items():
+    pairs.sort()
+    slices = np.array([s for s, _ in pairs], np.int64)
+    dup = np.flatnonzero(np.diff(slices) == 0)
+    if dup.size:
+      s = slices[dup[0]]
+      recs = [i for sl, i in pairs if sl == s]
+      raise ValueError(f"series_id={series!r} has slice_index={s} in several records: {recs}")
+    index[series] = (slices, np.array([i for _, i in pairs], np.int64))
+  return index
+
+
+# --- Per-element dict -> dict ops ----------------------------------------------
+
+
+def read_example(source: SeriesSource, index: int, offsets: Sequence[int]) -> dict:
+  """Record `index` plus `slices`: offset -> HU slice (nearest existing slice past an edge).
+
+  A neighbour is read as a whole record (the source has no per-field reads),
+  so a 3-neighbour recipe costs up to three record reads per example.
+  """
+  record = dict(source[index])
+  record["record_index"] = np.int64(index)
+  if tuple(offsets) == (0,):
+    record["slices"] = {0: record["image"]}
+    return record
+  neighbours = source.neighbours(record["series_id"], record["slice_index"], offsets)
+  cache = {int(index): record["image"]}
+  for j in set(neighbours.values()) - set(cache):
+    cache[j] = source[j]["image"]
+  record["slices"] = {o: cache[j] for o, j in neighbours.items()}
+  return record
+
+
+def to_channels(example: dict, cfg) -> dict:
+  """Replaces HU `image` and `slices` by the float32 [H, W, C] channel image."""
+  plan = _plan(cfg)
+  out = dict(example)
+  slices = out.pop("slices")
+  if plan.intensity == "window":
+    out["image"] = windows.apply_recipe(slices, plan.recipe)
+  else:
+    out["image"] = windows.apply_recipe_clip_rescale(slices, plan.recipe, plan.clip_range, plan.clip_out_range)
+  return out
+
+
+@functools.lru_cache(maxsize=32)
+def _linear_weights(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] bilinear resampling matrix, half-pixel centres, antialiased when shrinking.
+
+  Same kernel as `jax.image.resize(method="linear")`: a triangle, widened by
+  in/out when downsampling so every input pixel contributes (plain bilinear
+  sampling of every 4th pixel would alias thin structures such as a
+  subdural rim).
+  """
+  scale = out_size / in_size
+  kernel_scale = min(scale, 1.0)
+  centres = (np.arange(out_size) + 0.5) / scale - 0.5
+  x = np.arange(in_size)
+  w = np.maximum(0.0, 1.0 - np.abs(x[None, :] - centres[:, None]) * kernel_scale)
+  w /= w.sum(axis=1, keepdims=True)
+  return w.astype(np.float32)
+
+
+def _nearest_rows(in_size: int, out_size: int) -> np.ndarray:
+  return np.minimum(((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64), in_size - 1)
+
+
+def resize(example: dict, image_size: int) -> dict:
+  """Resizes `image` (bilinear) and `mask` (nearest) to image_size², adjusting `pixel_spacing`."""
+  image = example["image"]
+  h, w = image.shape[:2]
+  if (h, w) == (image_size, image_size):
+    return example
+  out = dict(example)
+  wy, wx = _linear_weights(h, image_size), _linear_weights(w, image_size)
+  c = image.shape[2]
+  tmp = (wy @ image.reshape(h, w * c)).reshape(image_size, w, c)
+  resized = np.einsum("jw,hwc->hjc", wx, tmp, optimize=True).astype(np.float32)
+  # The weights are positive and sum to 1 up to rounding: clip the ulp overshoot
+  # so windowed channels stay inside [0, 1].
+  out["image"] = np.clip(resized, image.min(), image.max(), out=resized)
+  if "mask" in example:
+    mask = np.asarray(example["mask"])
+    out["mask"] = mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
+  if "pixel_spacing" in example:
+    factor = np.array([h / image_size, w / image_size], np.float32)
+    out["pixel_spacing"] = (np.asarray(example["pixel_spacing"], np.float32) * factor).astype(np.float32)
+  return out
+
+
+# The slice schema's dtypes. TFDS returns scalar features as Python int/float,
+# which numpy would widen to int64/float64; batches keep the declared types.
+SCHEMA_DTYPES = {
+    "labels": np.float32, "mask": np.uint8, "slice_index": np.int32, "z_position": np.float32,
+    "pixel_spacing": np.float32, "slice_thickness": np.float32, "study_blood_ml": np.float32,
+    "mimic": np.uint8, "record_index": np.int64,
+}
+
+
+def _numpy_fields(example: dict) -> dict:
+  out = {}
+  for k, v in example.items():
+    dtype = SCHEMA_DTYPES.get(k)
+    out[k] = np.asarray(v, dtype) if dtype is not None else np.asarray(v)
+  return out
+
+
+def preprocess(example: dict, cfg) -> dict:
+  """read_example output -> model input dict (no augmentation); cfg is `config.data`."""
+  plan = _plan(cfg)
+  return _numpy_fields(resize(to_channels(example, plan), plan.image_size))
+
+
+def load(source: SeriesSource, plan: _Plan, index: int) -> dict:
+  return preprocess(read_example(source, index, plan.offsets), plan)
+
+
+def _augment(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
+  return augment_lib.augment(example, rng, plan.augment)
+
+
+# --- Pipelines -------------------------------------------------------------------
+
+
+def _derived_seed(seed: int, purpose: int) -> int:
+  # Grain's shuffle seeds epoch e with seed + e, so seeds s and s+1 would share
+  # all but one epoch's order; hashing the user seed avoids that.
+  return int(np.random.SeedSequence([int(seed), purpose]).generate_state(1)[0])
+
+
+def _read_options(cfg) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=int(cfg.get("read_threads", 8)),
+                           prefetch_buffer_size=int(cfg.get("prefetch_batches", 8)))
+
+
+def _maybe_mp(ds: grain.IterDataset, cfg) -> grain.IterDataset:
+  workers = int(cfg.get("num_workers", 0))
+  if workers <= 0:
+    return ds
+  # Grain splits the stream over workers and interleaves their outputs back in
+  # order, so batches and get_state()/set_state() match num_workers=0. Grain's
+  # workers read absl flags: the process must have parsed them (absl.app.run).
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+
+
+def _check_process(process_index: int, process_count: int):
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
+
+
+def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """The training IterDataset (see `train_iterator`)."""
+  _check_process(process_index, process_count)
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by process_count={process_count}")
+  src = as_series_source(source)
+  if len(src) == 0:
+    raise ValueError("train_dataset: the source is empty")
+  plan = _plan(cfg)
+  if plan.offsets != (0,):
+    src.index  # build once here, not in every worker
+  ds = grain.MapDataset.range(len(src)).shuffle(seed=_derived_seed(seed, 0)).repeat()
+  ds = ds.map(functools.partial(load, src, plan))
+  if plan.augment.enabled:
+    ds = ds.random_map(functools.partial(_augment, plan), seed=_derived_seed(seed, 1))
+  ds = ds[process_index::process_count]
+  # Batch before leaving MapDataset: an element is then a whole batch, so both
+  # thread prefetch and grain workers hand out whole batches and the batches do
+  # not depend on num_workers.
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)
+
+
+def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
+                   process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+  """Infinite, shuffled, augmented batches of this process's share of each global batch.
+
+  Each epoch is a different permutation of all records, fixed by `seed`;
+  batches are `global_batch_size // process_count` examples (see the module
+  docstring for how processes split a global batch). The iterator's
+  `get_state()` is a small JSON-serialisable dict; `set_state` on a fresh
+  iterator built with the same arguments and config resumes exactly. The
+  batches do not depend on `cfg.num_workers`, but the state's layout does, so
+  resume with the same `num_workers`. With `num_workers > 0` the process must
+  have parsed absl flags (grain reads them).
+  """
+  return iter(train_dataset(source, cfg, global_batch_size=global_batch_size, seed=seed,
+                            process_index=process_index, process_count=process_count))
+
+
+def _eval_element(src: SeriesSource, plan: _Plan, lo: int, hi: int, position: int) -> dict:
+  valid = lo + position < hi
+  # Padding repeats a real record of this shard (record 0 if the shard is
+  # empty) so shapes and dtypes match, flagged valid=False.
+  index = lo + position if valid else (hi - 1 if hi > lo else 0)
+  example = load(src, plan, index)
+  example["valid"] = np.bool_(valid)
+  return example
+
+
+def eval_num_batches(num_records: int, batch_size: int, process_count: int = 1) -> int:
+  """Batches every process yields: the same on all, so a multi-host eval loop stays in step."""
+  largest_shard = -(-num_records // process_count)
+  return max(1, -(-largest_shard // batch_size))
+
+
+def eval_batches(source, cfg, *, batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """One deterministic pass, in record order, over this process's contiguous shard.
+
+  Every process yields `eval_num_batches(len(source), batch_size, process_count)`
+  batches of exactly `batch_size`; padding rows have `valid == False`. Across
+  processes every record appears exactly once with `valid == True`. No
+  augmentation. Iterate the returned dataset again for another pass.
+  """
+  _check_process(process_index, process_count)
+  src = as_series_source(source)
+  n = len(src)
+  if n == 0:
+    raise ValueError("eval_batches: the source is empty")
+  plan = _plan(cfg)
+  if plan.offsets != (0,):
+    src.index
+  lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
+  total = eval_num_batches(n, batch_size, process_count) * batch_size
+  ds = grain.MapDataset.range(total).map(functools.partial(_eval_element, src, plan, lo, hi))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)

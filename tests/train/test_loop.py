@@ -1,0 +1,136 @@
+"""The shared trainer on 8 virtual devices: one step, resume after a crash, end to end through launch.py."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ich_jax.train import loop, tasks
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_weighted_bce_is_the_rsna_metric():
+  from ich_jax.eval import metrics as M
+
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 6)).astype(np.float32)
+  labels = rng.integers(0, 2, (5, 6)).astype(np.float32)
+  loss = tasks.weighted_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.array([2.0, 1, 1, 1, 1, 1])).mean()
+  prob = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  assert float(loss) == pytest.approx(M.weighted_log_loss(labels, prob), rel=1e-5)
+
+
+def test_unknown_names_are_clear_errors(smoke_config):
+  from ich_jax import models
+
+  with pytest.raises(KeyError, match="model.name='resnet9000'"):
+    models.build("resnet9000", num_classes=6, in_channels=3, rngs=nnx.Rngs(0))
+  cfg = smoke_config.copy_and_resolve_references()
+  cfg.task.name = "nope"
+  with pytest.raises(KeyError, match="task.name='nope'"):
+    loop.make_experiment(cfg)
+
+
+def test_train_step_8_devices_matches_single_device(smoke_config):
+  assert jax.device_count() == 8
+  exp = loop.make_experiment(smoke_config)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.random((8, 64, 64, 3), np.float32),
+           "labels": rng.integers(0, 2, (8, 6)).astype(np.float32)}
+  state = exp.init_state()
+  before = _leaves(state["params"])
+  step_fn = loop.make_train_step(exp)
+  from ich_jax.train import sharding
+  sharded = sharding.put_batch(batch, sharding.batch_sharding(exp.mesh), ("image", "labels"))
+  assert len(sharded["image"].sharding.device_set) == 8
+  new_state, metrics = step_fn(state, sharded)
+  assert int(new_state["step"]) == 1 and np.isfinite(float(metrics["loss"]))
+  after = _leaves(new_state["params"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  # The same step on one device, no sharding: data parallelism must not change the maths.
+  one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  exp1 = loop.Experiment(**{**exp.__dict__, "mesh": one})
+  state1, metrics1 = loop.make_train_step(exp1)(exp1.init_state(), batch)
+  assert float(metrics1["loss"]) == pytest.approx(float(metrics["loss"]), rel=1e-5)
+  for a, b in zip(_leaves(state1["params"]), after):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_crash_and_resume_equals_uninterrupted(smoke_config, tmp_path, monkeypatch):
+  cfg = smoke_config
+  _, full = loop.train(cfg, tmp_path / "full")
+
+  real_iterator = loop.pipeline.train_iterator
+
+  def crashing_iterator(*args, **kwargs):
+    it = real_iterator(*args, **kwargs)
+
+    class Wrapper:
+      served = 0
+
+      def __next__(self):
+        # Die while computing step 5: after the step-3 checkpoint, before the next one.
+        if Wrapper.served == 4:
+          raise _Crash()
+        Wrapper.served += 1
+        return next(it)
+
+      def __getattr__(self, name):
+        return getattr(it, name)
+
+    return Wrapper()
+
+  monkeypatch.setattr(loop.pipeline, "train_iterator", crashing_iterator)
+  with pytest.raises(_Crash):
+    loop.train(cfg, tmp_path / "resumed")
+  assert (tmp_path / "resumed" / "checkpoints" / "3").is_dir()
+  assert not (tmp_path / "resumed" / "checkpoints" / "6").exists()
+  monkeypatch.setattr(loop.pipeline, "train_iterator", real_iterator)
+  _, resumed = loop.train(cfg, tmp_path / "resumed")
+  assert int(resumed["step"]) == cfg.train.num_steps
+  for a, b in zip(_leaves(full), _leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _launch(*args, env_extra=None, timeout=600):
+  import os
+  env = dict(os.environ)
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_quickstart_smoke_end_to_end_and_eval_reprints(tiny_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  common = ["--config", "configs/quickstart.py:smoke", f"--config.dataset.data_dir={tiny_data_dir}",
+            f"--workdir={workdir}"]
+  run = _launch(*common)
+  assert run.returncode == 0, run.stderr[-3000:]
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["step"] == 6 and metrics["split"] == "test"
+  assert metrics["n_slices"] > 0 and metrics["n_scans"] > 0
+  assert set(metrics["slice"]) >= {"any", "epidural", "subdural", "weighted_log_loss"}
+  assert 0.0 <= metrics["baseline_bright_fraction"]["slice_auc_any"] <= 1.0
+  assert "slice AUC" in run.stdout and "No-learning baseline" in run.stdout
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in rows)
+  assert list(workdir.glob("events.out.tfevents.*"))
+  again = _launch(*common, "--mode=eval")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((workdir / "metrics.json").read_text()) == metrics
+  table = run.stdout[run.stdout.index("Held-out"):]
+  assert table.strip() in again.stdout
