@@ -6,7 +6,7 @@ import pathlib
 import jax
 import numpy as np
 
-from ich_jax.data import datasets
+from ich_jax.data import datasets, pipeline
 from ich_jax.eval import baseline, report
 from ich_jax.train import loop
 
@@ -16,7 +16,7 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
   workdir = pathlib.Path(workdir)
   if state is None:
     exp, state, step = loop.restore_for_eval(config, workdir)
-  source = datasets.open_split(config.dataset, config.dataset.eval_split)
+  source = pipeline.as_series_source(datasets.open_split(config.dataset, config.dataset.eval_split))
   preds = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size)
   if jax.process_index() != 0:
     return None

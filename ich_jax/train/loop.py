@@ -119,7 +119,7 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
     datasets.ensure_built(config.dataset)
   sharding.sync("dataset built")
   exp = make_experiment(config)
-  source = datasets.open_split(config.dataset, config.dataset.train_split)
+  source = pipeline.as_series_source(datasets.open_split(config.dataset, config.dataset.train_split))
   batch_iter = pipeline.train_iterator(
       source, config.data, global_batch_size=config.train.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
