@@ -38,7 +38,9 @@ def _init_distributed() -> None:
 
 def main(argv) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  # Our progress at INFO; libraries (Orbax's per-save chatter) at WARNING.
+  logging.getLogger().setLevel(logging.WARNING)
+  logging.getLogger("ich_jax").setLevel(logging.INFO)
   _init_distributed()
   import jax
 

@@ -96,7 +96,7 @@ class Phantom:
   slice_thickness_mm: float
   z_positions_mm: np.ndarray     # float64 [S], increasing, spacing == thickness
   bleeds: list[dict]             # one per rendered bleed (see _bleed_record)
-  mimics: list[str]              # mimics placed in this study
+  mimics: list[str]              # mimics visible on >= 1 slice, in MIMICS order
   mimic_slices: np.ndarray       # bool [S]: slice shows a calcification, dense falx/tentorium or beam hardening
   intracranial: np.ndarray       # bool [S, H, W]: voxel centre inside the inner table, above the skull base
   ventricles: np.ndarray         # bool [S, H, W]: voxel centre inside the ventricular system
@@ -175,36 +175,46 @@ def _ell(center, semi, yaw_deg=0.0, pitch_deg=0.0, hu=0.0) -> _Ell:
   return _Ell(np.asarray(center, np.float64), np.diag(1.0 / np.asarray(semi, np.float64)) @ rot.T, hu)
 
 
-def _ell_box(plane: _Plane, e: _Ell, thick: float, grow: float = 0.0):
-  """Pixel box (r0, r1, c0, c1) of the ellipsoid's section through the slab, or None.
+def _ell_boxes(plane: _Plane, ells, thick: float):
+  """Pixel box (r0, r1, c0, c1) of each ellipsoid's section through the slab, or None.
 
   Parallel sections of an ellipsoid are ellipses, largest through the centre, so
   the slab's two faces and the central section (when inside the slab) bound it.
+  Vectorised over the ellipsoids: this runs for every structure on every slice.
   """
-  er, ec = e.M @ plane.d_row, e.M @ plane.d_col
-  a = np.array([[er @ er, er @ ec], [er @ ec, ec @ ec]])
-  ainv = np.linalg.inv(a)
-  reach = (1.0 + grow + 0.5 * (np.sqrt(er @ er) + np.sqrt(ec @ ec))) ** 2
-  dist = (e.center - plane.origin) @ plane.normal
-  lo = [np.inf, np.inf]
-  hi = [-np.inf, -np.inf]
-  for dn in {-0.5 * thick, 0.5 * thick, float(np.clip(dist, -0.5 * thick, 0.5 * thick))}:
-    q0 = e.M @ (plane.origin + dn * plane.normal - e.center)
-    b = np.array([q0 @ er, q0 @ ec])
-    m = -ainv @ b
-    k = reach - (q0 @ q0 - b @ ainv @ b)
-    if k <= 0:
+  M = np.stack([e.M for e in ells])                      # [n, 3, 3]
+  centers = np.stack([e.center for e in ells])           # [n, 3]
+  er, ec = M @ plane.d_row, M @ plane.d_col              # [n, 3]
+  a00, a01, a11 = (er * er).sum(1), (er * ec).sum(1), (ec * ec).sum(1)
+  det = a00 * a11 - a01 * a01
+  i00, i01, i11 = a11 / det, -a01 / det, a00 / det      # inverse of the 2x2 quadratic form
+  reach = (1.0 + 0.5 * (np.sqrt(a00) + np.sqrt(a11))) ** 2   # + the ramp's outer half
+  dist = (centers - plane.origin) @ plane.normal
+  lo = np.full((len(ells), 2), np.inf)
+  hi = np.full((len(ells), 2), -np.inf)
+  for dn in (np.full(len(ells), -0.5 * thick), np.full(len(ells), 0.5 * thick), np.clip(dist, -0.5 * thick, 0.5 * thick)):
+    q0 = np.einsum("nij,nj->ni", M, plane.origin + dn[:, None] * plane.normal - centers)
+    b0, b1 = (q0 * er).sum(1), (q0 * ec).sum(1)
+    m0, m1 = -(i00 * b0 + i01 * b1), -(i01 * b0 + i11 * b1)
+    k = reach - ((q0 * q0).sum(1) - (b0 * (i00 * b0 + i01 * b1) + b1 * (i01 * b0 + i11 * b1)))
+    ok = k > 0
+    kk = np.where(ok, k, 0.0)
+    hr, hc = np.sqrt(kk * i00), np.sqrt(kk * i11)
+    lo = np.where(ok[:, None], np.minimum(lo, np.stack([m0 - hr, m1 - hc], 1)), lo)
+    hi = np.where(ok[:, None], np.maximum(hi, np.stack([m0 + hr, m1 + hc], 1)), hi)
+  boxes = []
+  for (l0, l1), (h0, h1) in zip(lo, hi):
+    if not np.isfinite(l0):
+      boxes.append(None)
       continue
-    half = np.sqrt(k * np.diag(ainv))
-    lo = np.minimum(lo, m - half)
-    hi = np.maximum(hi, m + half)
-  if not np.isfinite(lo[0]):
-    return None
-  r0, c0 = max(int(np.floor(lo[0])) - 1, 0), max(int(np.floor(lo[1])) - 1, 0)
-  r1, c1 = min(int(np.ceil(hi[0])) + 2, plane.shape[0]), min(int(np.ceil(hi[1])) + 2, plane.shape[1])
-  if r1 <= r0 or c1 <= c0:
-    return None
-  return r0, r1, c0, c1
+    r0, c0 = max(int(np.floor(l0)) - 1, 0), max(int(np.floor(l1)) - 1, 0)
+    r1, c1 = min(int(np.ceil(h0)) + 2, plane.shape[0]), min(int(np.ceil(h1)) + 2, plane.shape[1])
+    boxes.append((r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None)
+  return boxes
+
+
+def _ell_box(plane: _Plane, e: _Ell, thick: float):
+  return _ell_boxes(plane, [e], thick)[0]
 
 
 def _ell_fraction(plane: _Plane, e: _Ell, thick: float):
@@ -239,11 +249,7 @@ def _ell_fraction(plane: _Plane, e: _Ell, thick: float):
 
 def _union(plane: _Plane, ells, thick: float):
   """Union (max) of ellipsoid fractions: (box, fraction, centre-inside) over the union box, or None."""
-  parts = []
-  for e in ells:
-    box = _ell_box(plane, e, thick)
-    if box is not None:
-      parts.append((box, e))
+  parts = [(box, e) for box, e in zip(_ell_boxes(plane, ells, thick), ells) if box is not None]
   if not parts:
     return None
   ub = (min(p[0][0] for p in parts), max(p[0][1] for p in parts),
@@ -308,8 +314,8 @@ def _draw_head(rng, scale_limit: float) -> _Head:
   a, b, c = rng.uniform(60, 68), rng.uniform(76, 86), rng.uniform(64, 74)
   skull, scalp = rng.uniform(5.0, 8.0), rng.uniform(4.0, 7.0)
   s = min(1.0, scale_limit / (b + skull + scalp))
-  wm = rng.uniform(24, 30)
-  gm = min(wm + rng.uniform(8, 12), 42.0)
+  wm = rng.uniform(22, 31)
+  gm = min(wm + rng.uniform(8, 14), 45.0)
   atrophy = rng.uniform(0, 1)
   waves = rng.normal(size=(4, 3))
   waves /= np.linalg.norm(waves, axis=1, keepdims=True)
@@ -327,10 +333,10 @@ def _draw_head(rng, scale_limit: float) -> _Head:
       sulcus_depth_mm=rng.uniform(12, 20), gm_mm=rng.uniform(2.5, 3.5),
       vent_scale=0.75 + 0.6 * atrophy + rng.uniform(-0.05, 0.15),
       waves=waves,
-      # Sulci ~ every 10-15 mm over the convexity: wavelength 22-34 mm at the surface.
-      wave_k=2 * math.pi * r_mean / rng.uniform(22, 34, size=4),
+      # Sulci ~ every 8-14 mm over the convexity: wavelength 18-28 mm at the surface.
+      wave_k=2 * math.pi * r_mean / rng.uniform(18, 28, size=4),
       wave_phase=rng.uniform(0, 2 * math.pi, size=4),
-      wave_twist=rng.uniform(-0.25, 0.25, size=4),
+      wave_twist=rng.uniform(-0.08, 0.08, size=4),
       cupping_hu=rng.uniform(0, 8))
 
 
@@ -404,7 +410,8 @@ def _floor(xn, yn):
   """
   ax = np.abs(xn)
   mid = np.float32(-0.36) - np.float32(0.26) * np.clip((ax - 0.16) * np.float32(1 / 0.14), 0.0, 1.0)
-  t1 = np.clip((yn + 0.40) * np.float32(1 / 0.06), 0.0, 1.0)
+  # Sphenoid wings: the anterior fossa's back edge, a V from the anterior clinoids out to the pterion.
+  t1 = np.clip((yn + np.float32(0.22) + np.float32(0.38) * ax) * np.float32(1 / 0.06), 0.0, 1.0)
   floor = np.float32(-0.30) + (mid + np.float32(0.30)) * t1
   ridge = np.float32(-0.06) + np.float32(0.35) * np.maximum(ax - 0.2, 0.0)
   post = np.clip((yn - ridge) * np.float32(1 / 0.10), 0.0, 1.0)
@@ -489,6 +496,7 @@ def _dcsf(plane: _Plane, head: _Head, fl: _Fields, widen: float = 0.0):
   hw = head.sulcus_hw_mm + widen
   fundus = np.float32(head.sulcus_depth_mm) * (np.float32(0.75) + np.float32(0.3) * first)
   s += fl.depth * np.float32(hw) / fundus - np.float32(hw)
+  np.maximum(s, fl.depth - fundus, out=s)        # past the fundus: plain distance to it
   return np.minimum(s, fl.depth - np.float32(head.csf_mm + widen), out=s)
 
 
@@ -621,13 +629,13 @@ def _draw_bleed(rng, spec: PhantomSpec, head: _Head, subtype: str) -> dict:
   else:  # subarachnoid
     site = rng.choice(["basal", "sylvian", "convexity", "interhemispheric"], p=[0.35, 0.25, 0.3, 0.1])
     if site == "basal":
-      center, phi = (0.0, rng.uniform(-0.1, 0.1) * b_, rng.uniform(-0.3, -0.22) * c_), 0.35
+      center, phi = (0.0, rng.uniform(-0.1, 0.1) * b_, rng.uniform(-0.3, -0.22) * c_), 0.25
     elif site == "sylvian":
-      center, phi = (side * rng.uniform(0.5, 0.8) * a_, -0.14 * b_, rng.uniform(-0.18, -0.06) * c_), 0.25
+      center, phi = (side * rng.uniform(0.5, 0.8) * a_, -0.14 * b_, rng.uniform(-0.18, -0.06) * c_), 0.38
     elif site == "convexity":
       u = _lateral_direction(rng, side, 80, (0.0, 0.8))
       surf = _surface(head, u)
-      center, phi = surf * (1 - (head.csf_mm + 4.0) / np.linalg.norm(surf)), 0.12
+      center, phi = surf * (1 - (head.csf_mm + 4.0) / np.linalg.norm(surf)), 0.17
     else:
       y, z = rng.uniform(-0.6, 0.5), rng.uniform(0.3, 0.6)
       center = (0.0, y * b_, z * c_)
@@ -835,39 +843,46 @@ def _bleed_record(b, voxels: int, voxel_ml: float, scan: _Scan) -> dict:
 # --- Mimics ------------------------------------------------------------------
 
 
-def _draw_mimics(rng, spec: PhantomSpec, head: _Head):
-  """Calcifications (ellipsoids with their HU), dense dura, beam hardening."""
+@dataclasses.dataclass(frozen=True)
+class _Mimics:
+  calcifications: tuple     # (name, _Ell) pairs; _Ell.hu is the calcium density
+  falx_hu: float            # falx and superior sagittal sinus
+  tentorium_hu: float
+  beam_hardening: dict | None
+
+
+def _draw_mimics(rng, spec: PhantomSpec, head: _Head) -> _Mimics:
+  """Calcifications, dense dura and beam hardening: normal findings at or above blood density."""
   a, b, c = head.a, head.b, head.c
-  calcs, names = [], []
+  calcs = []
   if rng.random() < spec.p_pineal_calcification:
     r = rng.uniform(1.5, 3.5)
-    calcs.append(_ell((0.0, 0.20 * b, -0.08 * c), (r, r * 1.2, r), hu=rng.uniform(150, 450)))
-    names.append("pineal_calcification")
+    calcs.append(("pineal_calcification", _ell((0.0, 0.20 * b, -0.08 * c), (r, r * 1.2, r), hu=rng.uniform(150, 450))))
   if rng.random() < spec.p_choroid_calcification:
     for side in (-1, 1):   # glomus of the choroid plexus, in the atria
       for _ in range(2):
         r = rng.uniform(1.2, 3.0)
         ctr = (side * (0.27 * a + 0.03 * a * head.vent_scale) + rng.normal(0, 1.5),
                0.30 * b + rng.normal(0, 2), 0.12 * c + rng.normal(0, 2))
-        calcs.append(_ell(ctr, (r, 1.3 * r, r), rng.uniform(0, 180), hu=rng.uniform(100, 350)))
-    names.append("choroid_calcification")
+        calcs.append(("choroid_calcification",
+                      _ell(ctr, (r, 1.3 * r, r), rng.uniform(0, 180), hu=rng.uniform(100, 350))))
   if rng.random() < spec.p_basal_ganglia_calcification:
-    for side in (-1, 1):
-      calcs.append(_ell((side * 0.33 * a, -0.05 * b, 0.0), (2.5, 5.0, 3.0), hu=rng.uniform(100, 250)))
-    names.append("basal_ganglia_calcification")
-  dense_falx = rng.random() < spec.p_dense_falx
-  dense_tent = rng.random() < spec.p_dense_tentorium
-  if dense_falx:
-    names.append("dense_falx")
-  if dense_tent:
-    names.append("dense_tentorium")
+    for side in (-1, 1):   # globus pallidus
+      calcs.append(("basal_ganglia_calcification",
+                    _ell((side * 0.33 * a, -0.05 * b, 0.0), (2.5, 5.0, 3.0), hu=rng.uniform(100, 250))))
+  falx_hu = rng.uniform(55, 80) if rng.random() < spec.p_dense_falx else head.falx_hu
+  tent_hu = rng.uniform(55, 75) if rng.random() < spec.p_dense_tentorium else head.tentorium_hu
   bh = None
   if rng.random() < spec.p_beam_hardening:
     bh = {"amp": rng.uniform(8, 25), "bar": rng.uniform(5, 20), "k": 2 * math.pi / rng.uniform(5, 10),
           "angle": rng.uniform(0, math.pi), "phase": rng.uniform(0, 2 * math.pi)}
-    names.append("beam_hardening")
-  return (tuple(calcs), dense_falx, rng.uniform(55, 80) if dense_falx else None,
-          dense_tent, rng.uniform(55, 75) if dense_tent else None, bh, names)
+  return _Mimics(tuple(calcs), falx_hu, tent_hu, bh)
+
+
+# Order of Phantom.mimics.
+MIMICS = ("pineal_calcification", "choroid_calcification", "basal_ganglia_calcification", "dense_falx",
+          "dense_tentorium", "beam_hardening")
+_DENSE_DURA_HU = 50.0   # falx / tentorium denser than this reads as a mimic of blood
 
 
 # --- Slices ------------------------------------------------------------------
@@ -907,21 +922,31 @@ def _blurred(rho, values, width):
   return (out / width).astype(np.float32)
 
 
+def _shell_footprint(zn: float, head: _Head, px: float, t: float) -> float:
+  """How far the normalised radius changes across a voxel at the vault wall (rho units).
+
+  In-plane the pixel crosses the wall; along z the slab crosses it too where the
+  wall is tilted (towards the vertex), which is why a thick slice near the top
+  of the head shows a broad, blurred skull.
+  """
+  if zn < -_ZCLAMP:       # the vertical wall around the posterior fossa
+    return px / head.r_mean
+  zn = min(abs(zn), 0.999)
+  return px * math.sqrt(max(1.0 - zn * zn, 0.05)) / head.r_mean + t * zn / head.c
+
+
 def _head_box(plane: _Plane, head: _Head, thick: float):
-  """Pixel box of the head on this slice (outer skin; the wall is vertical below -_ZCLAMP)."""
+  """Pixel box of the head (outer skin) on this slice, or None above the vertex."""
   grow = (head.skull_mm + head.scalp_mm + 2.0) / head.r_mean
-  semi = head.abc * (1 + grow)
-  e = _ell(np.zeros(3), semi)
-  box = _ell_box(plane, e, thick)
-  zc = -_ZCLAMP * head.c
-  lowest = min(plane.linear(np.array([0, 0, 1.0]))[[0, 0, -1, -1], [0, -1, 0, -1]])
-  if lowest < zc:
-    # The clamped wall: cut the ellipsoid at its clamp height instead.
-    z_center = (plane.origin + 0.5 * plane.shape[0] * plane.d_row + 0.5 * plane.shape[1] * plane.d_col)[2]
-    lifted = plane.shifted((zc - z_center) / max(plane.normal[2], 0.5))
-    b2 = _ell_box(lifted, e, thick + 4 * head.c * abs(plane.normal[1]))
-    if b2 is not None:
-      box = b2 if box is None else (min(box[0], b2[0]), max(box[1], b2[1]), min(box[2], b2[2]), max(box[3], b2[3]))
+  skin = _ell(np.zeros(3), head.abc * (1 + grow))
+  box = _ell_box(plane, skin, thick)
+  corners = plane.linear(np.array([0, 0, 1.0]))[[0, 0, -1, -1], [0, -1, 0, -1]]
+  if corners.min() < -_ZCLAMP * head.c:
+    # Below the clamp the wall is vertical: the section there is the clamp level's
+    # (a slab reaching the equator bounds it, generously).
+    wide = _ell_box(plane, skin, 4 * head.c)
+    box = wide if box is None else tuple(min(u, v) if i % 2 == 0 else max(u, v)
+                                         for i, (u, v) in enumerate(zip(box, wide)))
   return box
 
 
@@ -939,31 +964,27 @@ def _midline_band(plane: _Plane, head: _Head):
   return c0, max(c0, c1)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Study:
   head: _Head
   anat: _Anatomy
   scan: _Scan
-  tables: tuple
-  calcs: tuple
-  falx_hu: float
-  tent_hu: float
-  bh: dict | None
-  offset_hu: float
+  mimics: _Mimics
+  tables: tuple        # _shell_tables(head)
 
 
 def _render_slice(k: int, st: _Study, bleed_patches: list):
-  """HU (float32, before noise), intracranial and ventricle masks, and whether a mimic shows."""
+  """HU (float32, before noise and calibration), intracranial and ventricle masks, mimics shown."""
   head, anat, scan = st.head, st.anat, st.scan
   n, t, px = scan.matrix, scan.thickness, scan.spacing
   full = scan.plane(k)
   img = np.full((n, n), -1000.0, np.float32)
   intracranial = np.zeros((n, n), bool)
   ventricles = np.zeros((n, n), bool)
-  mimic = False
+  shown = set()
   box = _head_box(full, head, t)
   if box is None:
-    return img, intracranial, ventricles, mimic
+    return img, intracranial, ventricles, shown
   r0, r1, c0, c1 = box
   plane = full.sub(box)
   band = _midline_band(plane, head)
@@ -994,9 +1015,9 @@ def _render_slice(k: int, st: _Study, bleed_patches: list):
       # The tentorium itself: a dural sheet, a V on axial slices.
       notch = np.float32(0.25) * (np.float32(1.0) - np.clip((fl.yn - 0.05) * np.float32(1 / 0.35), 0.0, 1.0))
       sheet = _ramp(np.float32(0.8) - np.abs(zdist), t + 0.5 * px) * fl.post * (np.abs(fl.xn) > notch)
-      _paint(inner, sheet, st.tent_hu)
-      if st.tent_hu > 50 and float(sheet.max()) > 0.3:
-        mimic = True
+      _paint(inner, sheet, st.mimics.tentorium_hu)
+      if st.mimics.tentorium_hu > _DENSE_DURA_HU and float(sheet.max()) > 0.3:
+        shown.add("dense_tentorium")
 
   def paint_union(ells, hu, mask_out=None):
     patch = _union(plane, ells, t)
@@ -1024,9 +1045,9 @@ def _render_slice(k: int, st: _Study, bleed_patches: list):
     half = np.float32(0.5 * head.falx_mm) + np.maximum(np.float32(7.0) - vault_depth, 0.0) * np.float32(0.5)
     h = np.minimum(half - xmm, (fl.zn[:, b0:b1] - _falx_edge(fl.yn[:, b0:b1])) * np.float32(head.c))
     f = _ramp(h, px)
-    _paint(inner[:, b0:b1], f, st.falx_hu)
-    if st.falx_hu > 50 and float(f.max()) > 0.5:
-      mimic = True
+    _paint(inner[:, b0:b1], f, st.mimics.falx_hu)
+    if st.mimics.falx_hu > _DENSE_DURA_HU and float(f.max()) > 0.5:
+      shown.add("dense_falx")
 
   for pbox, frac, _, edema, hu, edema_hu in bleed_patches:
     a0, a1, q0, q1 = pbox[0] - r0, pbox[1] - r0, pbox[2] - c0, pbox[3] - c0
@@ -1040,17 +1061,18 @@ def _render_slice(k: int, st: _Study, bleed_patches: list):
       _paint(view, edema[sel], edema_hu)
     _paint(view, frac[sel], hu)
 
-  for e in st.calcs:
-    eb = _ell_box(plane, e, t)
+  calcs = st.mimics.calcifications
+  for (name, e), eb in zip(calcs, _ell_boxes(plane, [e for _, e in calcs], t) if calcs else ()):
     if eb is None:
       continue
     f, _ = _ell_fraction(plane.sub(eb), e, t)
     _paint(inner[eb[0]:eb[1], eb[2]:eb[3]], f, e.hu)
     if float(f.max()) > 0.25:
-      mimic = True
+      shown.add(name)
 
-  if st.bh is not None and fl.dz is not None:
-    mimic |= _beam_hardening(inner, plane, head, st.bh, float(fl.zn.mean()))
+  if st.mimics.beam_hardening is not None and fl.dz is not None:
+    if _beam_hardening(inner, plane, head, st.mimics.beam_hardening, float(fl.zn.mean())):
+      shown.add("beam_hardening")
 
   # Below the cranial floor: skull-base bone, then orbits, sinuses and the soft tissue of face and neck.
   fz = t + px
@@ -1067,12 +1089,7 @@ def _render_slice(k: int, st: _Study, bleed_patches: list):
     inner += base
 
   rho_grid, shell, inside_w = st.tables
-  rm = head.r_mean
-  zn_mid = abs(float(fl.zn[plane.shape[0] // 2, plane.shape[1] // 2]))
-  zn_mid = zn_mid if zn_mid < 1.0 else 1.0
-  # Footprint on the radial profile: the pixel across the in-plane wall, the slab across a tilted one.
-  slope_z = zn_mid / head.c if zn_mid < _ZCLAMP or fl.zn.mean() > 0 else 0.0
-  width = px * math.sqrt(max(1.0 - zn_mid ** 2, 0.05)) / rm + t * slope_z
+  width = _shell_footprint(float(fl.zn[plane.shape[0] // 2, plane.shape[1] // 2]), head, px, t)
   s_tab = _blurred(rho_grid, shell, width)
   v_tab = _blurred(rho_grid, inside_w, width)
   idx = (fl.rho - np.float32(rho_grid[0])) * np.float32((len(rho_grid) - 1) / (rho_grid[-1] - rho_grid[0]))
@@ -1084,7 +1101,7 @@ def _render_slice(k: int, st: _Study, bleed_patches: list):
   img[r0:r1, c0:c1] = out
   intracranial[r0:r1, c0:c1] = fl.intracranial
   ventricles[r0:r1, c0:c1] &= fl.intracranial
-  return img, intracranial, ventricles, mimic
+  return img, intracranial, ventricles, shown
 
 
 def _beam_hardening(inner, plane: _Plane, head: _Head, bh: dict, zn: float) -> bool:
@@ -1109,16 +1126,19 @@ def _beam_hardening(inner, plane: _Plane, head: _Head, bh: dict, zn: float) -> b
 
 
 def _noise_bank(rng, matrix: int, pad: int):
-  """Two tiles of unit-variance noise, correlated over ~2 pixels (CT noise is not white).
+  """Two tiles of unit-variance noise, correlated over ~1 mm (CT noise is not white).
 
-  Slices take shifted, flipped windows of them: drawing fresh normals for every
-  512x512 slice would cost more than rendering it.
+  Two passes of a [1 2 1] x [1 2 1] filter: area-averaging 4x4 pixels then keeps
+  two thirds of the noise (white noise would keep a quarter), as on real scans.
+  Slices take shifted, flipped windows of the tiles: drawing fresh normals for
+  every 512x512 slice would cost more than rendering it.
   """
-  n = matrix + pad + 2
-  w = rng.standard_normal((2, n, n), dtype=np.float32)
-  s = w[:, :-2] + 2 * w[:, 1:-1] + w[:, 2:]
-  s = s[:, :, :-2] + 2 * s[:, :, 1:-1] + s[:, :, 2:]
-  s *= np.float32(1.0 / 6.0)   # [1 2 1] x [1 2 1] has gain sqrt(6 * 6)
+  n = matrix + pad + 4
+  s = rng.standard_normal((2, n, n), dtype=np.float32)
+  for _ in range(2):
+    s = s[:, :-2] + 2 * s[:, 1:-1] + s[:, 2:]
+    s = s[:, :, :-2] + 2 * s[:, :, 1:-1] + s[:, :, 2:]
+  s *= np.float32(1.0 / 70.0)   # [1 4 6 4 1] has L2 gain sqrt(70) per axis
   return s
 
 
@@ -1156,7 +1176,7 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
   anat = _anatomy(head)
 
   bleeds = _draw_bleeds(bleed_rng, spec, head)
-  calcs, dense_falx, falx_hu, dense_tent, tent_hu, bh, mimic_names = _draw_mimics(mimic_rng, spec, head)
+  mimics = _draw_mimics(mimic_rng, spec, head)
 
   # Coverage: skull base to vertex, or a slab of max_slices around a bleed (or a
   # pseudo-bleed site, so slab position says nothing about the label).
@@ -1177,9 +1197,7 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
     z0 = float(np.clip(anchor_z - slab / 2, z_lo, z_hi - slab)) + thickness / 2
   scan = _Scan(spec.matrix, spacing, thickness, z0 + thickness * np.arange(n_slices), R, center)
 
-  st = _Study(head, anat, scan, _shell_tables(head), calcs,
-              falx_hu if dense_falx else head.falx_hu, tent_hu if dense_tent else head.tentorium_hu,
-              bh, float(noise_rng.uniform(*spec.hu_offset)))
+  st = _Study(head, anat, scan, mimics, _shell_tables(head))
 
   S, H = n_slices, spec.matrix
   voxel_ml = _voxel_ml((spacing, spacing), thickness)
@@ -1202,24 +1220,27 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
   intracranial = np.zeros((S, H, H), bool)
   ventricles = np.zeros((S, H, H), bool)
   mimic_slices = np.zeros(S, bool)
+  shown = set()
   sd = float(noise_rng.uniform(*spec.noise_sd_hu))
+  offset = float(noise_rng.uniform(*spec.hu_offset))
   pad = max(8, H // 8)
   bank = _noise_bank(noise_rng, H, pad)
   picks = noise_rng.integers(0, [2, pad + 1, pad + 1, 2, 2], size=(S, 5))
   for k in range(S):
-    img, ic, vent, mim = _render_slice(k, st, per_slice[k])
+    img, ic, vent, names = _render_slice(k, st, per_slice[k])
     tile, dr, dc, fr, fc = picks[k]
     noise = bank[tile, dr:dr + H, dc:dc + H]
     noise = noise[::-1] if fr else noise
     noise = noise[:, ::-1] if fc else noise
     img += np.float32(sd) * noise
-    img += np.float32(st.offset_hu)
+    img += np.float32(offset)
     np.rint(img, out=img)
     np.clip(img, -1024, 3071, out=img)
     hu[k] = img
     intracranial[k] = ic
     ventricles[k] = vent
-    mimic_slices[k] = mim
+    mimic_slices[k] = bool(names)
+    shown |= names
 
   labels = np.zeros((S, 6), np.float32)
   labels[:, 1:] = masks.any(axis=(2, 3)).T
@@ -1227,5 +1248,5 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
   blood_ml = masks.sum(axis=(1, 2, 3)).astype(np.float64) * voxel_ml
   return Phantom(hu=hu, masks=masks, slice_labels=labels, blood_ml=blood_ml,
                  pixel_spacing_mm=(spacing, spacing), slice_thickness_mm=thickness,
-                 z_positions_mm=scan.z.astype(np.float64), bleeds=records, mimics=mimic_names,
+                 z_positions_mm=scan.z.astype(np.float64), bleeds=records, mimics=[m for m in MIMICS if m in shown],
                  mimic_slices=mimic_slices, intracranial=intracranial, ventricles=ventricles)

@@ -28,7 +28,7 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
   metrics["split"] = config.dataset.eval_split
   metrics["dataset"] = f"{config.dataset.name}/{config.dataset.config}"
   report.write_metrics(metrics, workdir / "metrics.json")
-  np.savez(workdir / "predictions.npz", **{k: v for k, v in preds.items() if v.dtype != object},
-           study_id=preds["study_id"].astype(str))
+  np.savez(workdir / "predictions.npz",
+           **{k: (v.astype(str) if v.dtype.kind in "OS" else v) for k, v in preds.items()})
   print(report.format_table(metrics), flush=True)
   return metrics

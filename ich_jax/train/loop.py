@@ -76,12 +76,15 @@ def make_train_step(exp: Experiment):
   task, tx, graphdef = exp.task, exp.tx, exp.graphdef_train
 
   def train_step(state, batch):
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["model_state"])
+    def loss_fn(params, model_state):
+      # model_state (BatchNorm statistics, RNG counters) enters as an argument so
+      # its Variables belong to this trace and the forward pass may update them.
+      model = nnx.merge(graphdef, params, model_state, copy=True)
       loss, metrics = task.loss(model, batch)
       return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
-    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["model_state"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))

@@ -74,32 +74,22 @@ def test_crash_and_resume_equals_uninterrupted(smoke_config, tmp_path, monkeypat
   cfg = smoke_config
   _, full = loop.train(cfg, tmp_path / "full")
 
-  real_iterator = loop.pipeline.train_iterator
+  real_put_batch = loop.sharding.put_batch
+  calls = []
 
-  def crashing_iterator(*args, **kwargs):
-    it = real_iterator(*args, **kwargs)
+  def crashing_put_batch(*args, **kwargs):
+    # Die while assembling step 5's batch: after the step-3 checkpoint, before the next one.
+    calls.append(1)
+    if len(calls) == 5:
+      raise _Crash()
+    return real_put_batch(*args, **kwargs)
 
-    class Wrapper:
-      served = 0
-
-      def __next__(self):
-        # Die while computing step 5: after the step-3 checkpoint, before the next one.
-        if Wrapper.served == 4:
-          raise _Crash()
-        Wrapper.served += 1
-        return next(it)
-
-      def __getattr__(self, name):
-        return getattr(it, name)
-
-    return Wrapper()
-
-  monkeypatch.setattr(loop.pipeline, "train_iterator", crashing_iterator)
+  monkeypatch.setattr(loop.sharding, "put_batch", crashing_put_batch)
   with pytest.raises(_Crash):
     loop.train(cfg, tmp_path / "resumed")
   assert (tmp_path / "resumed" / "checkpoints" / "3").is_dir()
   assert not (tmp_path / "resumed" / "checkpoints" / "6").exists()
-  monkeypatch.setattr(loop.pipeline, "train_iterator", real_iterator)
+  monkeypatch.setattr(loop.sharding, "put_batch", real_put_batch)
   _, resumed = loop.train(cfg, tmp_path / "resumed")
   assert int(resumed["step"]) == cfg.train.num_steps
   for a, b in zip(_leaves(full), _leaves(resumed)):
