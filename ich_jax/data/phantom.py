@@ -38,26 +38,14 @@ import math
 import numpy as np
 
 SUBTYPE_ORDER = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
-SIZE_BINS = ("none", "punctate", "small", "medium", "large")
+# Seed 001's size bins live with the other statistics; re-exported for callers of this module.
+from ich_jax.eval.metrics import size_bin  # noqa: E402  (one definition of the bin edges)
 
 # Volume range (mL) a bleed's target is drawn from, log-uniform, per size bin
 # (seed 001's bins: punctate < 0.01, small 0.01–5, medium 5–25, large > 25 mL).
 # The reported bin comes from the volume actually rendered, not this target.
 _BIN_TARGET_ML = {"punctate": (0.002, 0.008), "small": (0.02, 4.5), "medium": (5.5, 24.0),
                   "large": (27.0, 85.0)}
-
-
-def size_bin(volume_ml: float) -> str:
-  """Seed 001's size bins: "none" (0), "punctate" < 0.01, "small" < 5, "medium" <= 25, "large" > 25 mL."""
-  if volume_ml <= 0:
-    return "none"
-  if volume_ml < 0.01:
-    return "punctate"
-  if volume_ml < 5.0:
-    return "small"
-  if volume_ml <= 25.0:
-    return "medium"
-  return "large"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +59,10 @@ class PhantomSpec:
   subtype_probs: tuple[float, ...] = (0.14, 0.26, 0.14, 0.20, 0.26)   # per bleed, SUBTYPE_ORDER
   p_extra_bleed: float = 0.3                            # P(one more bleed), repeated up to max_bleeds
   max_bleeds: int = 3
-  size_bin_probs: tuple[float, ...] = (0.08, 0.42, 0.30, 0.20)   # punctate, small, medium, large
+  size_bin_probs: tuple[float, ...] = (0.06, 0.40, 0.32, 0.22)   # punctate, small, medium, large
   p_isodense_subdural: float = 0.3                      # thin (2–4 mm), 45–55 HU subdurals
   p_edema: float = 0.6                                  # hypodense rim around an intraparenchymal bleed
-  noise_sd_hu: tuple[float, float] = (4.0, 12.0)        # per study, uniform; pixel noise, mildly correlated
+  noise_sd_hu: tuple[float, float] = (4.0, 12.0)        # per study, uniform; pixel sd, correlated over ~1 mm
   hu_offset: tuple[float, float] = (-3.0, 4.0)          # per-study calibration drift, uniform
   p_pineal_calcification: float = 0.5
   p_choroid_calcification: float = 0.5
@@ -95,7 +83,9 @@ class Phantom:
   pixel_spacing_mm: tuple[float, float]   # (row, col)
   slice_thickness_mm: float
   z_positions_mm: np.ndarray     # float64 [S], increasing, spacing == thickness
-  bleeds: list[dict]             # one per rendered bleed (see _bleed_record)
+  bleeds: list[dict]             # one per rendered bleed: subtype, volume_ml (its own mask), size_bin,
+                                 # center_mm (x col, y row from the image centre; z as z_positions_mm),
+                                 # center_index (slice, row, col), hu, site, and shape parameters
   mimics: list[str]              # mimics visible on >= 1 slice, in MIMICS order
   mimic_slices: np.ndarray       # bool [S]: slice shows a calcification, dense falx/tentorium or beam hardening
   intracranial: np.ndarray       # bool [S, H, W]: voxel centre inside the inner table, above the skull base
@@ -192,7 +182,8 @@ def _ell_boxes(plane: _Plane, ells, thick: float):
   dist = (centers - plane.origin) @ plane.normal
   lo = np.full((len(ells), 2), np.inf)
   hi = np.full((len(ells), 2), -np.inf)
-  for dn in (np.full(len(ells), -0.5 * thick), np.full(len(ells), 0.5 * thick), np.clip(dist, -0.5 * thick, 0.5 * thick)):
+  faces = (np.full(len(ells), -0.5 * thick), np.full(len(ells), 0.5 * thick))
+  for dn in faces + (np.clip(dist, -0.5 * thick, 0.5 * thick),):
     q0 = np.einsum("nij,nj->ni", M, plane.origin + dn[:, None] * plane.normal - centers)
     b0, b1 = (q0 * er).sum(1), (q0 * ec).sum(1)
     m0, m1 = -(i00 * b0 + i01 * b1), -(i01 * b0 + i11 * b1)
@@ -280,16 +271,31 @@ def _embed(shape, patch):
 
 @dataclasses.dataclass(frozen=True)
 class _Head:
-  a: float; b: float; c: float          # inner-table semi-axes, mm (x, y, z)  # noqa: E702
-  skull_mm: float; scalp_mm: float      # noqa: E702
-  outer_table_mm: float; inner_table_mm: float   # noqa: E702
-  base_mm: float                        # skull-base bone below the cranial floor
-  bone_hu: float; diploe_hu: float; skin_hu: float; fat_hu: float; soft_hu: float   # noqa: E702
-  wm_hu: float; gm_hu: float; deep_gm_hu: float; stem_hu: float; csf_hu: float      # noqa: E702
-  falx_hu: float; falx_mm: float; tentorium_hu: float   # noqa: E702
+  a: float                              # inner-table semi-axes, mm: left-right,
+  b: float                              # anterior-posterior,
+  c: float                              # and up from the vault's centre
+  skull_mm: float
+  scalp_mm: float
+  outer_table_mm: float
+  inner_table_mm: float
+  bone_hu: float                        # cortical bone of both tables
+  diploe_hu: float
+  skin_hu: float
+  fat_hu: float
+  soft_hu: float                        # galea, muscle, the soft tissue under the skull base
+  wm_hu: float
+  gm_hu: float
+  deep_gm_hu: float                     # basal ganglia, thalami
+  stem_hu: float
+  csf_hu: float
+  falx_hu: float                        # falx, tentorium and sagittal sinus when not dense
+  falx_mm: float
+  tentorium_hu: float
   csf_mm: float                         # subarachnoid CSF over the convexity (grows with atrophy)
-  sulcus_hw_mm: float; sulcus_depth_mm: float; gm_mm: float   # noqa: E702
-  vent_scale: float
+  sulcus_hw_mm: float                   # sulcal half-width at the surface (grows with atrophy)
+  sulcus_depth_mm: float
+  gm_mm: float                          # cortical ribbon
+  vent_scale: float                     # ventricular size (grows with atrophy)
   waves: np.ndarray                     # [4, 3] unit directions of the gyral plane waves
   wave_k: np.ndarray                    # [4] radians per unit of normalised direction
   wave_phase: np.ndarray
@@ -323,7 +329,6 @@ def _draw_head(rng, scale_limit: float) -> _Head:
   return _Head(
       a=s * a, b=s * b, c=s * c, skull_mm=s * skull, scalp_mm=s * scalp,
       outer_table_mm=rng.uniform(1.2, 2.2), inner_table_mm=rng.uniform(1.0, 1.8),
-      base_mm=rng.uniform(8, 14),
       bone_hu=rng.uniform(1000, 1800), diploe_hu=rng.uniform(300, 600),
       skin_hu=rng.uniform(35, 50), fat_hu=rng.uniform(-110, -70), soft_hu=rng.uniform(30, 45),
       wm_hu=wm, gm_hu=gm, deep_gm_hu=gm - rng.uniform(0, 3), stem_hu=wm + rng.uniform(2, 5),
@@ -575,7 +580,7 @@ def _draw_bleed(rng, spec: PhantomSpec, head: _Head, subtype: str) -> dict:
   lo, hi = _BIN_TARGET_ML[bin_]
   target = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
   side = 1.0 if rng.random() < 0.5 else -1.0
-  b = {"subtype": subtype, "target_bin": bin_, "target_ml": target, "side": side}
+  b = {"subtype": subtype, "target_ml": target, "side": side}
   a_, b_, c_ = head.a, head.b, head.c
   if subtype == "epidural":
     # Temporoparietal, under the squama (middle meningeal artery); lens 0.3–0.55 as thick as wide.
@@ -677,6 +682,14 @@ def _ivh_level(b, scan: _Scan, head: _Head, anat: _Anatomy) -> float:
   return float(0.5 * (ys[-n] + ys[-n - 1]))
 
 
+def _bounding_ball(ells):
+  """A ball holding every ellipsoid (each bounded by its largest semi-axis)."""
+  centers = np.stack([e.center for e in ells])
+  radii = np.array([1.0 / np.linalg.norm(e.M, axis=1).min() for e in ells])
+  mid = 0.5 * ((centers - radii[:, None]).min(0) + (centers + radii[:, None]).max(0))
+  return mid, float(np.max(np.linalg.norm(centers - mid, axis=1) + radii)) + 1.0
+
+
 def _finalize_bleed(b, scan: _Scan, head: _Head, anat: _Anatomy) -> dict:
   """Fix the geometry on the voxel grid: snap small bleeds' anchors to a voxel centre."""
   b = dict(b)
@@ -695,14 +708,19 @@ def _finalize_bleed(b, scan: _Scan, head: _Head, anat: _Anatomy) -> dict:
     b["bound_center"] = _surface(head, b["u"])
     b["bound_radius"] = 1.25 * b["radius_mm"] + b["thickness_mm"] + 3.0
   elif st == "intraparenchymal":
-    b["anchor"] = scan.snap(b["anchor"])
+    # Parenchyma, not ventricle: a deep bleed drawn inside a (large) ventricle moves outwards.
+    anchor = np.array(b["anchor"], np.float64)
+    for _ in range(40):
+      if not any(np.linalg.norm(e.M @ (anchor - e.center)) <= 1.15 for e in anat.ventricles):
+        break
+      anchor[0] += (b["side"] if anchor[0] == 0 else np.sign(anchor[0])) * 1.5
+    b["anchor"] = scan.snap(anchor)
     grow = (1 + np.sum(b["lobe_amp"])) * ((1 + b["edema_rim"]) if b["edema"] else 1.0)
     b["bound_center"] = b["anchor"]
     b["bound_radius"] = float(np.max(b["semi"])) * grow + 2.0
   elif st == "intraventricular":
     b["level"] = _ivh_level(b, scan, head, anat)
-    b["bound_center"] = np.array([0.0, 0.1 * head.b, 0.0])
-    b["bound_radius"] = 1.0 * head.b
+    b["bound_center"], b["bound_radius"] = _bounding_ball(anat.ventricles)
   else:
     b["bound_center"] = b["anchor"]
     b["bound_radius"] = b["radius_mm"] + 2.0
@@ -821,17 +839,27 @@ def _render_bleed(b, scan: _Scan, head: _Head, anat: _Anatomy):
     frac *= np.float32(1.0 / len(offsets))
     if edema is not None:
       edema *= np.float32(1.0 / len(offsets))
-    if frac.max() > 0 or inside.any():
-      patches[k] = (box, frac, inside, edema)
+    # Keep only the rows and columns the bleed (or its edema) touches.
+    touched = (frac > 0) | inside if edema is None else (frac > 0) | inside | (edema > 0)
+    rows, cols = np.flatnonzero(touched.any(1)), np.flatnonzero(touched.any(0))
+    if rows.size == 0:
+      continue
+    a0, a1, q0, q1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    crop = (slice(a0, a1), slice(q0, q1))
+    patches[k] = ((box[0] + a0, box[0] + a1, box[2] + q0, box[2] + q1), frac[crop], inside[crop],
+                  None if edema is None else edema[crop])
   return patches
 
 
 def _bleed_record(b, voxels: int, voxel_ml: float, scan: _Scan) -> dict:
+  """What a bleed was: its own mask's volume and bin, where (scanner mm and voxel index), how dense."""
   vol = voxels * voxel_ml
   center = scan.to_scanner(b["anchor"])
+  half = (scan.matrix - 1) / 2.0
+  index = ((center[2] - scan.z[0]) / scan.thickness, center[1] / scan.spacing + half, center[0] / scan.spacing + half)
   rec = {"subtype": b["subtype"], "volume_ml": vol, "size_bin": size_bin(vol), "voxels": voxels,
-         "center_mm": tuple(float(v) for v in center), "hu": float(b["hu"]), "site": str(b["site"]),
-         "target_ml": float(b["target_ml"])}
+         "center_mm": tuple(float(v) for v in center), "center_index": tuple(float(v) for v in index),
+         "hu": float(b["hu"]), "site": str(b["site"]), "target_ml": float(b["target_ml"])}
   for key in ("thickness_mm", "radius_mm", "isodense", "edema", "widen_mm"):
     if key in b:
       rec[key] = b[key] if isinstance(b[key], bool) else float(b[key])
@@ -857,7 +885,8 @@ def _draw_mimics(rng, spec: PhantomSpec, head: _Head) -> _Mimics:
   calcs = []
   if rng.random() < spec.p_pineal_calcification:
     r = rng.uniform(1.5, 3.5)
-    calcs.append(("pineal_calcification", _ell((0.0, 0.20 * b, -0.08 * c), (r, r * 1.2, r), hu=rng.uniform(150, 450))))
+    pineal = _ell((0.0, 0.20 * b, -0.08 * c), (r, r * 1.2, r), hu=rng.uniform(150, 450))
+    calcs.append(("pineal_calcification", pineal))
   if rng.random() < spec.p_choroid_calcification:
     for side in (-1, 1):   # glomus of the choroid plexus, in the atria
       for _ in range(2):
@@ -1170,9 +1199,9 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
   pitch = scan_rng.uniform(-spec.max_pitch_deg, spec.max_pitch_deg)
   fov = spec.matrix * spacing
   shift = scan_rng.uniform(-0.02, 0.02, size=2) * fov
-  # The head (outer skin, rotated) must fit in the field of view with a margin.
-  cos_y = abs(math.cos(math.radians(yaw)))
-  head = _draw_head(head_rng, (0.47 * fov - np.abs(shift).max()) / (cos_y + 0.25 * abs(math.sin(math.radians(yaw)))))
+  # The head (outer skin, rotated; its width is < 0.85 x its length) must fit the field of view.
+  turn = abs(math.cos(math.radians(yaw))) + 0.25 * abs(math.sin(math.radians(yaw)))
+  head = _draw_head(head_rng, (0.47 * fov - np.abs(shift).max()) / turn)
   anat = _anatomy(head)
 
   bleeds = _draw_bleeds(bleed_rng, spec, head)
@@ -1248,5 +1277,6 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
   blood_ml = masks.sum(axis=(1, 2, 3)).astype(np.float64) * voxel_ml
   return Phantom(hu=hu, masks=masks, slice_labels=labels, blood_ml=blood_ml,
                  pixel_spacing_mm=(spacing, spacing), slice_thickness_mm=thickness,
-                 z_positions_mm=scan.z.astype(np.float64), bleeds=records, mimics=[m for m in MIMICS if m in shown],
+                 z_positions_mm=scan.z.astype(np.float64), bleeds=records,
+                 mimics=[m for m in MIMICS if m in shown],
                  mimic_slices=mimic_slices, intracranial=intracranial, ventricles=ventricles)

@@ -14,7 +14,7 @@ from scipy import stats
 # punctate < 0.01, small 0.01–5, medium 5–25, large > 25. Edges: a bin holds its
 # lower edge (0.01 is small, 5 is medium) except that 25 is still medium, since
 # the paper calls large "> 25".
-SIZE_BINS = (("punctate", 0.0, 0.01), ("small", 0.01, 5.0), ("medium", 5.0, 25.0), ("large", 25.0, np.inf))
+SIZE_BINS = ("punctate", "small", "medium", "large")
 
 
 def _check_binary(y_true: np.ndarray, name="y_true") -> np.ndarray:

@@ -43,7 +43,7 @@ def classification_metrics(preds: Mapping[str, np.ndarray], *, threshold: float 
 
   bins = {}
   slice_ml = np.asarray(preds["study_blood_ml"], np.float64)
-  for name, _, _ in M.SIZE_BINS:
+  for name in M.SIZE_BINS:
     entry = {}
     for level, (y, p, ml) in {"slice": (labels[:, 0], prob[:, 0], slice_ml),
                               "scan": (scan_labels[:, 0], scan_prob[:, 0], scan_ml)}.items():

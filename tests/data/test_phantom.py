@@ -186,6 +186,12 @@ def test_every_subtype_size_bin_and_mimic_occurs():
     assert set(ph.mimics) <= set(P.MIMICS)
   thin_isodense = [b for b in bleeds if b["subtype"] == "subdural" and b["isodense"]]
   assert thin_isodense and all(2 <= b["thickness_mm"] <= 4 and 45 <= b["hu"] <= 55 for b in thin_isodense)
+  # A parenchymal bleed's recorded centre is a voxel of its own mask (coordinates agree).
+  for ph in studies:
+    for b in ph.bleeds:
+      k, r, c = (int(round(v)) for v in b["center_index"])
+      if b["subtype"] == "intraparenchymal" and 0 <= k < ph.hu.shape[0]:
+        assert ph.masks[P.SUBTYPE_ORDER.index("intraparenchymal"), k, r, c]
   # Several subtypes in one study happen.
   assert any(len({b["subtype"] for b in ph.bleeds}) >= 2 for ph in studies)
 
