@@ -6,7 +6,6 @@ through `tfds.data_source`, so no TensorFlow is needed at run time.
 from __future__ import annotations
 
 import importlib
-import logging
 import pathlib
 
 # name → "module:Class" of its TFDS builder (imported only when used).
@@ -40,7 +39,8 @@ def ensure_built(config) -> None:
 
   b = builder(config)
   if not b.is_prepared():
-    logging.info("building dataset %s/%s in %s", config.name, config.config, data_dir(config))
+    print(f"Building dataset {config.name}/{config.config} in {data_dir(config)} (once) ...", flush=True)
+    tfds.display_progress_bar(False)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=config.get("manual_dir") or None))
 

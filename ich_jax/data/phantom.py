@@ -62,7 +62,8 @@ class PhantomSpec:
   size_bin_probs: tuple[float, ...] = (0.06, 0.40, 0.32, 0.22)   # punctate, small, medium, large
   p_isodense_subdural: float = 0.3                      # thin (2–4 mm), 45–55 HU subdurals
   p_edema: float = 0.6                                  # hypodense rim around an intraparenchymal bleed
-  noise_sd_hu: tuple[float, float] = (4.0, 12.0)        # per study, uniform; pixel sd, correlated over ~1 mm
+  noise_sd_hu: tuple[float, float] = (3.0, 7.0)          # per study, uniform, at 5 mm slices; pixel sd, correlated
+                                                        # over ~1 mm; scaled by sqrt(5 mm / thickness) (see noise_sd)
   hu_offset: tuple[float, float] = (-3.0, 4.0)          # per-study calibration drift, uniform
   p_pineal_calcification: float = 0.5
   p_choroid_calcification: float = 0.5
@@ -1154,6 +1155,15 @@ def _beam_hardening(inner, plane: _Plane, head: _Head, bh: dict, zn: float) -> b
 # --- The study ---------------------------------------------------------------
 
 
+def noise_sd(sd_at_5mm: float, thickness_mm: float) -> float:
+  """Quantum noise grows as the slice thins: sd ∝ 1/sqrt(thickness) at fixed dose.
+
+  A 0.625 mm reconstruction is about 2.8× noisier than the 5 mm one of the same
+  acquisition, which is why thin-slice studies are harder to read.
+  """
+  return sd_at_5mm * math.sqrt(5.0 / thickness_mm)
+
+
 def _noise_bank(rng, matrix: int, pad: int):
   """Two tiles of unit-variance noise, correlated over ~1 mm (CT noise is not white).
 
@@ -1250,7 +1260,7 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
   ventricles = np.zeros((S, H, H), bool)
   mimic_slices = np.zeros(S, bool)
   shown = set()
-  sd = float(noise_rng.uniform(*spec.noise_sd_hu))
+  sd = noise_sd(float(noise_rng.uniform(*spec.noise_sd_hu)), st.scan.thickness)
   offset = float(noise_rng.uniform(*spec.hu_offset))
   pad = max(8, H // 8)
   bank = _noise_bank(noise_rng, H, pad)

@@ -297,12 +297,33 @@ def preprocess(example: dict, cfg) -> dict:
   return _numpy_fields(resize(to_channels(example, plan), plan.image_size))
 
 
+def _read(source: SeriesSource, plan: _Plan, index: int) -> dict:
+  return read_example(source, index, plan.offsets)
+
+
 def load(source: SeriesSource, plan: _Plan, index: int) -> dict:
   return preprocess(read_example(source, index, plan.offsets), plan)
 
 
-def _augment(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
-  return augment_lib.augment(example, rng, plan.augment)
+def _augment_hu(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
+  """Augments a `read_example` output: its HU slices (one warp for all offsets) and mask.
+
+  Warping the HU slices before windowing costs one plane per recipe slice
+  instead of one per channel (a 3-window recipe reads one slice), and windows
+  then see interpolated HU, as they would on a scan acquired in that pose.
+  Out-of-frame pixels take each slice's minimum, i.e. air.
+  """
+  offsets = sorted(example["slices"])
+  stack = np.stack([np.asarray(example["slices"][o], np.float32) for o in offsets], axis=-1)
+  warped = augment_lib.augment({k: v for k, v in {"image": stack, "mask": example.get("mask"),
+                                                  "pixel_spacing": example.get("pixel_spacing")}.items()
+                                if v is not None}, rng, plan.augment)
+  out = dict(example)
+  out["slices"] = {o: warped["image"][..., i] for i, o in enumerate(offsets)}
+  for key in ("mask", "pixel_spacing"):
+    if key in warped:
+      out[key] = warped[key]
+  return out
 
 
 # --- Pipelines -------------------------------------------------------------------
@@ -347,9 +368,10 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
   if plan.offsets != (0,):
     src.index  # build once here, not in every worker
   ds = grain.MapDataset.range(len(src)).shuffle(seed=_derived_seed(seed, 0)).repeat()
-  ds = ds.map(functools.partial(load, src, plan))
+  ds = ds.map(functools.partial(_read, src, plan))
   if plan.augment.enabled:
-    ds = ds.random_map(functools.partial(_augment, plan), seed=_derived_seed(seed, 1))
+    ds = ds.random_map(functools.partial(_augment_hu, plan), seed=_derived_seed(seed, 1))
+  ds = ds.map(functools.partial(preprocess, cfg=plan))
   ds = ds[process_index::process_count]
   # Batch before leaving MapDataset: an element is then a whole batch, so both
   # thread prefetch and grain workers hand out whole batches and the batches do

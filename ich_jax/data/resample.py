@@ -1,8 +1,7 @@
-"""In-plane resampling of stored slices (builders resize once, at build time)."""
+"""Build-time in-plane downsampling of stored slices (builders resize once; the pipeline's `resize` handles any ratio at load time)."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 
 def _factor(size: int, out_size: int) -> int:
@@ -39,14 +38,3 @@ def any_downsample(masks: np.ndarray, out_size: int) -> np.ndarray:
   k = _factor(h, out_size)
   blocks = masks.reshape(masks.shape[:-2] + (out_size, k, out_size, k))
   return blocks.any(axis=(-3, -1))
-
-
-def resize_bilinear(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of [H, W] or [H, W, C] (any size ratio)."""
-  zoom = (out_hw[0] / image.shape[0], out_hw[1] / image.shape[1]) + (1,) * (image.ndim - 2)
-  return ndimage.zoom(image, zoom, order=1, mode="nearest", grid_mode=True)
-
-
-def resize_nearest(mask: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  zoom = (out_hw[0] / mask.shape[0], out_hw[1] / mask.shape[1])
-  return ndimage.zoom(mask, zoom, order=0, mode="nearest", grid_mode=True)
