@@ -47,6 +47,9 @@ class SmallCNN(nnx.Module):
       cin = width
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(2 * cin, num_classes, dtype=dtype, rngs=rngs)
+    # Per-cell blood logit on the last feature map: what a strong-label loss
+    # (seed 000 §2.1.5, supervision by masks) trains; unused with slice labels only.
+    self.mask_head = nnx.Conv(cin, 1, (1, 1), dtype=dtype, rngs=rngs)
     self.num_features = 2 * cin
 
   def features_map(self, x):
@@ -63,5 +66,12 @@ class SmallCNN(nnx.Module):
   def pooled(self, fmap):
     return jnp.concatenate([fmap.mean(axis=(1, 2)), fmap.max(axis=(1, 2))], axis=-1)
 
+  def classify(self, fmap):
+    return self.head(self.pooled(fmap))
+
+  def mask_logits(self, fmap):
+    """[B, h, w] blood logits at feature-map resolution."""
+    return self.mask_head(fmap)[..., 0]
+
   def __call__(self, x):
-    return self.head(self.pooled(self.features_map(x)))
+    return self.classify(self.features_map(x))

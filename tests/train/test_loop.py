@@ -30,6 +30,14 @@ def test_weighted_bce_is_the_rsna_metric():
   assert float(loss) == pytest.approx(M.weighted_log_loss(labels, prob), rel=1e-5)
 
 
+def test_coarse_mask_marks_cells_with_any_blood():
+  mask = np.zeros((1, 8, 8), np.uint8)
+  mask[0, 0, 5] = 3  # one subarachnoid pixel in the top-right 4×4 cell
+  mask[0, 7, 0] = 1
+  got = np.asarray(tasks.coarse_mask(jnp.asarray(mask), (2, 2)))
+  np.testing.assert_array_equal(got[0], [[0, 1], [1, 0]])
+
+
 def test_unknown_names_are_clear_errors(smoke_config):
   from ich_jax import models
 
@@ -46,15 +54,18 @@ def test_train_step_8_devices_matches_single_device(smoke_config):
   exp = loop.make_experiment(smoke_config)
   rng = np.random.default_rng(0)
   batch = {"image": rng.random((8, 64, 64, 3), np.float32),
-           "labels": rng.integers(0, 2, (8, 6)).astype(np.float32)}
+           "labels": rng.integers(0, 2, (8, 6)).astype(np.float32),
+           "mask": (rng.random((8, 64, 64)) > 0.97).astype(np.uint8)}
   state = exp.init_state()
   before = _leaves(state["params"])
   step_fn = loop.make_train_step(exp)
   from ich_jax.train import sharding
-  sharded = sharding.put_batch(batch, sharding.batch_sharding(exp.mesh), ("image", "labels"))
+  assert exp.task.batch_keys == ("image", "labels", "mask")  # the smoke config trains with strong labels
+  sharded = sharding.put_batch(batch, sharding.batch_sharding(exp.mesh), exp.task.batch_keys)
   assert len(sharded["image"].sharding.device_set) == 8
   new_state, metrics = step_fn(state, sharded)
   assert int(new_state["step"]) == 1 and np.isfinite(float(metrics["loss"]))
+  assert float(metrics["mask_loss"]) > 0
   after = _leaves(new_state["params"])
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
   # The same step on one device, no sharding: data parallelism must not change the maths.
