@@ -17,25 +17,24 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves every `every` steps, keeps the newest `keep`."""
+  """Saves when told to (the loop decides when), keeps the newest `keep`."""
 
-  def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int, async_save: bool = False):
+  def __init__(self, directory: str | pathlib.Path, *, keep: int, async_save: bool = False):
     directory = pathlib.Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every, max_to_keep=keep, create=True,
-        enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
   @property
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
-    """Saves if `step` is on the interval (or `force`); returns whether it saved."""
+  def save(self, step: int, state: Any, data_iterator=None) -> None:
+    """Saves `state` (and each process's iterator position) as `step`, atomically."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    if not self._manager.save(step, args=ocp.args.Composite(**items), force=True):
+      raise RuntimeError(f"Orbax declined to save step {step} in {self._manager.directory}")
 
   def restore(self, abstract_state: Any, data_iterator=None, step: int | None = None) -> tuple[Any, int]:
     """Restores `step` (default: latest) into the structure/sharding of `abstract_state`.

@@ -126,8 +126,7 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
   batch_iter = pipeline.train_iterator(
       source, config.data, global_batch_size=config.train.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.train.checkpoint_every,
-                                 keep=config.train.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   if ckpt.latest_step is not None:
     state, start = ckpt.restore(exp.abstract_state(), batch_iter)
     log.info("resuming from step %d (checkpoint in %s)", start, workdir / "checkpoints")
@@ -144,10 +143,18 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
     state, metrics = step_fn(state, batch)
     pending.append(metrics)
     done = step + 1
-    if done % config.train.log_every == 0 or done == exp.total_steps:
+    final = done == exp.total_steps
+    save_now = done % config.train.checkpoint_every == 0 or final
+    if save_now:
+      # Never checkpoint a diverged state: a rerun would resume into NaNs.
+      losses = np.array([jax.device_get(m["loss"]) for m in pending])
+      if not np.isfinite(losses).all():
+        raise FloatingPointError(f"loss is {losses[~np.isfinite(losses)][0]} by step {done}; last checkpoint "
+                                 f"(finite): step {ckpt.latest_step} in {workdir / 'checkpoints'}")
+    if done % config.train.log_every == 0 or final:
       means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
       if not np.isfinite(means["loss"]):
-        raise FloatingPointError(f"loss is {means['loss']} at step {done}; last finite checkpoint: "
+        raise FloatingPointError(f"loss is {means['loss']} at step {done}; last checkpoint (finite): "
                                  f"step {ckpt.latest_step} in {workdir / 'checkpoints'}")
       means["learning_rate"] = float(optimizer.schedule(config.optimizer, exp.total_steps)(done))
       writer.scalars(done, means)
@@ -156,7 +163,8 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
         bar.set_postfix(loss=f"{means['loss']:.4f}")
     if bar is not None:
       bar.update(1)
-    ckpt.save(done, state, batch_iter, force=(done == exp.total_steps))
+    if save_now:
+      ckpt.save(done, state, batch_iter)
   if bar is not None:
     bar.close()
   ckpt.close()
@@ -167,7 +175,7 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
 def restore_for_eval(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict, int]:
   """The experiment and the newest checkpointed state of a workdir."""
   exp = make_experiment(config)
-  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", every=1, keep=config.train.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
   state, step = ckpt.restore(exp.abstract_state())
   ckpt.close()
   return exp, state, step

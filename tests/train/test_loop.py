@@ -135,3 +135,16 @@ def test_quickstart_smoke_end_to_end_and_eval_reprints(tiny_data_dir, tmp_path):
   assert json.loads((workdir / "metrics.json").read_text()) == metrics
   table = run.stdout[run.stdout.index("Held-out"):]
   assert table.strip() in again.stdout
+
+
+def test_diverged_loss_stops_without_checkpointing_nan(smoke_config, tmp_path, monkeypatch):
+  real_loss = tasks.MultilabelClassification.loss
+
+  def nan_loss(self, model, batch):
+    loss, metrics = real_loss(self, model, batch)
+    return loss * jnp.nan, dict(metrics, loss=loss * jnp.nan)
+
+  monkeypatch.setattr(tasks.MultilabelClassification, "loss", nan_loss)
+  with pytest.raises(FloatingPointError, match="loss is nan"):
+    loop.train(smoke_config, tmp_path / "nan")
+  assert not list((tmp_path / "nan" / "checkpoints").glob("[0-9]*"))
