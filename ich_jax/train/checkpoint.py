@@ -12,7 +12,6 @@ import pathlib
 from typing import Any
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -50,14 +49,7 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], step
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
 
-
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) describing `tree`, for restore."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
