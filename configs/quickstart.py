@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
   c.model = ConfigDict()
   c.model.name = "small_cnn"
-  c.model.options = ConfigDict({"widths": (16, 32, 64, 96)})
+  c.model.options = ConfigDict({"widths": (16, 32, 64, 96), "stem_factor": 2})
 
   c.task = ConfigDict()
   c.task.name = "multilabel_classification"

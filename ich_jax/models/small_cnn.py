@@ -30,16 +30,18 @@ class SmallCNN(nnx.Module):
   """
 
   def __init__(self, *, num_classes: int, in_channels: int, rngs: nnx.Rngs,
-               widths: Sequence[int] = (16, 32, 64, 96), stem: str = "space_to_depth", dtype=None):
+               widths: Sequence[int] = (16, 32, 64, 96), stem: str = "space_to_depth", stem_factor: int = 2,
+               dtype=None):
     # stem "space_to_depth": 2×2 pixel blocks become channels, so the first stage
     # runs at half resolution without discarding pixels (a strided 3×3 conv sees
     # each pixel once at best; a punctate bleed can be one pixel). "strided": a
-    # stride-2 conv.
+    # stride-2 conv. `stem_factor` is the block size (4 runs a 256² input at 64²).
     if stem not in ("space_to_depth", "strided"):
       raise ValueError(f"small_cnn: stem={stem!r}; expected 'space_to_depth' or 'strided'")
     self.stem = stem
+    self.stem_factor = int(stem_factor) if stem == "space_to_depth" else 2
     blocks = []
-    cin = in_channels * 4 if stem == "space_to_depth" else in_channels
+    cin = in_channels * self.stem_factor ** 2 if stem == "space_to_depth" else in_channels
     for i, width in enumerate(widths):
       first_stride = 1 if stem == "space_to_depth" else 2
       blocks.append(ConvBlock(cin, width, stride=first_stride if i == 0 else 2, rngs=rngs, dtype=dtype))
@@ -56,9 +58,10 @@ class SmallCNN(nnx.Module):
     """Last convolutional feature map [B, h, w, C] (Grad-CAM, saliency loss)."""
     if self.stem == "space_to_depth":
       b, h, w, c = x.shape
-      if h % 2 or w % 2:
-        raise ValueError(f"small_cnn space_to_depth stem needs even height and width, got {h}×{w}")
-      x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)
+      k = self.stem_factor
+      if h % k or w % k:
+        raise ValueError(f"small_cnn space_to_depth stem needs height and width divisible by {k}, got {h}×{w}")
+      x = x.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // k, w // k, k * k * c)
     for block in self.blocks:
       x = block(x)
     return x
