@@ -47,8 +47,6 @@ def ensure_built(config) -> None:
 
 def open_split(config, split: str):
   """Random-access source over one split (`len`, `[i]` → dict of numpy arrays)."""
-  import tensorflow_datasets as tfds
-
   b = builder(config)
   if not b.is_prepared():
     raise FileNotFoundError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
