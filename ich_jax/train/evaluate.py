@@ -1,4 +1,9 @@
-"""Evaluate a trained state on the held-out split: predictions → metrics.json + printed table."""
+"""Evaluate a trained state on the held-out split.
+
+Writes predictions.npz (everything, masks included), predictions.csv (the
+format `python -m ich_jax.eval` reads), metrics.json, report.md and the
+figures into the workdir, and prints the short table.
+"""
 from __future__ import annotations
 
 import pathlib
@@ -20,15 +25,20 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
   preds = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size)
   if jax.process_index() != 0:
     return None
-  base = None
   if config.eval.get("baseline", True):
-    base = np.array([baseline.bright_fraction(source[int(i)]["image"]) for i in preds["record_index"]])
-  metrics = report.classification_metrics(preds, threshold=config.eval.threshold, baseline=base)
+    preds[report.BASELINE_COLUMN] = np.array([baseline.bright_fraction(source[int(i)]["image"])
+                                              for i in preds["record_index"]])
+  metrics = report.classification_metrics(preds, threshold=config.eval.threshold,
+                                          n_boot=int(config.eval.get("n_boot", 500)),
+                                          seed=int(config.eval.get("bootstrap_seed", 0)))
   metrics["step"] = int(step) if step is not None else None
   metrics["split"] = config.dataset.eval_split
   metrics["dataset"] = f"{config.dataset.name}/{config.dataset.config}"
-  report.write_metrics(metrics, workdir / "metrics.json")
+  report.write_report(metrics, preds, workdir, figures=config.eval.get("figures", True),
+                      title=f"Evaluation of {workdir.name}, step {metrics['step']}")
   np.savez(workdir / "predictions.npz",
            **{k: (v.astype(str) if v.dtype.kind in "OS" else v) for k, v in preds.items()})
+  report.write_predictions_csv(preds, workdir / "predictions.csv")
   print(report.format_table(metrics), flush=True)
+  print(f"Report: {workdir / 'report.md'}", flush=True)
   return metrics
