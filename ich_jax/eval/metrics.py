@@ -4,7 +4,7 @@ Pure, vectorised and deterministic given `seed`. What the seed papers report:
 
 - discrimination: `roc_auc`, `roc_curve`, `binary_stats` at a threshold,
   `weighted_log_loss` (the RSNA 2019 metric, seed 003);
-- uncertainty and comparison: `bootstrap_ci` (seed 000 §2.2: 500 bootstrap
+- uncertainty and comparison: `bootstrap_ci` (seed 000 §2.1.5: 500 bootstrap
   replications for 95% intervals), `delong_ci` and `delong_test` (seed 000:
   "the DeLong test for AUC comparison");
 - segmentation and volume: `dice`, `jaccard`, `volume_ml`, `abc2_ml`,
@@ -181,7 +181,7 @@ def bootstrap_ci(metric_fn: Callable, y_true, score, n_boot: int = 500, alpha: f
                  stratified: bool = True, groups=None) -> tuple[float, float, float]:
   """(point, lo, hi): `metric_fn(y_true, score)` and its percentile bootstrap interval.
 
-  Seed 000 (§2.2) used 500 replications for 95% intervals. `stratified`
+  Seed 000 (§2.1.5) used 500 replications for 95% intervals. `stratified`
   resamples positives and negatives separately, so every replicate keeps the
   sample's class balance and an AUC is always defined; with a 2-D `y_true` the
   strata come from its first column (the "any" label). `groups` (e.g. study

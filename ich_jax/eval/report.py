@@ -26,7 +26,7 @@ reference masks (`mask`: 0 or the LABELS index of the subtype, per pixel, with
 section; a `pred_mask` entry of the same shape (non-zero = blood) adds Dice and
 predicted volumes.
 
-Statistics: AUC 95% intervals are percentile bootstraps (seed 000 §2.2: 500
+Statistics: AUC 95% intervals are percentile bootstraps (seed 000 §2.1.5: 500
 replications, stratified by class); at the slice level whole studies are
 resampled, since slices of one scan are not independent. DeLong p-values are
 two-sided; at the slice level they treat slices as independent, so the scan
