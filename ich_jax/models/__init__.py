@@ -14,7 +14,11 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
 
 # Modules that hold registered models, imported lazily by `build` so that
 # importing the package does no work.
-_MODULES = ("ich_jax.models.small_cnn",)
+_MODULES = (
+    "ich_jax.models.small_cnn",
+    "ich_jax.models.unet",
+    "ich_jax.models.inception_unet",
+)
 
 
 def register(name: str):
