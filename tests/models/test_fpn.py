@@ -1,4 +1,5 @@
 """Seed 001's hybrid 3D/2D feature pyramid."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,6 +42,10 @@ def test_contracting_arm_reduces_z_by_one_slice_per_level():
   assert [p.kernel.shape[-1] for p in model.proj] == [128] * 4
   assert model.levels[0].down.conv.strides == (1, 2, 2)
   assert model.levels[0].zred.conv.kernel.shape[:3] == (2, 1, 1)
+  # The paper's 5×512×512 input (traced, not computed): strides 4 to 32.
+  pyramid = nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((1, 5, 512, 512, 1), jnp.float32))
+  assert {k: v.shape for k, v in pyramid.items()} == {
+      "p2": (1, 128, 128, 128), "p3": (1, 64, 64, 128), "p4": (1, 32, 32, 128), "p5": (1, 16, 16, 128)}
 
 
 def test_wrong_stack_is_a_clear_error():
