@@ -16,6 +16,7 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
 # importing the package does no work.
 _MODULES = (
     "ich_jax.models.small_cnn",
+    "ich_jax.models.resnet",
     "ich_jax.models.unet",
     "ich_jax.models.inception_unet",
     "ich_jax.models.fpn3d2d",

@@ -1,0 +1,163 @@
+"""What the reference classifiers share: the trainer's protocol, conv-BN-activation, torch-style pooling.
+
+Every classifier here exposes (see `small_cnn` for the same protocol):
+  features_map(x) → the last convolutional feature map [B, h, w, C] (Grad-CAM, saliency loss);
+  pooled(fmap)    → the feature vector [B, num_features] (sequence models take it per slice);
+  classify(fmap)  → logits; __call__(x) = classify(features_map(x));
+  mask_logits(fmap) → [B, h, w] from a 1×1 conv, only with option `mask_head=True`:
+    the reference networks have no such layer and their parameter counts must match.
+
+Options common to all: `dtype` ("bfloat16" computes activations in bfloat16 while
+parameters, batch statistics and optimizer state stay float32 — the usual
+mixed-precision recipe; None keeps float32 throughout) and `mask_head`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# torchvision initialises convolutions of its ResNets, DenseNets, MobileNetV2 and
+# VGGs with kaiming_normal_(mode="fan_out", nonlinearity="relu"): He et al. 2015.
+TORCH_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's BatchNorm2d momentum 0.1 weights the new batch; flax's weights the old average.
+TORCH_BN = {"momentum": 0.9, "epsilon": 1e-5}
+
+
+def compute_dtype(dtype: Any):
+  """Config value → activation dtype: None, or a name/dtype such as "bfloat16"."""
+  if dtype is None:
+    return None
+  try:
+    return jnp.dtype(dtype)
+  except TypeError as e:
+    raise ValueError(f"model option dtype={dtype!r} is not a dtype name (e.g. 'bfloat16', 'float32')") from e
+
+
+def num_params(module: nnx.Module) -> int:
+  """Trainable parameter count: the sum of `nnx.Param` sizes (works on `nnx.eval_shape` output)."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def pads(*sizes: int) -> tuple[tuple[int, int], ...]:
+  """Symmetric explicit padding, as PyTorch's `padding=`: `pads(3, 3)` for a 7×7 stem."""
+  return tuple((p, p) for p in sizes)
+
+
+def max_pool(x, window: int, stride: int, padding: int = 0, ceil_mode: bool = False):
+  """PyTorch's MaxPool2d: -inf padding on both sides; `ceil_mode` keeps a last partial window.
+
+  Explicit because flax's "SAME" pads (0, 1) where torch pads (1, 1): output
+  sizes agree, the windows do not.
+  """
+  extra = [0, 0]
+  if ceil_mode:
+    for i, n in enumerate(x.shape[1:3]):
+      span = n + 2 * padding - window
+      out = -(-span // stride) + 1
+      # PyTorch drops a last window that would start in the right padding.
+      if (out - 1) * stride >= n + padding:
+        out -= 1
+      extra[i] = max((out - 1) * stride + window - (n + 2 * padding), 0)
+  return nnx.max_pool(x, (window, window), (stride, stride),
+                      ((padding, padding + extra[0]), (padding, padding + extra[1])))
+
+
+def adaptive_avg_pool(x, size: tuple[int, int]):
+  """PyTorch's AdaptiveAvgPool2d: bin i of n → out covers rows floor(i·n/out) … ceil((i+1)·n/out).
+
+  As two small averaging matrices, so it is one einsum for any input size
+  (VGG's classifier expects 7×7 whatever the input; a 1×1 map is replicated).
+  """
+
+  def matrix(n: int, out: int) -> np.ndarray:
+    m = np.zeros((out, n), np.float32)
+    for i in range(out):
+      lo, hi = (i * n) // out, -(-((i + 1) * n) // out)
+      m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+  my, mx = matrix(x.shape[1], size[0]), matrix(x.shape[2], size[1])
+  return jnp.einsum("iy,jx,byxc->bijc", my.astype(x.dtype), mx.astype(x.dtype), x)
+
+
+class _RunningStat(nnx.BatchStat):
+  """A BatchStat whose whole-array assignment skips flax's sharding probe.
+
+  flax 0.12's `Variable.__setitem__(..., value)` reads `value.sharding`; on a
+  tracer jax (0.10) builds an error message by walking every equation traced so
+  far, so each BatchNorm update costs O(graph) and tracing a deep network in
+  train mode is quadratic (jax-ml/jax PR #40041): 25 s of the 28 s to trace
+  Inception-ResNet-v2. `set_value` without an index stores the array directly.
+  """
+
+  def __setitem__(self, key, value):
+    if key is Ellipsis:
+      self.set_value(value)
+    else:
+      super().__setitem__(key, value)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm with running statistics that trace in linear time (see `_RunningStat`)."""
+
+  def __init__(self, num_features: int, **kw):
+    super().__init__(num_features, **kw)
+    self.mean = _RunningStat(self.mean.get_value())
+    self.var = _RunningStat(self.var.get_value())
+
+
+class ConvBN(nnx.Module):
+  """Conv → BatchNorm → activation: the unit of every network here (conv bias only where a reference has one)."""
+
+  def __init__(self, cin: int, cout: int, kernel: int | Sequence[int], *, stride: int = 1,
+               padding: Any = "SAME", groups: int = 1, act: Callable | None = jax.nn.relu,
+               bn: dict | None = None, conv_bias: bool = False, kernel_init=TORCH_CONV_INIT, dtype=None,
+               rngs: nnx.Rngs):
+    kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    self.conv = nnx.Conv(cin, cout, kernel, strides=stride, padding=padding, feature_group_count=groups,
+                         use_bias=conv_bias, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+    self.norm = BatchNorm(cout, dtype=dtype, rngs=rngs, **(TORCH_BN if bn is None else bn))
+    self.act = act
+
+  def __call__(self, x):
+    x = self.norm(self.conv(x))
+    return x if self.act is None else self.act(x)
+
+
+class Classifier(nnx.Module):
+  """The trainer's classifier protocol; subclasses build the trunk and call `_init_heads`."""
+
+  num_features: int
+
+  def _init_heads(self, *, fmap_channels: int, num_features: int, num_classes: int, mask_head: bool,
+                  dtype, rngs: nnx.Rngs, head: nnx.Module | None = None):
+    # `head` maps pooled(fmap) to logits; a plain linear layer unless the reference has more.
+    self.head = nnx.Linear(num_features, num_classes, dtype=dtype, rngs=rngs) if head is None else head
+    # Per-cell blood logit for strong labels (seed 000 §2.1.5); opt-in, outside the reference count.
+    self.mask_head = nnx.Conv(fmap_channels, 1, (1, 1), dtype=dtype, rngs=rngs) if mask_head else nnx.data(None)
+    self.num_features = num_features
+
+  def features_map(self, x):
+    raise NotImplementedError
+
+  def pooled(self, fmap):
+    """Global average pooling, as every reference network here except VGG."""
+    return fmap.mean(axis=(1, 2))
+
+  def classify(self, fmap):
+    return self.head(self.pooled(fmap))
+
+  def mask_logits(self, fmap):
+    """[B, h, w] blood logits at feature-map resolution."""
+    if self.mask_head is None:
+      raise ValueError(f"{type(self).__name__} was built without a mask head: set model option mask_head=True "
+                       "to train with task.mask_loss_weight > 0")
+    return self.mask_head(fmap)[..., 0]
+
+  def __call__(self, x):
+    return self.classify(self.features_map(x))
