@@ -17,6 +17,7 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
 _MODULES = (
     "ich_jax.models.small_cnn",
     "ich_jax.models.resnet",
+    "ich_jax.models.densenet",
     "ich_jax.models.unet",
     "ich_jax.models.inception_unet",
     "ich_jax.models.fpn3d2d",
