@@ -20,6 +20,7 @@ _MODULES = (
     "ich_jax.models.densenet",
     "ich_jax.models.mobilenet_v2",
     "ich_jax.models.vgg",
+    "ich_jax.models.inception_resnet_v2",
     "ich_jax.models.unet",
     "ich_jax.models.inception_unet",
     "ich_jax.models.fpn3d2d",
