@@ -38,11 +38,6 @@ def compute_dtype(dtype: Any):
     raise ValueError(f"model option dtype={dtype!r} is not a dtype name (e.g. 'bfloat16', 'float32')") from e
 
 
-def num_params(module: nnx.Module) -> int:
-  """Trainable parameter count: the sum of `nnx.Param` sizes (works on `nnx.eval_shape` output)."""
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
-
-
 def pads(*sizes: int) -> tuple[tuple[int, int], ...]:
   """Symmetric explicit padding, as PyTorch's `padding=`: `pads(3, 3)` for a 7×7 stem."""
   return tuple((p, p) for p in sizes)
