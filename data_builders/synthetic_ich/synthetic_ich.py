@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ich_jax import LABELS
+from ich_jax.data.phantom import SEED001_SIZE_MIX
 
 
 @dataclasses.dataclass
@@ -27,6 +28,10 @@ class SyntheticIchConfig(tfds.core.BuilderConfig):
   patients: tuple[tuple[str, int], ...] = (("train", 8), ("validation", 2), ("test", 4))
   p_second_study: float = 0.2               # a follow-up study of the same patient (tests the patient split)
   phantom: tuple[tuple[str, object], ...] = ()   # PhantomSpec overrides
+  # (split, size bin, n): the split's first n patients have exactly one bleed,
+  # drawn from that bin — a floor, so a rare bin (punctate: ~1 study in 30 with
+  # blood in seed 001's cohort) is present in a test split of tens of studies.
+  forced_bins: tuple[tuple[str, str, int], ...] = ()
   seed: int = 0
 
 
@@ -41,9 +46,22 @@ def _study_examples(task):
 
   from ich_jax.data import dicom, phantom, resample
 
-  config, patient_id, study_number, seed = task
-  spec = _phantom_spec(config.phantom)
+  config, patient_id, study_number, seed, forced_bin = task
+  overrides = config.phantom
+  if forced_bin is not None:
+    one_hot = tuple(float(b == forced_bin) for b in phantom.SIZE_BINS)
+    overrides += (("p_hemorrhage", 1.0), ("p_extra_bleed", 0.0), ("size_bin_probs", one_hot),
+                  ("size_bin_probs_by_subtype", None))
+  spec = _phantom_spec(overrides)
   ph = phantom.make_phantom(seed, spec)
+  # A forced bin must be the rendered volume's bin: at 5 mm slices a punctate
+  # target often renders as 0 or > 0.01 mL (a voxel is ~1 mm³). Redraw, deterministically.
+  attempt = 0
+  while forced_bin is not None and not (ph.total_blood_ml > 0 and phantom.size_bin(ph.total_blood_ml) == forced_bin):
+    attempt += 1
+    if attempt == 50:
+      raise RuntimeError(f"synthetic_ich/{config.name}: no {forced_bin} study in 50 draws for {patient_id}")
+    ph = phantom.make_phantom(seed + 1_000_000_007 * attempt, spec)
   entropy = [config.name, str(config.seed), patient_id, str(study_number)]
   with tempfile.TemporaryDirectory(prefix="synthetic_ich_") as tmp:
     dicom.write_series(
@@ -86,11 +104,15 @@ def _study_examples(task):
   return examples
 
 
-_SMALL_PATIENTS = (("train", 200), ("validation", 8), ("test", 56))
-# Size mix: fewer small bleeds than the phantom's default (every bin stays
-# present; the report gives AUC per bin, so the mix is visible, not hidden).
+_SMALL_PATIENTS = (("train", 200), ("validation", 8), ("test", 120))
+# The mix makes punctate studies rare (none among the 120 test patients drawn
+# freely); two test patients with one punctate bleed keep that bin measured.
+_SMALL_FORCED = (("test", "punctate", 2),)
+# Size mix per subtype: seed 001's cohort (Table 1; phantom.SEED001_SIZE_MIX),
+# about 6% punctate, 18% small, 24% medium, 52% large. Every bin stays present
+# and the report gives AUC per bin, so the mix is visible, not hidden.
 _SMALL_PHANTOM = (("matrix", 512), ("max_slices", 20), ("slice_thickness_mm", (2.5, 5.0)),
-                  ("size_bin_probs", (0.10, 0.22, 0.34, 0.34)))
+                  ("size_bin_probs_by_subtype", SEED001_SIZE_MIX))
 
 
 class SyntheticIch(tfds.core.ShardBasedBuilder):
@@ -101,8 +123,9 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
   to disk through tf.io.gfile, i.e. it needs TensorFlow; readers shuffle anyway.)
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "small, small256: bleed sizes per subtype from seed 001 Table 1."}
   BUILDER_CONFIGS = [
       # Tests: a 128 matrix (pixel spacing scaled so the head fits), few thick slices.
       SyntheticIchConfig(
@@ -116,11 +139,11 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
       # better spent on more patients.
       SyntheticIchConfig(
           name="small", description="Small: the quickstart experiment.", resolution=128,
-          patients=_SMALL_PATIENTS, phantom=_SMALL_PHANTOM),
+          patients=_SMALL_PATIENTS, phantom=_SMALL_PHANTOM, forced_bins=_SMALL_FORCED),
       # The same phantoms (same seeds) stored at 256 (≈0.9 mm pixels), for resolution ablations.
       SyntheticIchConfig(
           name="small256", description="small at 256×256.", resolution=256,
-          patients=_SMALL_PATIENTS, phantom=_SMALL_PHANTOM),
+          patients=_SMALL_PATIENTS, phantom=_SMALL_PHANTOM, forced_bins=_SMALL_FORCED),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -151,12 +174,17 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
     rng = np.random.default_rng(cfg.seed)
     splits, first = {}, 0
     for split, count in cfg.patients:
+      forced = [b for s, b, n in cfg.forced_bins if s == split for _ in range(n)]
+      if len(forced) > count:
+        raise ValueError(f"synthetic_ich/{cfg.name}: forced_bins asks {len(forced)} patients of split {split!r}, "
+                         f"which has {count}")
       tasks = []
       for p in range(first, first + count):
         patient_id = f"SYN{cfg.seed:02d}-{p:05d}"
         n_studies = 2 if rng.random() < cfg.p_second_study else 1
+        forced_bin = forced[p - first] if p - first < len(forced) else None
         for study in range(n_studies):
-          tasks.append((cfg, patient_id, study, int(cfg.seed * 1_000_003 + p * 7 + study)))
+          tasks.append((cfg, patient_id, study, int(cfg.seed * 1_000_003 + p * 7 + study), forced_bin))
       first += count
       # One shard per split: a study pool is started once per shard.
       splits[split] = [functools.partial(self._generate_examples, tasks)]

@@ -39,13 +39,20 @@ import numpy as np
 
 SUBTYPE_ORDER = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 # Seed 001's size bins live with the other statistics; re-exported for callers of this module.
-from ich_jax.eval.metrics import size_bin  # noqa: E402  (one definition of the bin edges)
+from ich_jax.eval.metrics import SIZE_BINS, size_bin  # noqa: E402  (one definition of the bins)
 
 # Volume range (mL) a bleed's target is drawn from, log-uniform, per size bin
 # (seed 001's bins: punctate < 0.01, small 0.01–5, medium 5–25, large > 25 mL).
 # The reported bin comes from the volume actually rendered, not this target.
 _BIN_TARGET_ML = {"punctate": (0.002, 0.008), "small": (0.02, 4.5), "medium": (5.5, 24.0),
                   "large": (27.0, 85.0)}
+
+# Seed 001 Table 1 (cross-validation cohort, 901 hemorrhages in 10,159 exams):
+# counts per size bin (punctate, small, medium, large) for IPH 15/63/88/192,
+# EDH/SDH 3/49/79/188, SAH 34/52/53/85. IVH has no row there; it takes the
+# pooled mix of the three (52/164/220/465). In SUBTYPE_ORDER.
+SEED001_SIZE_MIX = ((3, 49, 79, 188), (15, 63, 88, 192), (52, 164, 220, 465), (34, 52, 53, 85),
+                    (3, 49, 79, 188))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +67,9 @@ class PhantomSpec:
   p_extra_bleed: float = 0.3                            # P(one more bleed), repeated up to max_bleeds
   max_bleeds: int = 3
   size_bin_probs: tuple[float, ...] = (0.06, 0.40, 0.32, 0.22)   # punctate, small, medium, large
+  # Per subtype (5 rows in SUBTYPE_ORDER, each like size_bin_probs, any scale);
+  # None: every subtype uses size_bin_probs. SEED001_SIZE_MIX is the seed 001 cohort's.
+  size_bin_probs_by_subtype: tuple[tuple[float, ...], ...] | None = None
   p_isodense_subdural: float = 0.3                      # thin (2–4 mm), 45–55 HU subdurals
   p_edema: float = 0.6                                  # hypodense rim around an intraparenchymal bleed
   noise_sd_hu: tuple[float, float] = (3.0, 7.0)          # per study, uniform, at 5 mm slices; pixel sd, correlated
@@ -575,8 +585,11 @@ def _surface(head, u):
 
 def _draw_bleed(rng, spec: PhantomSpec, head: _Head, subtype: str) -> dict:
   """Subtype, size and site of one bleed (geometry is fixed later, on the scan's voxel grid)."""
-  bins = ("punctate", "small", "medium", "large")
-  p = np.asarray(spec.size_bin_probs, np.float64)
+  bins = SIZE_BINS
+  if spec.size_bin_probs_by_subtype is None:
+    p = np.asarray(spec.size_bin_probs, np.float64)
+  else:
+    p = np.asarray(spec.size_bin_probs_by_subtype[SUBTYPE_ORDER.index(subtype)], np.float64)
   bin_ = bins[rng.choice(4, p=p / p.sum())]
   lo, hi = _BIN_TARGET_ML[bin_]
   target = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
@@ -1195,6 +1208,11 @@ def _check_spec(spec: PhantomSpec):
   if len(spec.subtype_probs) != 5 or len(spec.size_bin_probs) != 4:
     raise ValueError("PhantomSpec: subtype_probs needs 5 entries (SUBTYPE_ORDER), size_bin_probs 4 "
                      "(punctate, small, medium, large)")
+  by_subtype = spec.size_bin_probs_by_subtype
+  if by_subtype is not None and (len(by_subtype) != 5 or any(len(row) != 4 or min(row) < 0 or sum(row) <= 0
+                                                              for row in by_subtype)):
+    raise ValueError(f"PhantomSpec.size_bin_probs_by_subtype={by_subtype}: need 5 rows (SUBTYPE_ORDER) of "
+                     "4 non-negative weights (punctate, small, medium, large)")
 
 
 def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:

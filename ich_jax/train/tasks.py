@@ -6,6 +6,7 @@ the loss, and what a prediction is. The trainer loop is shared by all tasks.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Mapping
 
 import jax
@@ -15,6 +16,9 @@ import optax
 from ich_jax import LABELS
 
 _TASKS: dict[str, Callable[..., "Task"]] = {}
+
+# Modules holding further registered tasks, imported by `build` (not at import time).
+_MODULES: tuple[str, ...] = ()
 
 
 def register(name: str):
@@ -27,6 +31,8 @@ def register(name: str):
 def build(config) -> "Task":
   """Builds the task named by `config.name` with the remaining fields as options."""
   options = {k: v for k, v in config.items() if k != "name"}
+  for module in _MODULES:
+    importlib.import_module(module)
   if config.name not in _TASKS:
     raise KeyError(f"config task.name={config.name!r} is not a registered task; known: {', '.join(sorted(_TASKS))}")
   return _TASKS[config.name](**options)
@@ -67,6 +73,21 @@ def coarse_mask(mask: jax.Array, grid: tuple[int, int]) -> jax.Array:
   return blood.any(axis=(2, 4)).astype(jnp.float32)
 
 
+def model_heads(model, image: jax.Array, *, with_mask: bool) -> dict[str, jax.Array]:
+  """{"logits"[, "mask_logits"]} of a classifier, in one forward pass.
+
+  Models whose blood map does not sit on their last feature map define
+  `heads(x)`; the others expose `features_map` → `classify` / `mask_logits`.
+  """
+  if hasattr(model, "heads"):
+    return model.heads(image)
+  fmap = model.features_map(image)
+  out = {"logits": model.classify(fmap)}
+  if with_mask:
+    out["mask_logits"] = model.mask_logits(fmap)
+  return out
+
+
 @register("multilabel_classification")
 class MultilabelClassification(Task):
   """Slice → six sigmoid outputs (any + five subtypes), weighted BCE."""
@@ -87,8 +108,8 @@ class MultilabelClassification(Task):
       self.target_keys = ("labels", "mask")
 
   def loss(self, model, batch):
-    fmap = model.features_map(batch["image"])
-    logits = model.classify(fmap).astype(jnp.float32)
+    out = model_heads(model, batch["image"], with_mask=bool(self.mask_loss_weight))
+    logits = out["logits"].astype(jnp.float32)
     labels = batch["labels"].astype(jnp.float32)
     if self.label_smoothing:
       labels = labels * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
@@ -96,7 +117,7 @@ class MultilabelClassification(Task):
     loss = per_example.mean()
     metrics = {"accuracy_any": ((logits[:, 0] > 0) == (batch["labels"][:, 0] > 0.5)).mean()}
     if self.mask_loss_weight:
-      cell_logits = model.mask_logits(fmap).astype(jnp.float32)
+      cell_logits = out["mask_logits"].astype(jnp.float32)
       target = coarse_mask(batch["mask"], cell_logits.shape[1:])
       mask_loss = optax.sigmoid_binary_cross_entropy(cell_logits, target).mean()
       metrics["mask_loss"] = mask_loss
