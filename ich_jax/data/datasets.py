@@ -11,6 +11,7 @@ import pathlib
 # name → "module:Class" of its TFDS builder (imported only when used).
 BUILDERS = {
     "synthetic_ich": "data_builders.synthetic_ich.synthetic_ich:SyntheticIch",
+    "rsna_ich": "data_builders.rsna_ich.rsna_ich:RsnaIch",
 }
 
 
@@ -27,9 +28,9 @@ def data_dir(config) -> str:
 
 def builder(config):
   """The TFDS builder for `config.name` / `config.config` in `config.data_dir`."""
+  # manual_dir (the real datasets' unpacked download) reaches the builder through
+  # ensure_built's DownloadConfig; TFDS builders take no manual_dir argument.
   kwargs = {"data_dir": data_dir(config), "config": config.config, "file_format": "array_record"}
-  if config.get("manual_dir"):
-    kwargs["manual_dir"] = config.manual_dir  # used by the real-dataset builders
   return builder_class(config.name)(**kwargs)
 
 
@@ -52,6 +53,8 @@ def open_split(config, split: str):
     raise FileNotFoundError(
         f"dataset {config.name}/{config.config} is not built in {data_dir(config)}; "
         f"run training (which builds it) or ich_jax.data.datasets.ensure_built first")
-  if split not in b.info.splits:
-    raise KeyError(f"dataset {config.name}/{config.config} has no split {split!r}; it has {list(b.info.splits)}")
+  # "fold0+fold1+fold2" (physionet_ct_ich's folds) joins splits; each part must exist.
+  for part in split.split("+"):
+    if part.split("[")[0] not in b.info.splits:
+      raise KeyError(f"dataset {config.name}/{config.config} has no split {part!r}; it has {list(b.info.splits)}")
   return b.as_data_source(split=split)

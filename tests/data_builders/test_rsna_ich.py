@@ -1,0 +1,238 @@
+"""`rsna_ich` built by TFDS from a fixture in Kaggle's layout: labels, order, HU and the report on every quirk."""
+import collections
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+from data_builders import common
+from data_builders.rsna_ich import rsna_ich as R
+from tests.data_builders import fixtures
+
+RES = 32   # the fixture's 64 matrix (and the real 512 slice) stored at 32
+
+
+def build(manual_dir, data_dir, level="slice", workers=1, **overrides):
+  import tensorflow_datasets as tfds
+
+  cfg = R.RsnaIchConfig(name=f"fixture_{level}", level=level, resolution=RES, min_shards=2,
+                        validation_fraction=0.2, **overrides)
+  builder = R.RsnaIch(config=cfg, data_dir=str(data_dir), file_format="array_record")
+  tfds.display_progress_bar(False)
+  old = os.environ.get("ICH_JAX_BUILD_WORKERS")
+  os.environ["ICH_JAX_BUILD_WORKERS"] = str(workers)
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  finally:
+    if old is None:
+      del os.environ["ICH_JAX_BUILD_WORKERS"]
+    else:
+      os.environ["ICH_JAX_BUILD_WORKERS"] = old
+  return builder
+
+
+def records(builder, split):
+  src = builder.as_data_source(split)
+  return [src[i] for i in range(len(src))]
+
+
+def text(v):
+  return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+  return fixtures.write_rsna(tmp_path_factory.mktemp("rsna") / "manual")
+
+
+@pytest.fixture(scope="module")
+def slices(fx, tmp_path_factory):
+  return build(fx.root, tmp_path_factory.mktemp("tfds"))
+
+
+def expected_image(hu):
+  return common.Fit(hu.shape, RES).image(hu)
+
+
+def test_every_good_image_is_a_record_with_its_labels_hu_and_place(fx, slices):
+  recs = {text(r["sop_uid"]): r for s in ("train", "validation") for r in records(slices, s)}
+  good = {i for i, img in fx.images.items() if img.path.name not in fx.bad and img.labels is not None}
+  assert set(recs) == good
+  for image_id, r in recs.items():
+    truth = fx.images[image_id]
+    np.testing.assert_array_equal(r["labels"], truth.labels, err_msg=image_id)
+    np.testing.assert_array_equal(r["image"], expected_image(truth.hu), err_msg=image_id)
+    assert r["z_position"] == pytest.approx(truth.z, abs=1e-3)
+    assert (text(r["patient_id"]), text(r["study_id"]), text(r["series_id"])) == (truth.patient, truth.study,
+                                                                                  truth.series)
+  # Several shards per split, ArrayRecord.
+  assert slices.info.splits["train"].num_shards >= 2
+  assert slices.info.file_format.value == "array_record"
+
+
+def test_slices_are_ordered_along_the_normal_whatever_the_file_names(fx, slices):
+  by_series = collections.defaultdict(list)
+  for s in ("train", "validation"):
+    for r in records(slices, s):
+      by_series[text(r["series_id"])].append((int(r["slice_index"]), float(r["z_position"]), text(r["sop_uid"])))
+  for series, rows in by_series.items():
+    rows.sort()
+    true_order = [i for i in fx.series[series] if fx.images[i].path.name not in fx.bad]
+    assert [sop for _, _, sop in rows] == true_order, series
+    assert np.all(np.diff([z for _, z, _ in rows]) >= 0)   # one series holds two slices at one position
+  # Gantry tilt: positions step along the table, not the normal; gaps are the projected 4.5 mm.
+  tilt = sorted(by_series[fx.tilt_series])
+  np.testing.assert_allclose(np.diff([z for _, z, _ in tilt]), 4.5 * np.cos(np.radians(15)), rtol=1e-4)
+  # A skipped slice leaves a gap in slice_index, so (series_id, slice_index) keeps naming the same slice.
+  first = fx.series[next(s for s in fx.series if any(fx.images[i].path.name in fx.bad for i in fx.series[s]))]
+  indices = sorted(i for i, _, sop in by_series[fx.images[first[0]].series])
+  assert indices == [0, 1, 3, 5]
+
+
+def test_12bit_intercept_quirk_gives_true_hu(fx, slices):
+  recs = [r for s in ("train", "validation") for r in records(slices, s) if text(r["series_id"]) == fx.quirk_series]
+  assert len(recs) == 5
+  for r in recs:
+    truth = fx.images[text(r["sop_uid"])].hu
+    np.testing.assert_array_equal(r["image"], expected_image(truth))
+    assert r["image"].min() < -900 and r["image"].max() > 300   # air and bone, not wrapped
+  report = json.loads((pathlib.Path(slices.data_path) / common.REPORT_FILE).read_text())
+  corrected = sum(c.get("slices with the 12-bit intercept corrected", 0) for c in report["counts"].values())
+  assert corrected == 5
+
+
+def test_12bit_quirk_rule_matches_datasets_md():
+  ds = pydicom.Dataset()
+  ds.BitsStored, ds.PixelRepresentation, ds.RescaleIntercept = 12, 0, "-99"
+  assert R.has_12bit_quirk(ds)
+  ds.RescaleIntercept = "-1024"
+  assert not R.has_12bit_quirk(ds)
+  ds.RescaleIntercept, ds.PixelRepresentation = "0", 1
+  assert not R.has_12bit_quirk(ds)
+  ds.PixelRepresentation, ds.BitsStored = 0, 16
+  assert not R.has_12bit_quirk(ds)
+
+
+def test_multivalued_window_tags_take_the_first_value(fx, slices):
+  recs = [r for s in ("train", "validation") for r in records(slices, s) if text(r["series_id"]) == fx.window_series]
+  assert recs and all(tuple(r["dicom_window"]) == (36.0, 80.0) for r in recs)
+  real = [r for s in ("train", "validation") for r in records(slices, s) if text(r["series_id"]) == fx.real_series]
+  assert tuple(real[0]["dicom_window"]) == (40.0, 100.0)    # "40\40\40" / "100\100\200" in the file
+
+
+def test_real_head_ct_slice_hu_equals_pydicoms_modality_lut(fx, slices):
+  ref = pydicom.dcmread(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm"))
+  lut = apply_modality_lut(ref.pixel_array, ref)
+  path = fx.images[fx.series[fx.real_series][0]].path
+  hu, corrected = common.read_pixels(path, R.rsna_hu)
+  assert not corrected
+  np.testing.assert_array_equal(hu, lut.astype(np.float32))
+  (rec,) = [r for s in ("train", "validation") for r in records(slices, s) if text(r["series_id"]) == fx.real_series]
+  np.testing.assert_array_equal(rec["image"], expected_image(lut))
+  np.testing.assert_allclose(rec["pixel_spacing"], np.asarray([0.431, 0.431]) * 512 / RES, rtol=1e-6)
+
+
+def test_report_lists_exactly_the_bad_files(fx, slices):
+  report = json.loads((pathlib.Path(slices.data_path) / common.REPORT_FILE).read_text())
+  skipped = {pathlib.Path(item["file"]).name: item["reason"] for item in report["skipped"]}
+  assert set(skipped) == set(fx.bad)
+  assert "number of bytes of pixel data is less than expected" in skipped[f"{fixtures.CORRUPT_ID}.dcm"]
+  jls = next(n for n, why in fx.bad.items() if why == "JPEG-LS")
+  assert "JPEG-LS" in skipped[jls]
+  no_position = next(n for n, why in fx.bad.items() if why == "missing ImagePositionPatient")
+  assert skipped[no_position] == "missing required tag ImagePositionPatient"
+  notes = [n["note"] for n in report["notes"] if pathlib.Path(n["file"]).stem in fx.series[fx.images[
+      fx.duplicate_position].series]]
+  assert any(n.startswith("duplicate slice position") and "both kept" in n for n in notes)
+  assert report["counts"]["labels"]["label rows: exact duplicates dropped"] == fx.duplicate_rows
+
+
+def test_splits_by_patient_and_unlabeled_test(fx, slices):
+  patients = {s: {text(r["patient_id"]) for r in records(slices, s)} for s in ("train", "validation", "test")}
+  assert patients["train"] and patients["validation"] and not patients["train"] & patients["validation"]
+  assert patients["test"] == {"ID_pat0t1"}
+  test = records(slices, "test")
+  assert len(test) == 4 and all(np.isnan(r["labels"]).all() for r in test)
+  for r in test:
+    np.testing.assert_array_equal(r["image"], expected_image(fx.images[text(r["sop_uid"])].hu))
+
+
+def test_scans_one_example_per_series_through_the_process_pool(fx, tmp_path):
+  scans = build(fx.root, tmp_path, level="scan", workers=2)
+  recs = {text(r["series_id"]): r for s in ("train", "validation", "test") for r in records(scans, s)}
+  assert set(recs) == set(fx.series)
+  for series, r in recs.items():
+    ids = [i for i in fx.series[series] if fx.images[i].path.name not in fx.bad]
+    assert [text(s) for s in r["sop_uids"]] == ids
+    assert r["volume"].shape == (len(ids), RES, RES) and r["volume"].dtype == np.int16
+    np.testing.assert_array_equal(r["volume"], np.stack([expected_image(fx.images[i].hu) for i in ids]))
+    np.testing.assert_allclose(r["z_positions"], [fx.images[i].z for i in ids], atol=1e-3)
+    if series == fx.test_series:
+      assert np.isnan(r["labels"]).all()
+    else:
+      np.testing.assert_array_equal(r["labels"], np.stack([fx.images[i].labels for i in ids]))
+  assert recs[fx.quirk_series]["slice_thickness"] == pytest.approx(2.5)   # the gap: RSNA has no SliceThickness
+
+
+def _small_layout(root, rows, files):
+  """A two-image layout with hand-written CSV rows, for the join errors."""
+  (root / "stage_2_train").mkdir(parents=True)
+  with common.quiet():
+    for image_id in files:
+      from ich_jax.data import dicom
+      dicom.write_series(np.zeros((1, 8, 8)), (5, 1, 1), root / "stage_2_train", sop_uids=[image_id],
+                         series_uid="ID_ser1", study_uid="ID_st1", patient_id="ID_p1",
+                         file_names=lambda i, uid: f"{uid}.dcm")
+  (root / "stage_2_train.csv").write_text("ID,Label\n" + "".join(f"{r},{v}\n" for r, v in rows))
+
+
+def _rows(image_id, values=(0, 0, 0, 0, 0, 0)):
+  from ich_jax import LABELS
+  return [(f"{image_id}_{s}", v) for s, v in zip(LABELS, values)]
+
+
+def test_conflicting_duplicate_rows_are_an_error_naming_the_id(tmp_path):
+  rows = _rows("ID_000000aaa") + [("ID_000000aaa_subdural", 1)]
+  _small_layout(tmp_path / "m", rows, ["ID_000000aaa"])
+  with pytest.raises(ValueError, match=r"conflicting duplicate rows for ID_000000aaa_subdural: Label 0 \(line 7\) "
+                                       r"and 1 \(line 8\)"):
+    build(tmp_path / "m", tmp_path / "d")
+
+
+def test_label_without_image_and_image_without_label_name_both(tmp_path):
+  _small_layout(tmp_path / "m", _rows("ID_000000aaa") + _rows("ID_000000bbb"), ["ID_000000aaa", "ID_000000ccc"])
+  with pytest.raises(ValueError) as e:
+    build(tmp_path / "m", tmp_path / "d")
+  msg = str(e.value)
+  assert "stage_2_train.csv: rows for ID_000000bbb but no image " in msg and "stage_2_train/ID_000000bbb.dcm" in msg
+  assert "stage_2_train/ID_000000ccc.dcm: no rows ID_000000ccc_<subtype> in " in msg
+
+
+def test_missing_subtype_rows_and_bad_values_name_file_line_and_value(tmp_path):
+  _small_layout(tmp_path / "m", _rows("ID_000000aaa")[:5], ["ID_000000aaa"])
+  with pytest.raises(ValueError, match="image ID_000000aaa has no row for subdural"):
+    build(tmp_path / "m", tmp_path / "d")
+  shutil.rmtree(tmp_path / "m")
+  _small_layout(tmp_path / "m", _rows("ID_000000aaa")[:5] + [("ID_000000aaa_subdural", "yes")], ["ID_000000aaa"])
+  with pytest.raises(ValueError, match=r"stage_2_train.csv:7: column Label: 'yes' for ID_000000aaa_subdural"):
+    build(tmp_path / "m", tmp_path / "d")
+
+
+def test_real_config_through_the_registry_and_manual_dir(fx, tmp_path):
+  """What a user runs: the registry, a real config (256), manual_dir as the README lays it out."""
+  from ml_collections import ConfigDict
+
+  from ich_jax.data import datasets
+
+  cfg = ConfigDict({"name": "rsna_ich", "config": "slices256", "data_dir": str(tmp_path), "manual_dir": str(fx.root)})
+  datasets.ensure_built(cfg)
+  src = datasets.open_split(cfg, "train+validation")
+  rec = src[0]
+  assert rec["image"].shape == (256, 256) and rec["labels"].shape == (6,)
+  assert len(src) == sum(1 for img in fx.images.values() if img.labels is not None and img.path.name not in fx.bad)
