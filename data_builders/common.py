@@ -174,6 +174,9 @@ class IngestBuilder(tfds.core.ShardBasedBuilder):
       self._pool = None
       if pool is not None:
         pool.shutdown(cancel_futures=True)
+    for split, info in self.info.splits.items():
+      if info.num_examples == 0:
+        self.report.note(split, f"split {split} has no examples: every item in it was skipped; do not read it")
     # self.data_path is the temporary folder TFDS renames once the build succeeds.
     self.report.write(self.data_path / REPORT_FILE)
     print(self.report.summary(), flush=True)

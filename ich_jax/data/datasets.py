@@ -12,6 +12,7 @@ import pathlib
 BUILDERS = {
     "synthetic_ich": "data_builders.synthetic_ich.synthetic_ich:SyntheticIch",
     "rsna_ich": "data_builders.rsna_ich.rsna_ich:RsnaIch",
+    "physionet_ct_ich": "data_builders.physionet_ct_ich.physionet_ct_ich:PhysionetCtIch",
 }
 
 

@@ -475,6 +475,49 @@ def write_cq500(root, seed: int = 20, with_bhx: bool = True) -> Cq500Fixture:
                       "CQ500CT2 CQ500CT2", "CQ500-CT-3", bad_file, boxes)
 
 
+# --- Building and reading, as a user would ----------------------------------------------
+
+
+def build(builder_cls, config, manual_dir, data_dir, workers: int = 1):
+  """`tfds build`-equivalent: download_and_prepare from manual_dir, `workers` build processes."""
+  import os
+
+  import tensorflow_datasets as tfds
+
+  builder = builder_cls(config=config, data_dir=str(data_dir), file_format="array_record")
+  tfds.display_progress_bar(False)
+  old = os.environ.get("ICH_JAX_BUILD_WORKERS")
+  os.environ["ICH_JAX_BUILD_WORKERS"] = str(workers)
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  finally:
+    if old is None:
+      del os.environ["ICH_JAX_BUILD_WORKERS"]
+    else:
+      os.environ["ICH_JAX_BUILD_WORKERS"] = old
+  return builder
+
+
+def records(builder, split=None) -> list[dict]:
+  """All records of `split`, or of every non-empty split."""
+  splits = [split] if split else [s for s, info in builder.info.splits.items() if info.num_examples]
+  out = []
+  for s in splits:
+    src = builder.as_data_source(s)
+    out += [src[i] for i in range(len(src))]
+  return out
+
+
+def report(builder) -> dict:
+  from data_builders.common import REPORT_FILE
+  import json
+  return json.loads((pathlib.Path(builder.data_path) / REPORT_FILE).read_text())
+
+
+def text(v) -> str:
+  return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def copy_tree(src, dst) -> pathlib.Path:
   shutil.copytree(src, dst)
   return pathlib.Path(dst)

@@ -1,7 +1,6 @@
 """`rsna_ich` built by TFDS from a fixture in Kaggle's layout: labels, order, HU and the report on every quirk."""
 import collections
 import json
-import os
 import pathlib
 import shutil
 
@@ -19,31 +18,16 @@ RES = 32   # the fixture's 64 matrix (and the real 512 slice) stored at 32
 
 
 def build(manual_dir, data_dir, level="slice", workers=1, **overrides):
-  import tensorflow_datasets as tfds
-
   cfg = R.RsnaIchConfig(name=f"fixture_{level}", level=level, resolution=RES, min_shards=2,
                         validation_fraction=0.2, **overrides)
-  builder = R.RsnaIch(config=cfg, data_dir=str(data_dir), file_format="array_record")
-  tfds.display_progress_bar(False)
-  old = os.environ.get("ICH_JAX_BUILD_WORKERS")
-  os.environ["ICH_JAX_BUILD_WORKERS"] = str(workers)
-  try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  finally:
-    if old is None:
-      del os.environ["ICH_JAX_BUILD_WORKERS"]
-    else:
-      os.environ["ICH_JAX_BUILD_WORKERS"] = old
-  return builder
+  return fixtures.build(R.RsnaIch, cfg, manual_dir, data_dir, workers)
 
 
 def records(builder, split):
-  src = builder.as_data_source(split)
-  return [src[i] for i in range(len(src))]
+  return fixtures.records(builder, split)
 
 
-def text(v):
-  return v.decode() if isinstance(v, bytes) else str(v)
+text = fixtures.text
 
 
 @pytest.fixture(scope="module")
