@@ -3,6 +3,7 @@
   python launch.py --config configs/quickstart.py --workdir runs/quickstart
   python launch.py --config configs/quickstart.py:smoke --workdir W --mode eval
   python launch.py --config configs/quickstart.py --config.train.num_steps=100 ...
+  python launch.py --config configs/quickstart.py --workdir W --mode export_features   # stage outputs per series
 
 Multi-host: start one process per host with the same flags plus
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -17,7 +18,9 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate) or eval from the newest checkpoint.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export_features"],
+                          "train (then evaluate), eval from the newest checkpoint, or export_features: the newest "
+                          "checkpoint's per-slice features and predictions of every series (ich_jax.data.series).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -54,8 +57,12 @@ def main(argv) -> None:
   if _MODE.value == "train":
     exp, state = loop.train(config, workdir)
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=config.train.num_steps)
-  else:
+  elif _MODE.value == "eval":
     evaluate.evaluate(config, workdir)
+  else:
+    from ich_jax.train import export
+
+    export.export_features(config, workdir)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
 from ich_jax.data import augment as augment_lib
-from ich_jax.data import windows
+from ich_jax.data import datasets, windows
 
 INTENSITIES = ("window", "clip_rescale")
 
@@ -329,7 +329,7 @@ def _augment_hu(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
 # --- Pipelines -------------------------------------------------------------------
 
 
-def _derived_seed(seed: int, purpose: int) -> int:
+def derived_seed(seed: int, purpose: int) -> int:
   # Grain's shuffle seeds epoch e with seed + e, so seeds s and s+1 would share
   # all but one epoch's order; hashing the user seed avoids that.
   return int(np.random.SeedSequence([int(seed), purpose]).generate_state(1)[0])
@@ -355,29 +355,46 @@ def _check_process(process_index: int, process_count: int):
     raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
 
 
-def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """The training IterDataset (see `train_iterator`)."""
+def train_batches(num_records: int, to_examples: Callable[[grain.MapDataset], grain.MapDataset], cfg, *,
+                  global_batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """The training order every source kind shares (see the module docstring).
+
+  `to_examples` maps the infinite MapDataset of shuffled record indices to
+  examples; its random steps seed `random_map` with `derived_seed(seed, k)`,
+  k >= 1 (k = 0 is the shuffle). Then this process's share of each global
+  batch, batched, prefetched.
+  """
   _check_process(process_index, process_count)
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} is not divisible by process_count={process_count}")
-  src = as_series_source(source)
-  if len(src) == 0:
-    raise ValueError("train_dataset: the source is empty")
-  plan = _plan(cfg)
-  if plan.offsets != (0,):
-    src.index  # build once here, not in every worker
-  ds = grain.MapDataset.range(len(src)).shuffle(seed=_derived_seed(seed, 0)).repeat()
-  ds = ds.map(functools.partial(_read, src, plan))
-  if plan.augment.enabled:
-    ds = ds.random_map(functools.partial(_augment_hu, plan), seed=_derived_seed(seed, 1))
-  ds = ds.map(functools.partial(preprocess, cfg=plan))
+  if num_records == 0:
+    raise ValueError("train_batches: the source is empty")
+  ds = to_examples(grain.MapDataset.range(num_records).shuffle(seed=derived_seed(seed, 0)).repeat())
   ds = ds[process_index::process_count]
   # Batch before leaving MapDataset: an element is then a whole batch, so both
   # thread prefetch and grain workers hand out whole batches and the batches do
   # not depend on num_workers.
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
   return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)
+
+
+def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """The training IterDataset (see `train_iterator`)."""
+  src = as_series_source(source)
+  plan = _plan(cfg)
+  if plan.offsets != (0,) and len(src):
+    src.index  # build once here, not in every worker
+
+  def to_examples(ds):
+    ds = ds.map(functools.partial(_read, src, plan))
+    if plan.augment.enabled:
+      ds = ds.random_map(functools.partial(_augment_hu, plan), seed=derived_seed(seed, 1))
+    return ds.map(functools.partial(preprocess, cfg=plan))
+
+  return train_batches(len(src), to_examples, cfg, global_batch_size=global_batch_size, seed=seed,
+                       process_index=process_index, process_count=process_count)
 
 
 def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
@@ -397,12 +414,12 @@ def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
                             process_index=process_index, process_count=process_count))
 
 
-def _eval_element(src: SeriesSource, plan: _Plan, lo: int, hi: int, position: int) -> dict:
+def _eval_element(load_fn: Callable[[int], dict], lo: int, hi: int, position: int) -> dict:
   valid = lo + position < hi
   # Padding repeats a real record of this shard (record 0 if the shard is
   # empty) so shapes and dtypes match, flagged valid=False.
   index = lo + position if valid else (hi - 1 if hi > lo else 0)
-  example = load(src, plan, index)
+  example = load_fn(index)
   example["valid"] = np.bool_(valid)
   return example
 
@@ -411,6 +428,19 @@ def eval_num_batches(num_records: int, batch_size: int, process_count: int = 1) 
   """Batches every process yields: the same on all, so a multi-host eval loop stays in step."""
   largest_shard = -(-num_records // process_count)
   return max(1, -(-largest_shard // batch_size))
+
+
+def sharded_eval_batches(num_records: int, load_fn: Callable[[int], dict], cfg, *, batch_size: int,
+                         process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """The evaluation pass every source kind shares (see `eval_batches`); `load_fn(i)` → example of record i."""
+  _check_process(process_index, process_count)
+  if num_records == 0:
+    raise ValueError("eval_batches: the source is empty")
+  lo, hi = process_index * num_records // process_count, (process_index + 1) * num_records // process_count
+  total = eval_num_batches(num_records, batch_size, process_count) * batch_size
+  ds = grain.MapDataset.range(total).map(functools.partial(_eval_element, load_fn, lo, hi))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)
 
 
 def eval_batches(source, cfg, *, batch_size: int, process_index: int = 0,
@@ -422,16 +452,26 @@ def eval_batches(source, cfg, *, batch_size: int, process_index: int = 0,
   processes every record appears exactly once with `valid == True`. No
   augmentation. Iterate the returned dataset again for another pass.
   """
-  _check_process(process_index, process_count)
   src = as_series_source(source)
-  n = len(src)
-  if n == 0:
-    raise ValueError("eval_batches: the source is empty")
   plan = _plan(cfg)
-  if plan.offsets != (0,):
+  if plan.offsets != (0,) and len(src):
     src.index
-  lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
-  total = eval_num_batches(n, batch_size, process_count) * batch_size
-  ds = grain.MapDataset.range(total).map(functools.partial(_eval_element, src, plan, lo, hi))
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)
+  return sharded_eval_batches(len(src), functools.partial(load, src, plan), cfg, batch_size=batch_size,
+                              process_index=process_index, process_count=process_count)
+
+
+# --- The trainer's data interface (ich_jax.train.loop.input_module, kind "slices") ---
+
+
+def ensure_ready(dataset_config) -> None:
+  """Builds the TFDS dataset on first use."""
+  datasets.ensure_built(dataset_config)
+
+
+def open_split(dataset_config, split: str) -> SeriesSource:
+  return as_series_source(datasets.open_split(dataset_config, split))
+
+
+def in_channels(config) -> int:
+  """The model's input channels: one per recipe entry."""
+  return num_channels(config.data)

@@ -11,7 +11,6 @@ import pathlib
 import jax
 import numpy as np
 
-from ich_jax.data import datasets, pipeline
 from ich_jax.eval import baseline, report
 from ich_jax.train import loop
 
@@ -21,7 +20,7 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
   workdir = pathlib.Path(workdir)
   if state is None:
     exp, state, step = loop.restore_for_eval(config, workdir)
-  source = pipeline.as_series_source(datasets.open_split(config.dataset, config.dataset.eval_split))
+  source = loop.input_module(config).open_split(config.dataset, config.dataset.eval_split)
   preds = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size)
   if jax.process_index() != 0:
     return None

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from ich_jax import LABELS, models
-from ich_jax.data import datasets, pipeline
+from ich_jax.data import pipeline, series
 from ich_jax.train import checkpoint, optimizer, sharding, summary, tasks
 
 log = logging.getLogger("ich_jax.train")
@@ -52,9 +52,24 @@ class Experiment:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), abstract)
 
 
+def input_module(config):
+  """The data module for `config.dataset.kind`: "slices" (default; ich_jax.data.pipeline) or
+  "series_features" (ich_jax.data.series: whole series of exported stage-1 outputs).
+
+  Each provides ensure_ready(dataset_config), open_split(dataset_config, split),
+  train_iterator(source, config.data, ...), eval_batches(source, config.data, ...)
+  and in_channels(config), the model's input size.
+  """
+  kinds = {"slices": pipeline, "series_features": series}
+  kind = config.dataset.get("kind", "slices")
+  if kind not in kinds:
+    raise ValueError(f"config dataset.kind={kind!r}; expected one of {sorted(kinds)}")
+  return kinds[kind]
+
+
 def _build_model(config) -> nnx.Module:
   return models.build(config.model.name, num_classes=len(LABELS),
-                      in_channels=pipeline.num_channels(config.data),
+                      in_channels=input_module(config).in_channels(config),
                       rngs=nnx.Rngs(config.seed), **config.model.get("options", {}))
 
 
@@ -95,13 +110,13 @@ def make_train_step(exp: Experiment):
   return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
 
-def make_predict_step(exp: Experiment):
-  """jit(state, batch) → the task's predictions, in eval mode (running BatchNorm statistics)."""
-  task, graphdef = exp.task, exp.graphdef_eval
+def make_predict_step(exp: Experiment, method: str = "predict"):
+  """jit(state, batch) → the task's predictions (`method`: "predict", or "export"), in eval mode."""
+  task_fn, graphdef = getattr(exp.task, method), exp.graphdef_eval
 
   def predict_step(state, batch):
     model = nnx.merge(graphdef, state["params"], state["model_state"])
-    return task.predict(model, batch)
+    return task_fn(model, batch)
 
   return jax.jit(predict_step, in_shardings=(sharding.replicated(exp.mesh), sharding.batch_sharding(exp.mesh)),
                  out_shardings=sharding.batch_sharding(exp.mesh))
@@ -118,12 +133,13 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
   """Trains to `config.train.num_steps`, resuming from `workdir`'s checkpoints; returns the final state."""
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
+  data = input_module(config)
   if is_main:
-    datasets.ensure_built(config.dataset)
+    data.ensure_ready(config.dataset)
   sharding.sync("dataset built")
   exp = make_experiment(config)
-  source = pipeline.as_series_source(datasets.open_split(config.dataset, config.dataset.train_split))
-  batch_iter = pipeline.train_iterator(
+  source = data.open_split(config.dataset, config.dataset.train_split)
+  batch_iter = data.train_iterator(
       source, config.data, global_batch_size=config.train.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
@@ -181,20 +197,30 @@ def restore_for_eval(config, workdir: str | pathlib.Path) -> tuple[Experiment, d
   return exp, state, step
 
 
-def predict_split(exp: Experiment, state: dict, source, *, batch_size: int) -> dict[str, np.ndarray]:
-  """Predictions and metadata for every record of `source`, gathered from all processes, in record order."""
-  predict_step = make_predict_step(exp)
+def predict_split(exp: Experiment, state: dict, source, *, batch_size: int, method: str = "predict",
+                  fields: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+  """Predictions and metadata for every record of `source`, gathered from all processes, in record order.
+
+  `fields`: the batch's metadata to keep (default: all but the inputs). Where
+  the predictions carry `slice_valid` (a series per record), the result has
+  one row per valid slice (`series.explode`).
+  """
+  predict_step = make_predict_step(exp, method)
   data_sharding = sharding.batch_sharding(exp.mesh)
   keys = exp.task.input_keys
+  keep = None if fields is None else set(fields) | {"valid", "record_index"}
   outputs: dict[str, list] = {}
-  for local in pipeline.eval_batches(source, exp.config.data, batch_size=batch_size,
-                                     process_index=jax.process_index(), process_count=jax.process_count()):
+  for local in input_module(exp.config).eval_batches(source, exp.config.data, batch_size=batch_size,
+                                                     process_index=jax.process_index(),
+                                                     process_count=jax.process_count()):
     preds = predict_step(state, sharding.put_batch(local, data_sharding, keys))
     local_preds = {k: sharding.local_rows(v) for k, v in preds.items()}
-    for k, v in {**{k: v for k, v in local.items() if k not in keys}, **local_preds}.items():
+    meta = {k: v for k, v in local.items() if k not in keys and (keep is None or k in keep)}
+    for k, v in {**meta, **local_preds}.items():
       outputs.setdefault(k, []).append(np.asarray(v))
   gathered = sharding.gather_hosts({k: np.concatenate(v) for k, v in outputs.items()})
   valid = gathered.pop("valid").astype(bool)
   gathered = {k: v[valid] for k, v in gathered.items()}
   order = np.argsort(gathered["record_index"], kind="stable")
-  return {k: v[order] for k, v in gathered.items()}
+  gathered = {k: v[order] for k, v in gathered.items()}
+  return series.explode(gathered) if "slice_valid" in gathered else gathered

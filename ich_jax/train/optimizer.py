@@ -14,9 +14,14 @@ def schedule(config, total_steps: int) -> optax.Schedule:
   if config.schedule == "constant":
     return optax.constant_schedule(lr)
   if config.schedule == "step":
-    # Seed 003's sequence models: ×0.1 at epochs 20 and 30 of 40 — boundaries in steps here.
-    return optax.piecewise_constant_schedule(lr, {int(b): float(config.get("step_factor", 0.1))
-                                                  for b in config.step_boundaries})
+    # Seed 003's sequence models: ×0.1 at epochs 20 and 30 of 40. Boundaries in
+    # steps (the first update at the lower rate, 0-based), or `step_fractions`
+    # of the run (0.5, 0.75), which follow the step count.
+    if config.get("step_fractions") is not None:
+      boundaries = [round(float(f) * total_steps) for f in config.step_fractions]
+    else:
+      boundaries = [int(b) for b in config.step_boundaries]
+    return optax.piecewise_constant_schedule(lr, {b: float(config.get("step_factor", 0.1)) for b in boundaries})
   raise ValueError(f"config optimizer.schedule={config.schedule!r}; expected cosine, constant or step")
 
 

@@ -18,7 +18,7 @@ from ich_jax import LABELS
 _TASKS: dict[str, Callable[..., "Task"]] = {}
 
 # Modules holding further registered tasks, imported by `build` (not at import time).
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("ich_jax.train.sequence",)
 
 
 def register(name: str):
@@ -127,3 +127,11 @@ class MultilabelClassification(Task):
 
   def predict(self, model, batch) -> dict[str, Any]:
     return {"probabilities": jax.nn.sigmoid(model(batch["image"]).astype(jnp.float32))}
+
+  def export(self, model, batch) -> dict[str, Any]:
+    """Pooled features of the last feature map and probabilities: seed 003's sequence-model inputs (§2, Fig. 1)."""
+    image = batch["image"]
+    fmap = model.features_map(image)
+    logits = model.heads(image)["logits"] if hasattr(model, "heads") else model.classify(fmap)
+    return {"features": model.pooled(fmap).astype(jnp.float32),
+            "probabilities": jax.nn.sigmoid(logits.astype(jnp.float32))}
