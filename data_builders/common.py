@@ -174,6 +174,7 @@ class IngestBuilder(tfds.core.ShardBasedBuilder):
       self._pool = None
       if pool is not None:
         pool.shutdown(cancel_futures=True)
+    self._finish_report()
     for split, info in self.info.splits.items():
       if info.num_examples == 0:
         self.report.note(split, f"split {split} has no examples: every item in it was skipped; do not read it")
@@ -202,6 +203,9 @@ class IngestBuilder(tfds.core.ShardBasedBuilder):
 
   def _postprocess(self, split: str, result: Result) -> None:
     del split, result
+
+  def _finish_report(self) -> None:
+    """Adds builder-specific sections once every shard is written."""
 
 
 def require_file(root: pathlib.Path, names: Sequence[str], what: str, *, required: bool = True):
@@ -232,6 +236,13 @@ class IngestConfig(tfds.core.BuilderConfig):
   def __post_init__(self):
     if self.level not in ("slice", "scan"):
       raise ValueError(f"{self.name}: level must be 'slice' or 'scan', got {self.level!r}")
+
+
+def standard_configs(config_cls, unit: str) -> list:
+  """The four configs every real dataset has: slices / scans (one example per `unit`), native 512 and 256."""
+  return [config_cls(name=f"{level}s{suffix}", level=level, resolution=r,
+                     description=f"One example per {'slice' if level == 'slice' else unit}, {r}×{r}.")
+          for level in ("slice", "scan") for r, suffix in ((512, ""), (256, "256"))]
 
 
 # --- Feature schemas ----------------------------------------------------------------

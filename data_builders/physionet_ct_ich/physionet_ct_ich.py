@@ -256,15 +256,7 @@ class PhysionetCtIch(common.IngestBuilder):
     hemorrhage_diagnosis_raw_ct.csv
     Patient_demographics.csv           (optional; needed for exclude_chronic)
   """
-  BUILDER_CONFIGS = [
-      PhysionetCtIchConfig(name="slices", description="One example per slice, 512×512.", level="slice",
-                           resolution=512),
-      PhysionetCtIchConfig(name="slices256", description="One example per slice, 256×256.", level="slice",
-                           resolution=256),
-      PhysionetCtIchConfig(name="scans", description="One example per scan, 512×512.", level="scan", resolution=512),
-      PhysionetCtIchConfig(name="scans256", description="One example per scan, 256×256.", level="scan",
-                           resolution=256),
-  ]
+  BUILDER_CONFIGS = common.standard_configs(PhysionetCtIchConfig, "scan")
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config

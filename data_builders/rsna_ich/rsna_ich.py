@@ -234,12 +234,7 @@ class RsnaIch(common.IngestBuilder):
     stage_2_train/ID_<hex>.dcm ...      (or stage_2_train_images/)
     stage_2_test/ID_<hex>.dcm ...       (optional; or stage_2_test_images/)
   """
-  BUILDER_CONFIGS = [
-      RsnaIchConfig(name="slices", description="One example per slice, 512×512.", level="slice", resolution=512),
-      RsnaIchConfig(name="slices256", description="One example per slice, 256×256.", level="slice", resolution=256),
-      RsnaIchConfig(name="scans", description="One example per series, 512×512.", level="scan", resolution=512),
-      RsnaIchConfig(name="scans256", description="One example per series, 256×256.", level="scan", resolution=256),
-  ]
+  BUILDER_CONFIGS = common.standard_configs(RsnaIchConfig, "series")
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config

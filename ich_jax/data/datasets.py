@@ -13,6 +13,7 @@ BUILDERS = {
     "synthetic_ich": "data_builders.synthetic_ich.synthetic_ich:SyntheticIch",
     "rsna_ich": "data_builders.rsna_ich.rsna_ich:RsnaIch",
     "physionet_ct_ich": "data_builders.physionet_ct_ich.physionet_ct_ich:PhysionetCtIch",
+    "cq500": "data_builders.cq500.cq500:Cq500",
 }
 
 

@@ -340,12 +340,12 @@ def select_series(series: Iterable[SeriesInfo] | Mapping[str, Sequence[Header]],
 # --- At the edge: a folder ----------------------------------------------------------
 
 
-def select_in_folder(directory: str | os.PathLike, policy: SelectionPolicy = SelectionPolicy()):
-  """Reads the headers under `directory` (recursively) and selects a series.
+def headers_in_folder(directory: str | os.PathLike):
+  """Headers of every DICOM file under `directory` (recursively), grouped by series.
 
   Returns:
-    (selection, files of the chosen series (empty if none), unreadable: [(path, reason)]).
-    Unreadable files are listed, not fatal: one bad file must not hide a study.
+    (SeriesInstanceUID -> [(path, header)], unreadable: [(path, reason)]). An
+    unreadable file is listed, not fatal: one bad file must not hide a study.
   """
   from ich_jax.data import dicom
 
@@ -353,7 +353,6 @@ def select_in_folder(directory: str | os.PathLike, policy: SelectionPolicy = Sel
   if not root.is_dir():
     raise dicom.DicomError(f"{root}: not a directory")
   by_series: dict[str, list] = {}
-  files: dict[str, list[pathlib.Path]] = {}
   unreadable = []
   for path in sorted(p for p in root.rglob("*") if p.is_file()):
     if path.suffix.lower() in dicom._NOT_DICOM_SUFFIXES:
@@ -361,13 +360,24 @@ def select_in_folder(directory: str | os.PathLike, policy: SelectionPolicy = Sel
     try:
       ds = dicom.read_header(path)
     except dicom.DicomError as e:
-      unreadable.append((path, str(e)))
+      msg = str(e)
+      unreadable.append((path, msg[len(f"{path}: "):] if msg.startswith(f"{path}: ") else msg))
       continue
     uid = _text(ds, "SeriesInstanceUID")
     if not uid:
-      unreadable.append((path, f"{path}: missing SeriesInstanceUID"))
+      unreadable.append((path, "missing required tag SeriesInstanceUID"))
       continue
-    by_series.setdefault(uid, []).append(ds)
-    files.setdefault(uid, []).append(path)
-  selection = select_series(by_series, policy)
-  return selection, files.get(selection.series_uid, []), unreadable
+    by_series.setdefault(uid, []).append((path, ds))
+  return by_series, unreadable
+
+
+def select_in_folder(directory: str | os.PathLike, policy: SelectionPolicy = SelectionPolicy()):
+  """Reads the headers under `directory` (recursively) and selects a series.
+
+  Returns:
+    (selection, files of the chosen series (empty if none), unreadable: [(path, reason)]).
+  """
+  by_series, unreadable = headers_in_folder(directory)
+  selection = select_series({uid: [ds for _, ds in items] for uid, items in by_series.items()}, policy)
+  files = [path for path, _ in by_series.get(selection.series_uid, [])]
+  return selection, files, unreadable
