@@ -53,7 +53,7 @@ _RENDER_WORDS = re.compile(r"\b(3D|VRT|VR|MIP|MINIP|SSD|SCOUT|LOCALI[SZ]ER|TOPOG
 _PLAIN_WORDS = re.compile(r"\b(PLAIN|NON[- ]?CON(TRAST)?|NONCON|NCCT|NECT|PRE[- ]?CON(TRAST)?|PRE|W/?O|WITHOUT)\b", re.I)
 # "C" alone: CQ500 descriptions such as "CT C THIN" next to "CT Thin Plain" of the same patient.
 _CONTRAST_WORDS = re.compile(
-    r"\b(POST|CONTRAST|CECT|CTA|ANGIO|ENHANCED|ARTERIAL|VENOUS|DELAYED|IV|C)\b|C\+|\+C|\b\d+\s*CC\b", re.I)
+    r"C\+|\+C|\b(POST|CONTRAST|CECT|CTA|ANGIO|ENHANCED|ARTERIAL|VENOUS|DELAYED|IV|C)\b|\b\d+\s*CC\b", re.I)
 _SHARP_WORDS = re.compile(r"\b(BONE|BONEPLUS|LUNG|EDGE|DETAIL|SHARP|ULTRA|HIGH ?RES|HR|HRCT)\b", re.I)
 _SHARP_WORDS_IN_DESCRIPTION = re.compile(r"\b(BONE|BONES|LUNG|EDGE|SHARP|HRCT|HIGH ?RES|HIRES|WINDOW BONE)\b", re.I)
 # Siemens-style kernel codes: a letter (or two) and a number, e.g. H31s, J40s, Hr38, Br64, Qr59.
