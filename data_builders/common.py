@@ -484,11 +484,11 @@ def read_slice_headers(paths: Sequence) -> Result:
     try:
       out.examples.append(read_slice_header(path))
     except dicom.DicomError as e:
-      out.skipped.append((path, _reason(e, path)))
+      out.skipped.append((path, reason(e, path)))
   return out
 
 
-def _reason(error: Exception, path) -> str:
+def reason(error: Exception, path) -> str:
   """The error message without the leading file name (the report has a file column)."""
   msg = str(error)
   prefix = f"{path}: "

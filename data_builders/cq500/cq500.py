@@ -219,7 +219,7 @@ def _patient_result(task: PatientTask) -> common.Result:
     try:
       headers.append(common.slice_header(path, ds))
     except dicom.DicomError as e:
-      out.skipped.append((path, common._reason(e, path)))
+      out.skipped.append((path, common.reason(e, path)))
   if not headers:
     return out
   ordered = common.order_slices(headers)
@@ -232,7 +232,7 @@ def _patient_result(task: PatientTask) -> common.Result:
     try:
       hu, rescaled = common.read_pixels(h.path, lambda ds: (dicom.to_hu(ds), "RescaleIntercept" in ds))
     except dicom.DicomError as e:
-      out.skipped.append((h.path, common._reason(e, h.path)))
+      out.skipped.append((h.path, common.reason(e, h.path)))
       continue
     if not rescaled:
       out.notes.append((h.path, "no RescaleSlope/RescaleIntercept: stored values taken as HU"))

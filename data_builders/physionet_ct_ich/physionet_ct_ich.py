@@ -182,13 +182,13 @@ def _patient_result(task: PatientTask) -> common.Result:
   try:
     ct = nifti.load_axial(task.ct)
   except nifti.NiftiError as e:
-    out.skipped.append((task.ct, common._reason(e, task.ct)))
+    out.skipped.append((task.ct, common.reason(e, task.ct)))
     return out
   try:
     # The mask is drawn on the image's voxel grid: reorient it with the image's affine.
     mask = nifti.load_axial(task.mask, affine=ct.affine, shape=ct.stored_shape)
   except nifti.NiftiError as e:
-    out.skipped.append((task.mask, common._reason(e, task.mask)))
+    out.skipped.append((task.mask, common.reason(e, task.mask)))
     return out
   if not np.allclose(mask.affine, _own_affine(task.mask), atol=1e-3):
     out.notes.append((task.mask, "affine differs from the image's; the mask follows the image's voxel grid"))

@@ -154,8 +154,11 @@ def rsna_hu(ds) -> tuple[np.ndarray, bool]:
   are not HU and a silent identity LUT would shift every slice by ~1000 HU.
   """
   for keyword in ("RescaleSlope", "RescaleIntercept"):
-    if math.isnan(common.first_value(ds.get(keyword))):
-      raise dicom.DicomError(f"{ds.filename}: missing required tag {keyword} (value {ds.get(keyword)!r})")
+    value = ds.get(keyword)
+    if value is None or value == "":
+      raise dicom.DicomError(f"{ds.filename}: missing required tag {keyword}")
+    if math.isnan(common.first_value(value)):
+      raise dicom.DicomError(f"{ds.filename}: {keyword} is not numeric: {value!r}")
   if not has_12bit_quirk(ds):
     return dicom.to_hu(ds), False
   raw = ds.pixel_array.astype(np.int32) + 1000
@@ -182,7 +185,7 @@ def _series_result(task: SeriesTask) -> common.Result:
     try:
       hu, corrected = common.read_pixels(h.path, rsna_hu)
     except dicom.DicomError as e:
-      out.skipped.append((h.path, common._reason(e, h.path)))
+      out.skipped.append((h.path, common.reason(e, h.path)))
       continue
     quirk += corrected
     fit = common.Fit(hu.shape, cfg.resolution)

@@ -209,7 +209,7 @@ def write_rsna(root, seed: int = 0) -> RsnaFixture:
   # and a slice without ImagePositionPatient (cannot be placed: skipped).
   src_id = series_ids[series_b1][3]
   extra = {}
-  for what in ("duplicate", "no_position"):
+  for what in ("duplicate", "no_position", "no_intercept"):
     sop = new()
     with quiet():
       ds = pydicom.dcmread(images[src_id].path)
@@ -217,14 +217,18 @@ def write_rsna(root, seed: int = 0) -> RsnaFixture:
       ds.file_meta.MediaStorageSOPInstanceUID = sop
       if what == "no_position":
         del ds.ImagePositionPatient
+      if what == "no_intercept":   # placed past the series' end; without the LUT its values are not HU
+        del ds.RescaleIntercept
+        ds.ImagePositionPatient = [-110.0, -100.0, 40.0]
       ds.save_as(train / f"{sop}.dcm")
     src = images[src_id]
     images[sop] = Image(train / f"{sop}.dcm", src.patient, src.study, src.series, src.hu, src.labels, src.z)
     extra[what] = sop
   bad[f"{extra['no_position']}.dcm"] = "missing ImagePositionPatient"
+  bad[f"{extra['no_intercept']}.dcm"] = "missing RescaleIntercept"
   pair = sorted([src_id, extra["duplicate"]])
   series_ids[series_b1][3:4] = pair
-  series_ids[series_b1].append(extra["no_position"])
+  series_ids[series_b1] += [extra["no_position"], extra["no_intercept"]]
 
   # Test split: no labels.
   t = study(7, slices=4)

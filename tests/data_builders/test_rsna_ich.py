@@ -131,6 +131,8 @@ def test_report_lists_exactly_the_bad_files(fx, slices):
   assert "JPEG-LS" in skipped[jls]
   no_position = next(n for n, why in fx.bad.items() if why == "missing ImagePositionPatient")
   assert skipped[no_position] == "missing required tag ImagePositionPatient"
+  no_intercept = next(n for n, why in fx.bad.items() if why == "missing RescaleIntercept")
+  assert skipped[no_intercept] == "missing required tag RescaleIntercept"
   notes = [n["note"] for n in report["notes"] if pathlib.Path(n["file"]).stem in fx.series[fx.images[
       fx.duplicate_position].series]]
   assert any(n.startswith("duplicate slice position") and "both kept" in n for n in notes)
