@@ -16,14 +16,16 @@ stored last axis). The build
   (`mask_subtype_exact = 0`, README "Label map overlaps");
 * writes splits `fold0` … `fold4`: patients dealt to folds after a seeded
   shuffle, ICH-positive and negative patients separately so every fold has
-  both (seed 002 §6: subject-based 5-fold cross-validation). `fold_splits(k)`
-  names the paper's roles: test fold k, validation fold k+1, train the rest;
-* keeps the chronic-bleed subject unless `exclude_chronic` (seed 002 excluded
+  both (seed 002 §6: subject-based 5-fold cross-validation, one fold for
+  testing, one for validation, three for training). `fold_splits(k)` names a
+  round: test fold k, validation fold k+1 (our choice; the paper does not say
+  which), train the other three;
+* keeps the chronic-bleed subject unless `exclude_chronic` (seed 002 §3 excluded
   "one of cases [that] had a chronic ICH"; it is found in
   Patient_demographics.csv, or named by `chronic_patients`).
 
 Images are stored in HU; the radiologists annotated them in the brain window
-40/120 and bone window 700/3200 (seed 002, Methods), which a data config
+40/120 and bone window 700/3200 (seed 002 §3), which a data config
 chooses at load time.
 
 A label that cannot be joined to a volume, or a volume slice without its
@@ -62,7 +64,7 @@ CSV_COLUMNS = ("PatientNumber", "SliceNumber", "Intraventricular", "Intraparench
 class PhysionetCtIchConfig(common.IngestConfig):
   folds: int = 5                    # seed 002 §6: 5-fold subject-based cross-validation
   fold_seed: int = 0
-  exclude_chronic: bool = False     # True: leave out the chronic-ICH subject(s), as seed 002 did
+  exclude_chronic: bool = False     # True: leave out the chronic-ICH subject(s), as seed 002 §3 did
   chronic_patients: tuple[int, ...] = ()   # empty: those whose Patient_demographics.csv row says "chronic"
 
 
