@@ -463,12 +463,16 @@ def volume_metrics(preds: Mapping[str, np.ndarray]) -> dict | None:
     for name in SUBTYPES:
       has = np.array([name in s.split() for s in table["subtypes"]], bool)
       dice[name] = {"n_series": int(has.sum()), "dice": float(np.nanmean(table["dice"][has])) if has.any() else math.nan}
-    per_slice = M.dice(np.asarray(preds["pred_mask"]), np.asarray(preds["mask"]), axis=(1, 2))
-    dice["slices_with_blood"] = {"n_slices": int(np.isfinite(per_slice).sum()),
-                                 "dice": float(np.nanmean(per_slice)) if np.isfinite(per_slice).any() else math.nan,
-                                 "jaccard": float(np.nanmean(M.jaccard(np.asarray(preds["pred_mask"]),
-                                                                       np.asarray(preds["mask"]), axis=(1, 2))))
-                                 if np.isfinite(per_slice).any() else math.nan}
+    # Seed 002 scores slices with reference blood only: Dice's empty=NaN drops slices where both masks are
+    # empty, but a false positive on a blood-free slice would still score 0, so select the slices first.
+    ref_all = np.asarray(preds["mask"])
+    blood = ref_all.reshape(len(ref_all), -1).any(1)
+    pred_b, ref_b = np.asarray(preds["pred_mask"])[blood], ref_all[blood]
+    per_slice = M.dice(pred_b, ref_b, axis=(1, 2))
+    dice["slices_with_blood"] = {"n_slices": int(blood.sum()),
+                                 "dice": float(per_slice.mean()) if blood.any() else math.nan,
+                                 "jaccard": float(M.jaccard(pred_b, ref_b, axis=(1, 2)).mean())
+                                 if blood.any() else math.nan}
     out["dice"] = dice
   return out
 

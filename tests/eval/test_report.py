@@ -220,6 +220,7 @@ def _mask_preds():
   order = np.random.default_rng(0).permutation(n)  # rows in no particular order
   pred_mask = masks.copy()
   pred_mask[12:24] = 0  # the subdural slab is missed
+  pred_mask[30, 10:12, 10:12] = 1  # a false positive in the blood-free series: not a slice with blood
   labels = np.zeros((n, 6), np.float32)
   labels[:, 0] = masks.reshape(n, -1).max(1) > 0
   for k in range(1, 6):
