@@ -107,20 +107,27 @@ class BatchNorm(nnx.BatchNorm):
 
 
 class ConvBN(nnx.Module):
-  """Conv → BatchNorm → activation: the unit of every network here (conv bias only where a reference has one)."""
+  """Conv → BatchNorm → activation: the unit of every network here (conv bias only where a reference has one).
 
-  def __init__(self, cin: int, cout: int, kernel: int | Sequence[int], *, stride: int = 1,
-               padding: Any = "SAME", groups: int = 1, act: Callable | None = jax.nn.relu,
-               bn: dict | None = None, conv_bias: bool = False, kernel_init=TORCH_CONV_INIT, dtype=None,
-               rngs: nnx.Rngs):
+  An int `kernel` is square; a tuple sets the spatial rank (the 3D/2D FPN's
+  (1, 3, 3), the sequence models' (k, 1)). `mask` in the call (broadcastable
+  to the output, True where valid) keeps padded positions out of the batch
+  statistics in training mode.
+  """
+
+  def __init__(self, cin: int, cout: int, kernel: int | Sequence[int], *, stride: int | Sequence[int] = 1,
+               padding: Any = "SAME", dilation: int | Sequence[int] = 1, groups: int = 1,
+               act: Callable | None = jax.nn.relu, bn: dict | None = None, conv_bias: bool = False,
+               kernel_init=TORCH_CONV_INIT, dtype=None, rngs: nnx.Rngs):
     kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
-    self.conv = nnx.Conv(cin, cout, kernel, strides=stride, padding=padding, feature_group_count=groups,
-                         use_bias=conv_bias, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(cin, cout, kernel, strides=stride, padding=padding, kernel_dilation=dilation,
+                         feature_group_count=groups, use_bias=conv_bias, kernel_init=kernel_init, dtype=dtype,
+                         rngs=rngs)
     self.norm = BatchNorm(cout, dtype=dtype, rngs=rngs, **(TORCH_BN if bn is None else bn))
     self.act = act
 
-  def __call__(self, x):
-    x = self.norm(self.conv(x))
+  def __call__(self, x, mask=None):
+    x = self.norm(self.conv(x), mask=mask)
     return x if self.act is None else self.act(x)
 
 

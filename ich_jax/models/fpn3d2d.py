@@ -15,7 +15,8 @@ Where Fig. 2's drawing (not in our text copy) would fix a number, the choice
 here is marked. The 3D arm: a stride-2 stem then four levels, each
 `down` (1×3×3 conv, stride 1×2×2) → `zred` (2×1×1 valid conv: one slice fewer)
 → bottleneck block(s); with 5 slices the levels hold 5, 4, 3, 2 and 1 slices,
-so the deepest level is already 2D.
+so the deepest level is already 2D. Conv–BatchNorm units start from He et
+al.'s initialisation, as seed 001 (Methods) says its weights did.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import jax
 from flax import nnx
 
 from ich_jax.models import register
-from ich_jax.models.inception_unet import ConvBN
+from ich_jax.models.classifier import ConvBN
 from ich_jax.models.unet import upsample2x
 
 
@@ -42,8 +43,8 @@ class Bottleneck(nnx.Module):
     mid = max(cout // 4, 1)
     self.convs = nnx.List([ConvBN(cin, mid, one, rngs=rngs, dtype=dtype),
                            ConvBN(mid, mid, three, rngs=rngs, dtype=dtype),
-                           ConvBN(mid, cout, one, relu=False, rngs=rngs, dtype=dtype)])
-    self.shortcut = ConvBN(cin, cout, one, relu=False, rngs=rngs, dtype=dtype) if cin != cout else nnx.data(None)
+                           ConvBN(mid, cout, one, act=None, rngs=rngs, dtype=dtype)])
+    self.shortcut = ConvBN(cin, cout, one, act=None, rngs=rngs, dtype=dtype) if cin != cout else nnx.data(None)
 
   def __call__(self, x):
     y = x
@@ -57,7 +58,7 @@ class Level3D(nnx.Module):
 
   def __init__(self, cin: int, cout: int, *, slices_in: int, kernel: Sequence[int], blocks: int,
                rngs: nnx.Rngs, dtype=None):
-    self.down = ConvBN(cin, cout, kernel, strides=(1, 2, 2), rngs=rngs, dtype=dtype)
+    self.down = ConvBN(cin, cout, kernel, stride=(1, 2, 2), rngs=rngs, dtype=dtype)
     self.zred = (ConvBN(cout, cout, (2, 1, 1), padding="VALID", rngs=rngs, dtype=dtype) if slices_in > 1
                  else nnx.data(None))
     self.slices = max(slices_in - 1, 1)
@@ -127,3 +128,41 @@ class HybridFPN3D2D(nnx.Module):
         top = block(top)
       pyramid[f"p{i + 2}"] = top
     return dict(sorted(pyramid.items()))
+
+
+@register("hybrid_fpn_3d2d_seg")
+class HybridFPNSegmenter(nnx.Module):
+  """The hybrid FPN with a per-pixel read-out: [B, H, W, num_slices·C] → logits [B, H, W, num_classes].
+
+  Seed 001 segments with Mask R-CNN's mask head inside each detected box; until
+  that detector exists (a later issue) this stand-in reads the finest level,
+  p2 (stride 4), with a 3×3 conv-BN-ReLU and a 1×1 conv, and resizes the
+  logits bilinearly to the input, so the backbone trains on masks through the
+  segmentation task exactly as the U-Nets do. A wrapper rather than code in
+  the task: the task stays one contract (image → per-pixel logits) for every
+  segmenter, and the backbone stays the detector's.
+
+  The input is the pipeline's 2D channel image: the slices sit in channels,
+  slice-major and in z order (seed 001's recipe `windows.SEED001_5SLICE`,
+  offsets -2…2, one channel each). They are unstacked here into the
+  backbone's [B, num_slices, H, W, C], so the data pipeline needs no 3D path.
+  Remaining options (`widths`, `blocks`, `pyramid_width`) go to the backbone.
+  """
+
+  def __init__(self, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, num_slices: int = 5,
+               pyramid_width: int = 128, dtype=None, **backbone_options):
+    if in_channels % num_slices:
+      raise ValueError(f"hybrid_fpn_3d2d_seg: {in_channels} input channels do not split into {num_slices} slices "
+                       "(config.data.recipe should list each slice's channels, slices in z order)")
+    self.num_slices = num_slices
+    self.backbone = HybridFPN3D2D(num_classes=num_classes, in_channels=in_channels // num_slices, rngs=rngs,
+                                  num_slices=num_slices, pyramid_width=pyramid_width, dtype=dtype,
+                                  **backbone_options)
+    self.head = ConvBN(pyramid_width, pyramid_width, (3, 3), rngs=rngs, dtype=dtype)
+    self.out = nnx.Conv(pyramid_width, num_classes, (1, 1), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    stack = x.reshape(b, h, w, self.num_slices, c // self.num_slices).transpose(0, 3, 1, 2, 4)
+    logits = self.out(self.head(self.backbone(stack)["p2"]))
+    return jax.image.resize(logits, (b, h, w, logits.shape[-1]), "bilinear")

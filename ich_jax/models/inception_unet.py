@@ -11,33 +11,12 @@ layout is chosen here and said where it is chosen.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from ich_jax.models import register
-
-
-class ConvBN(nnx.Module):
-  """Convolution (no bias) → BatchNorm → optional ReLU, for any spatial rank.
-
-  Shared by the Inception U-Net, the hybrid 3D/2D FPN and the sequence models.
-  `mask` (broadcastable to the output, True where valid) keeps padded positions
-  out of the batch statistics in training mode.
-  """
-
-  def __init__(self, cin: int, cout: int, kernel: Sequence[int], *, rngs: nnx.Rngs, strides=1,
-               padding="SAME", dilation=1, relu: bool = True, dtype=None):
-    self.conv = nnx.Conv(cin, cout, tuple(kernel), strides=strides, padding=padding, kernel_dilation=dilation,
-                         use_bias=False, dtype=dtype, rngs=rngs)
-    self.norm = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs)
-    self.relu = relu
-
-  def __call__(self, x, mask=None):
-    y = self.norm(self.conv(x), mask=mask)
-    return jax.nn.relu(y) if self.relu else y
+from ich_jax.models.classifier import ConvBN
 
 
 class InceptionBlock(nnx.Module):
@@ -45,7 +24,7 @@ class InceptionBlock(nnx.Module):
 
   1×1; 1×1 → 3×3; 1×1 → 3×3 → 3×3 (the 5×5 branch factorised as in
   Inception-v2/v3); 3×3 max pool → 1×1. Each conv is followed by BatchNorm and
-  ReLU. Seed 000 names the Inception module without its layout; this is the
+  ReLU (the shared `classifier.ConvBN`, He-initialised). Seed 000 names the Inception module without its layout; this is the
   GoogLeNet module with the factorised 5×5 and reductions of half the branch width.
   """
 

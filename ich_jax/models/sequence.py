@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ich_jax.models import register
-from ich_jax.models.inception_unet import ConvBN
+from ich_jax.models.classifier import ConvBN
 
 
 def slice_gaps(z: jax.Array, mask: jax.Array | None = None) -> jax.Array:

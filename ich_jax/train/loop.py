@@ -68,7 +68,8 @@ def input_module(config):
 
 
 def _build_model(config) -> nnx.Module:
-  return models.build(config.model.name, num_classes=len(LABELS),
+  # Outputs default to the six labels; a segmentation model's are its maps (config.model.num_classes).
+  return models.build(config.model.name, num_classes=int(config.model.get("num_classes", len(LABELS))),
                       in_channels=input_module(config).in_channels(config),
                       rngs=nnx.Rngs(config.seed), **config.model.get("options", {}))
 

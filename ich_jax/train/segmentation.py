@@ -1,0 +1,152 @@
+"""The segmentation task: per-pixel blood maps, Dice and/or BCE, slice probabilities from the maps.
+
+Seed 000 (§2.2.2) trains its Inception U-Nets with a Dice loss; seed 002 (§6)
+its U-Net with cross-entropy. Either, or their sum, is `loss`.
+
+Maps (`maps`). "any" (default): one map, blood of any subtype (mask > 0) —
+the target of seed 002 and of seed 000's base models; build the model with
+`config.model.num_classes = 1`. "subtypes": five maps in `LABELS[1:]` order,
+map k-1 = (mask == k), `num_classes = 5`. Every map is its own sigmoid
+(multi-label, as the slice labels are), so the loss is the mean over maps.
+
+Predictions (what `ich_jax.train.evaluate` and the report read):
+  probabilities [B, 6] in LABELS order. A map's slice probability is its most
+    probable pixel (seed 000 §2.2.4, "max[HemorrhageSlice]"); the report takes
+    the scan's as the max over its slices. With "subtypes", "any" is the most
+    probable pixel of all five maps (their pixelwise max is the any-blood map),
+    so any ≥ each subtype, as for the labels. With "any" the model says
+    nothing about subtypes, and the five subtype columns repeat the
+    any-probability: a NaN-free stand-in that the report scores like real
+    columns, so its subtype AUCs there measure how well "blood" ranks the
+    slices of each subtype, not subtype discrimination.
+  pred_mask [B, H, W] uint8, shaped like `mask`: 0 where no map reaches
+    `threshold`; else the LABELS index of the most probable subtype with
+    "subtypes" (the `mask` convention), 1 with "any" (blood of unknown
+    subtype: read it as non-zero, as the report's Dice and volumes do).
+    Probability maps are not returned: evaluation gathers every output of the
+    split in host memory, and a float map per slice is 4× `mask` per map.
+
+Empty (Dice where the target has no blood). `dice_ignore_empty=False`
+(default) scores an empty target with the smoothed soft Dice, which is 1 (loss
+0) only when the prediction is empty too — `metrics.dice(..., empty=1.0)` in the
+limit, so normal slices teach the model to say "no blood". True leaves such
+terms out of the mean (MONAI's `ignore_empty`; `metrics.dice`'s default
+`empty=NaN`, "not scored", as seed 002 scores only slices with blood). Which
+terms exist depends on `dice_over`: "batch" pools all pixels of the batch per
+map (the Keras `dice_coef` idiom, which flattens the batch; a term is empty
+only when no slice of the batch has that blood) or "slice", one Dice per slice
+and map.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ich_jax import LABELS
+from ich_jax.train import tasks
+
+MAPS = {"any": 1, "subtypes": len(LABELS) - 1}
+LOSSES = ("dice", "bce", "dice+bce")
+DICE_OVER = {"batch": (0, 1, 2), "slice": (1, 2)}
+
+
+def targets(mask: jax.Array, maps: str) -> jax.Array:
+  """Label map [B, H, W] (0, or the LABELS index of the subtype) → float targets [B, H, W, K]."""
+  if maps == "any":
+    return (mask > 0)[..., None].astype(jnp.float32)
+  return (mask[..., None] == jnp.arange(1, len(LABELS), dtype=mask.dtype)).astype(jnp.float32)
+
+
+def soft_dice(prob: jax.Array, target: jax.Array, axis, smooth: float) -> jax.Array:
+  """(2 Σ p·t + smooth) / (Σ p + Σ t + smooth) over `axis`: 1 at perfect overlap, → 0 when disjoint."""
+  inter = (prob * target).sum(axis)
+  return (2 * inter + smooth) / (prob.sum(axis) + target.sum(axis) + smooth)
+
+
+def dice_loss(logits: jax.Array, target: jax.Array, *, over: str = "batch", smooth: float = 1.0,
+              ignore_empty: bool = False) -> jax.Array:
+  """Mean of 1 − soft Dice of sigmoid(logits) [B, H, W, K] against target [B, H, W, K] (see the module doc)."""
+  axis = DICE_OVER[over]
+  loss = 1.0 - soft_dice(jax.nn.sigmoid(logits), target, axis, smooth)
+  if not ignore_empty:
+    return loss.mean()
+  scored = target.sum(axis) > 0
+  return jnp.where(scored, loss, 0.0).sum() / jnp.maximum(scored.sum(), 1)
+
+
+def bce_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """Per-pixel sigmoid binary cross-entropy, averaged over pixels and maps (Keras `binary_crossentropy`)."""
+  return optax.sigmoid_binary_cross_entropy(logits, target).mean()
+
+
+def slice_probabilities(prob: jax.Array, maps: str) -> jax.Array:
+  """Per-pixel probabilities [B, H, W, K] → [B, 6] in LABELS order (max pixel per map; see the module doc)."""
+  per_map = prob.max(axis=(1, 2))
+  if maps == "any":
+    return jnp.repeat(per_map, len(LABELS), axis=1)
+  return jnp.concatenate([per_map.max(axis=1, keepdims=True), per_map], axis=1)
+
+
+def predicted_mask(prob: jax.Array, maps: str, threshold: float) -> jax.Array:
+  """[B, H, W, K] → uint8 [B, H, W]: 0 below `threshold`, else 1 ("any") or the subtype's LABELS index."""
+  best = prob.max(axis=-1)
+  label = jnp.ones_like(best, jnp.uint8) if maps == "any" else (prob.argmax(axis=-1) + 1).astype(jnp.uint8)
+  return jnp.where(best >= threshold, label, jnp.uint8(0))
+
+
+@tasks.register("segmentation")
+class Segmentation(tasks.Task):
+  """Slice [B, H, W, C] → per-pixel logits [B, H, W, K]; Dice and/or BCE against the mask."""
+
+  target_keys = ("mask",)
+
+  def __init__(self, loss: str = "dice", maps: str = "any", dice_over: str = "batch", dice_smooth: float = 1.0,
+               dice_ignore_empty: bool = False, threshold: float = 0.5):
+    if loss not in LOSSES:
+      raise ValueError(f"config task.loss={loss!r}; expected one of {LOSSES}")
+    if maps not in MAPS:
+      raise ValueError(f"config task.maps={maps!r}; expected one of {tuple(MAPS)}")
+    if dice_over not in DICE_OVER:
+      raise ValueError(f"config task.dice_over={dice_over!r}; expected one of {tuple(DICE_OVER)}")
+    self.loss_name = loss
+    self.maps = maps
+    self.dice_over = dice_over
+    # Smoothing 1 as in the Keras Dice of the seeds' era: a whole empty batch
+    # then costs Σp / (Σp + 1), a gentle push towards "no blood".
+    self.dice_smooth = float(dice_smooth)
+    self.dice_ignore_empty = bool(dice_ignore_empty)
+    # Seed 000 §2.2.3 thresholds pixel probabilities at 0.5; seed 002 Table 6 sweeps 0.5–0.9.
+    self.threshold = float(threshold)
+
+  def logits(self, model, image: jax.Array) -> jax.Array:
+    out = model(image).astype(jnp.float32)
+    want = MAPS[self.maps]
+    if out.ndim != 4 or out.shape[:3] != image.shape[:3] or out.shape[-1] != want:
+      raise ValueError(f"segmentation task: model output {out.shape} for input {image.shape}; task.maps="
+                       f"{self.maps!r} needs [B, H, W, {want}] (set config.model.num_classes = {want})")
+    return out
+
+  def loss(self, model, batch):
+    logits = self.logits(model, batch["image"])
+    target = targets(batch["mask"], self.maps)
+    metrics, loss = {}, 0.0
+    if "dice" in self.loss_name:
+      metrics["dice_loss"] = dice_loss(logits, target, over=self.dice_over, smooth=self.dice_smooth,
+                                       ignore_empty=self.dice_ignore_empty)
+      loss = loss + metrics["dice_loss"]
+    if "bce" in self.loss_name:
+      metrics["bce"] = bce_loss(logits, target)
+      loss = loss + metrics["bce"]
+    # Thresholded Dice of the batch, pooled (a progress readout, not a report number).
+    hard = (jax.nn.sigmoid(logits) >= self.threshold).astype(jnp.float32)
+    metrics["hard_dice"] = soft_dice(hard, target, None, 1e-6)
+    metrics["loss"] = loss
+    return loss, metrics
+
+  def predict(self, model, batch) -> dict[str, Any]:
+    prob = jax.nn.sigmoid(self.logits(model, batch["image"]))
+    return {"probabilities": slice_probabilities(prob, self.maps),
+            "pred_mask": predicted_mask(prob, self.maps, self.threshold)}

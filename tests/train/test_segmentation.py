@@ -1,0 +1,169 @@
+"""The segmentation task: Dice and BCE on hand-made masks, slice probability = max pixel, and every
+segmentation model through the shared trainer and evaluation via configs/segmentation.py:MODEL:smoke."""
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import segmentation as seg_config
+from ich_jax.train import segmentation as seg
+from ich_jax.train import tasks
+
+BIG = 30.0  # |logit| at which sigmoid is 0 or 1 to float32 precision
+
+
+def _square(size=8, lo=2, hi=5):
+  m = np.zeros((size, size), np.float32)
+  m[lo:hi, lo:hi] = 1
+  return m
+
+
+def _logits(binary):
+  return jnp.asarray(np.where(binary > 0, BIG, -BIG), jnp.float32)
+
+
+def test_dice_loss_perfect_disjoint_and_partial():
+  t = _square()[None, :, :, None]                               # 9 blood pixels
+  assert float(seg.dice_loss(_logits(t), jnp.asarray(t))) == pytest.approx(0.0, abs=1e-6)
+  disjoint = np.zeros_like(t)
+  disjoint[0, 6:8, 6:8, 0] = 1                                  # 4 pixels, no overlap
+  # 1 − (0 + 1) / (4 + 9 + 1): the smoothing term is all that keeps it below 1.
+  assert float(seg.dice_loss(_logits(disjoint), jnp.asarray(t))) == pytest.approx(1 - 1 / 14, rel=1e-6)
+  half = np.zeros_like(t)
+  half[0, 2:5, 2:4, 0] = 1                                      # 6 of the 9 pixels
+  assert float(seg.dice_loss(_logits(half), jnp.asarray(t))) == pytest.approx(1 - 13 / 16, rel=1e-6)
+  # Soft probabilities enter linearly: p = 0.5 everywhere on 64 pixels.
+  soft = seg.dice_loss(jnp.zeros_like(jnp.asarray(t)), jnp.asarray(t))
+  assert float(soft) == pytest.approx(1 - (2 * 4.5 + 1) / (32 + 9 + 1), rel=1e-6)
+
+
+def test_dice_over_slices_or_batch_and_what_empty_means():
+  blood = _square()
+  t = jnp.asarray(np.stack([blood, np.zeros_like(blood)])[..., None])
+  false_pos = np.stack([blood, _square(lo=0, hi=1)])[..., None]  # slice 2: 1 pixel where there is no blood
+  pred = _logits(false_pos)
+  # Per slice: perfect (0) and an empty slice with one false pixel: 1 − 1 / (1 + 0 + 1).
+  assert float(seg.dice_loss(pred, t, over="slice")) == pytest.approx((0 + 0.5) / 2, rel=1e-6)
+  # Ignoring empty targets (metrics.dice's empty=NaN): only the blood slice is scored.
+  assert float(seg.dice_loss(pred, t, over="slice", ignore_empty=True)) == pytest.approx(0.0, abs=1e-6)
+  # Pooled over the batch: 1 − (18 + 1) / (10 + 9 + 1).
+  assert float(seg.dice_loss(pred, t, over="batch")) == pytest.approx(1 - 19 / 20, rel=1e-6)
+  # An empty target predicted empty is perfect agreement (metrics.dice(..., empty=1.0) in the limit).
+  empty = jnp.zeros((1, 8, 8, 1))
+  assert float(seg.dice_loss(_logits(np.zeros((1, 8, 8, 1))), empty, over="slice")) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bce_matches_optax_and_the_definition():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 8, 8, 1)).astype(np.float32) * 3
+  t = (rng.random((2, 8, 8, 1)) > 0.8).astype(np.float32)
+  got = float(seg.bce_loss(jnp.asarray(logits), jnp.asarray(t)))
+  assert got == pytest.approx(float(optax.sigmoid_binary_cross_entropy(logits, t).mean()), rel=1e-6)
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  assert got == pytest.approx(float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean()), rel=1e-5)
+
+
+def test_targets_any_and_per_subtype():
+  mask = np.zeros((1, 4, 4), np.uint8)
+  mask[0, 0, 0], mask[0, 1, 1], mask[0, 3, 3] = 1, 3, 5           # epidural, subarachnoid, subdural
+  anyt = np.asarray(seg.targets(jnp.asarray(mask), "any"))
+  np.testing.assert_array_equal(anyt[..., 0], mask > 0)
+  sub = np.asarray(seg.targets(jnp.asarray(mask), "subtypes"))
+  assert sub.shape == (1, 4, 4, 5) and sub.sum() == 3
+  assert sub[0, 0, 0, 0] == sub[0, 1, 1, 2] == sub[0, 3, 3, 4] == 1
+
+
+def _fixed(logits):
+  return lambda image: logits
+
+
+def test_slice_probability_is_the_max_pixel_and_pred_mask():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(3, 8, 8, 1)).astype(np.float32)
+  logits[1, 5, 2, 0] = 4.0                                      # slice 1's most probable pixel
+  image = jnp.zeros((3, 8, 8, 1))
+  task = tasks.build(seg_config.get_config("unet:smoke").task)
+  out = task.predict(_fixed(jnp.asarray(logits)), {"image": image})
+  prob = 1 / (1 + np.exp(-logits[..., 0]))
+  np.testing.assert_allclose(out["probabilities"][:, 0], prob.max(axis=(1, 2)), rtol=1e-6)
+  assert out["probabilities"][1, 0] == pytest.approx(1 / (1 + np.exp(-4.0)), rel=1e-6)
+  # One map: the subtype columns repeat "any" (documented stand-in), never NaN.
+  np.testing.assert_array_equal(out["probabilities"], np.repeat(out["probabilities"][:, :1], 6, axis=1))
+  np.testing.assert_array_equal(out["pred_mask"], (prob >= 0.5).astype(np.uint8))
+  assert out["pred_mask"].dtype == np.uint8
+
+  # Five subtype maps: each column is its map's max pixel, any is the max of all.
+  sub = rng.normal(size=(2, 8, 8, 5)).astype(np.float32) - 8  # all pixels well below 0.5 ...
+  sub[0, 1, 1, 3] = 2.0                                         # ... but an intraventricular one
+  sub[0, 1, 1, 1] = 1.0                                         # intraparenchymal, same pixel, weaker
+  task = seg.Segmentation(maps="subtypes")
+  out = task.predict(_fixed(jnp.asarray(sub)), {"image": jnp.zeros((2, 8, 8, 1))})
+  p = 1 / (1 + np.exp(-sub))
+  np.testing.assert_allclose(out["probabilities"][:, 1:], p.max(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(out["probabilities"][:, 0], p.max(axis=(1, 2, 3)), rtol=1e-6)
+  # The pixel is labelled with its most probable subtype (LABELS index, as `mask`), nothing else is blood.
+  expected = np.zeros((2, 8, 8), np.uint8)
+  expected[0, 1, 1] = 4
+  np.testing.assert_array_equal(out["pred_mask"], expected)
+
+
+def test_loss_is_dice_bce_or_their_sum_over_the_subtype_maps():
+  mask = np.zeros((2, 8, 8), np.uint8)
+  mask[0, 2:5, 2:5] = 5                                           # subdural
+  perfect = _logits(np.asarray(seg.targets(jnp.asarray(mask), "subtypes")))
+  batch = {"image": jnp.zeros((2, 8, 8, 1)), "mask": jnp.asarray(mask)}
+  both, m = seg.Segmentation(maps="subtypes", loss="dice+bce").loss(_fixed(perfect), batch)
+  assert float(m["dice_loss"]) == pytest.approx(0.0, abs=1e-6) and float(m["bce"]) < 1e-6
+  assert float(both) == pytest.approx(float(m["dice_loss"] + m["bce"])) and float(m["hard_dice"]) == pytest.approx(1.0)
+  # Everything predicted as intraparenchymal instead: the subdural map misses, the other empty map is wrong.
+  wrong = _logits(np.asarray(seg.targets(jnp.asarray(np.where(mask > 0, 2, 0).astype(np.uint8)), "subtypes")))
+  dice, m = seg.Segmentation(maps="subtypes").loss(_fixed(wrong), batch)
+  # Five maps pooled over the batch: three perfect empties, two with 1 − 1 / (9 + 1).
+  assert "bce" not in m and float(dice) == pytest.approx(2 * 0.9 / 5, rel=1e-5)
+
+
+def test_wrong_number_of_maps_is_a_clear_error():
+  task = seg.Segmentation(maps="subtypes")
+  with pytest.raises(ValueError, match="config.model.num_classes = 5"):
+    task.loss(_fixed(jnp.zeros((2, 8, 8, 1))), {"image": jnp.zeros((2, 8, 8, 1)), "mask": jnp.zeros((2, 8, 8), jnp.uint8)})
+  with pytest.raises(ValueError, match=re.escape("task.loss='dice+ce'")):
+    seg.Segmentation(loss="dice+ce")
+
+
+@pytest.fixture
+def rbg_prng():
+  """JAX's "rbg" PRNG for the test: the eager init in loop.Experiment.init_state compiles one
+  truncated-normal kernel per weight shape, ~1.5 s each with threefry on these 2-core CPUs and a
+  fifth of that with rbg. Which generator draws the initial weights is not under test."""
+  old = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  yield
+  jax.config.update("jax_default_prng_impl", old)
+
+
+@pytest.mark.parametrize("name", seg_config.MODELS)
+def test_trains_and_evaluates_through_the_shared_loop(name, tiny_data_dir, tmp_path, rbg_prng):
+  from ich_jax.train import evaluate, loop
+
+  cfg = seg_config.get_config(f"{name}:smoke")
+  cfg.dataset.data_dir = tiny_data_dir
+  cfg.train.num_steps = 2
+  cfg.train.log_every = 1
+  cfg.train.checkpoint_every = 2
+  cfg.eval.figures = False
+  exp, state = loop.train(cfg, tmp_path)
+  assert int(state["step"]) == 2
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+  metrics = evaluate.evaluate(cfg, tmp_path, exp=exp, state=state, step=2)
+  assert 0 <= metrics["slice"]["any"]["auc"] <= 1
+  # The predicted masks reach the report's segmentation section.
+  dice = metrics["volumes"]["dice"]["slices_with_blood"]
+  assert dice["n_slices"] > 0 and 0 <= dice["dice"] <= 1
+  preds = np.load(tmp_path / "predictions.npz")
+  assert preds["pred_mask"].shape == preds["mask"].shape == (len(preds["probabilities"]), 32, 32)
