@@ -115,6 +115,31 @@ _SMALL_PHANTOM = (("matrix", 512), ("max_slices", 20), ("slice_thickness_mm", (2
                   ("size_bin_probs_by_subtype", SEED001_SIZE_MIX))
 
 
+def plan_studies(cfg: SyntheticIchConfig) -> dict[str, list[tuple]]:
+  """Split → the studies to generate: (config, patient_id, study_number, seed, forced_bin).
+
+  Patients are numbered across splits in order, so adding test patients leaves
+  the train and validation studies unchanged.
+  """
+  rng = np.random.default_rng(cfg.seed)
+  splits, first = {}, 0
+  for split, count in cfg.patients:
+    forced = [b for s, b, n in cfg.forced_bins if s == split for _ in range(n)]
+    if len(forced) > count:
+      raise ValueError(f"synthetic_ich/{cfg.name}: forced_bins asks {len(forced)} patients of split {split!r}, "
+                       f"which has {count}")
+    tasks = []
+    for p in range(first, first + count):
+      patient_id = f"SYN{cfg.seed:02d}-{p:05d}"
+      n_studies = 2 if rng.random() < cfg.p_second_study else 1
+      forced_bin = forced[p - first] if p - first < len(forced) else None
+      for study in range(n_studies):
+        tasks.append((cfg, patient_id, study, int(cfg.seed * 1_000_003 + p * 7 + study), forced_bin))
+    first += count
+    splits[split] = tasks
+  return splits
+
+
 class SyntheticIch(tfds.core.ShardBasedBuilder):
   """Synthetic head CT slices with hemorrhage labels and masks.
 
@@ -170,25 +195,9 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
 
   def _shard_iterators_per_split(self, dl_manager):
     del dl_manager
-    cfg = self.builder_config
-    rng = np.random.default_rng(cfg.seed)
-    splits, first = {}, 0
-    for split, count in cfg.patients:
-      forced = [b for s, b, n in cfg.forced_bins if s == split for _ in range(n)]
-      if len(forced) > count:
-        raise ValueError(f"synthetic_ich/{cfg.name}: forced_bins asks {len(forced)} patients of split {split!r}, "
-                         f"which has {count}")
-      tasks = []
-      for p in range(first, first + count):
-        patient_id = f"SYN{cfg.seed:02d}-{p:05d}"
-        n_studies = 2 if rng.random() < cfg.p_second_study else 1
-        forced_bin = forced[p - first] if p - first < len(forced) else None
-        for study in range(n_studies):
-          tasks.append((cfg, patient_id, study, int(cfg.seed * 1_000_003 + p * 7 + study), forced_bin))
-      first += count
-      # One shard per split: a study pool is started once per shard.
-      splits[split] = [functools.partial(self._generate_examples, tasks)]
-    return splits
+    # One shard per split: a study pool is started once per shard.
+    return {split: [functools.partial(self._generate_examples, tasks)]
+            for split, tasks in plan_studies(self.builder_config).items()}
 
   def _generate_examples(self, tasks):
     workers = min(len(tasks), int(os.environ.get("ICH_JAX_BUILD_WORKERS", os.cpu_count() or 1)))

@@ -257,3 +257,33 @@ def test_auc_helper():
 def test_small_field_of_view_is_refused():
   with pytest.raises(ValueError, match="field of view"):
     P.make_phantom(0, P.PhantomSpec(matrix=128))
+
+
+def test_size_mix_per_subtype_draws_each_subtype_from_its_own_bins():
+  # One bin per subtype: every bleed's target volume must come from its subtype's bin.
+  want = {"epidural": "large", "intraparenchymal": "small", "intraventricular": "medium",
+          "subarachnoid": "punctate", "subdural": "small"}
+  rows = tuple(tuple(float(b == want[s]) for b in P.SIZE_BINS) for s in P.SUBTYPE_ORDER)
+  spec = dataclasses.replace(COARSE, p_hemorrhage=1.0, p_extra_bleed=0.8, size_bin_probs_by_subtype=rows)
+  seen = set()
+  for seed in range(10):
+    for b in P.make_phantom(seed, spec).bleeds:
+      lo, hi = P._BIN_TARGET_ML[want[b["subtype"]]]
+      assert lo <= b["target_ml"] <= hi, (b["subtype"], b["target_ml"])
+      seen.add(b["subtype"])
+  assert len(seen) >= 3
+
+
+def test_seed001_size_mix_is_the_papers_table():
+  # Seed 001 Table 1, cross-validation cohort: IPH, EDH/SDH, SAH rows; IVH pools them.
+  mix = dict(zip(P.SUBTYPE_ORDER, P.SEED001_SIZE_MIX, strict=True))
+  assert mix["intraparenchymal"] == (15, 63, 88, 192) and sum(mix["intraparenchymal"]) == 358
+  assert mix["epidural"] == mix["subdural"] == (3, 49, 79, 188)
+  assert mix["subarachnoid"] == (34, 52, 53, 85) and sum(mix["subarachnoid"]) == 224
+  assert mix["intraventricular"] == tuple(map(sum, zip(mix["intraparenchymal"], mix["subdural"],
+                                                       mix["subarachnoid"], strict=True)))
+
+
+def test_bad_size_mix_is_refused():
+  with pytest.raises(ValueError, match="size_bin_probs_by_subtype"):
+    P.make_phantom(0, dataclasses.replace(COARSE, size_bin_probs_by_subtype=((1, 0, 0, 0),) * 4))

@@ -289,3 +289,26 @@ def test_multiprocess_workers_match_and_resume():
   fresh.set_state(state)
   assert_batches_equal(take(fresh, 4), reference[3:])
   fresh.close()
+
+
+def test_small_bleed_slices_repeat_within_each_epoch():
+  # fake_source: series k has study_blood_ml = k, so with small_bleed_ml 3.0 the
+  # slices with blood of series 1, 2, 3 (not 0: no blood volume) are the small ones.
+  src = fake_source()
+  cfg = data_cfg(augment=False, small_bleed_repeat=3, small_bleed_ml=3.0)
+  small = {i for i, r in enumerate(src)
+           if r["labels"][0] > 0.5 and 0 < float(r["study_blood_ml"]) <= 3.0}
+  assert small  # the fixture has some
+  n = len(src) + 2 * len(small)
+  stream = record_stream(pipeline.train_iterator(src, cfg, global_batch_size=n, seed=0), 2)
+  for epoch in (stream[:n], stream[n:]):
+    counts = collections.Counter(epoch.tolist())
+    assert {i for i, c in counts.items() if c == 3} == small
+    assert all(counts[i] == 1 for i in range(len(src)) if i not in small)
+  assert not np.array_equal(stream[:n], stream[n:])
+
+
+def test_small_bleed_repeat_needs_volumes():
+  src = [{k: v for k, v in r.items() if k != "study_blood_ml"} for r in fake_source()]
+  with pytest.raises(ValueError, match="study_blood_ml"):
+    pipeline.train_iterator(src, data_cfg(small_bleed_repeat=2), global_batch_size=4, seed=0)

@@ -64,3 +64,35 @@ def test_labels_masks_and_order_agree(splits):
     np.testing.assert_allclose(gaps, thick[0], rtol=1e-4)  # tiny uses 5 mm slices, gap == thickness
   assert any(r["labels"][0] for r in _records(splits["test"]))
   assert any(not r["labels"][0] for r in _records(splits["test"]))
+
+
+def test_forced_bin_studies_render_in_that_bin():
+  # A forced-bin patient gets one bleed whose *rendered* volume is in the bin,
+  # even where the first draw renders as nothing or as a larger bin.
+  from data_builders.synthetic_ich import synthetic_ich as S
+  config = S.SyntheticIchConfig(name="forced_test", phantom=(
+      ("matrix", 256), ("pixel_spacing_mm", (0.8, 0.9)), ("slice_thickness_mm", (2.5, 5.0)), ("max_slices", 10)))
+  from ich_jax.eval.metrics import size_bin
+  for seed in range(3):
+    examples = S._study_examples((config, "P0", 0, seed, "punctate"))
+    ml = float(examples[0][1]["study_blood_ml"])
+    assert 0 < ml and size_bin(ml) == "punctate"
+    assert any(e["labels"][0] == 1 for _, e in examples)
+
+
+def test_forced_bins_cannot_exceed_the_split():
+  from data_builders.synthetic_ich import synthetic_ich as S
+  config = S.SyntheticIchConfig(name="forced_bad", patients=(("test", 1),), forced_bins=(("test", "small", 2),))
+  with pytest.raises(ValueError, match="forced_bins asks 2 patients of split 'test'"):
+    S.plan_studies(config)
+
+
+def test_small_test_split_has_its_punctate_floor_and_more_test_patients_keep_train_fixed():
+  from data_builders.synthetic_ich import synthetic_ich as S
+  small = S.SyntheticIch.builder_configs["small"]
+  plan = S.plan_studies(small)
+  assert [t[4] for t in plan["test"][:2]] == ["punctate", "punctate"]
+  assert all(t[4] is None for t in plan["train"])
+  import dataclasses
+  bigger = dataclasses.replace(small, patients=(("train", 200), ("validation", 8), ("test", 130)))
+  assert [t[1:4] for t in S.plan_studies(bigger)["train"]] == [t[1:4] for t in plan["train"]]
