@@ -22,10 +22,23 @@ z_position (then slice_index); series are sorted by series_id.
   slice_gap.npy      [N] float32        `ich_jax.models.sequence.slice_gaps` of the whole series (mm)
   slice_index.npy    [N] int32          the dataset's slice index; (series_id, slice_index) names a slice
   study_blood_ml.npy, mimic.npy [N]     optional, copied when the dataset has them (report size bins)
+  maps.npy           [N, H, W] float16  optional: a segmentation model's blood-probability map per slice, at
+                                        its input size (`config.data.image_size`); the ensemble's input
+                                        (ich_jax.data.base_maps). float16, not uint8: a normal slice's score is
+                                        its largest pixel, often < 0.05, where 1/255 steps would tie slices
+                                        that float16 (~3 significant digits) still ranks
+  record_index.npy   [N] int64          the row's record in the exporting run's source: the slice's for a slice
+                                        model (ich_jax.data.base_maps joins maps to slices by it, checking the
+                                        ids), the series' for a sequence model
   series_id.npy      [R] str
   study_id.npy       [R] str            scan-level metrics group by study
   offsets.npy        [R + 1] int64      series r is rows offsets[r]:offsets[r + 1]
-  meta.json                             {"format", "split", "num_series", "num_slices", "feature_dim", "source"}
+  meta.json                             {"format", "split", "num_series", "num_slices", "feature_dim",
+                                         "map_size" ([H, W], or null without maps), "source"}
+
+Memory: the export gathers a split's outputs in host memory before writing
+(`loop.predict_split`), maps included — 2·H·W bytes a slice, twice the uint8
+`pred_mask` an evaluation gathers; readers memory-map every file.
 
 A sequence model exported the same way (probabilities only) is a further
 stage: seed 003's sequence model 2 reads the CNN's and sequence model 1's
@@ -155,15 +168,21 @@ def write_export(directory, rows: Mapping[str, np.ndarray], meta: Mapping | None
             "series_id": series[offsets[:-1]], "study_id": study[offsets[:-1]], "offsets": offsets}
   if "features" in rows:
     arrays["features"] = np.asarray(rows["features"], np.float32)[order]
+  if "maps" in rows:
+    arrays["maps"] = np.asarray(rows["maps"], np.float16)[order]
+  if "record_index" in rows:
+    arrays["record_index"] = np.asarray(rows["record_index"], np.int64)[order]
   for key in EXTRA_FIELDS:
     if key in rows:
       arrays[key] = np.asarray(rows[key])[order]
   n = len(series)
-  for key in ("probabilities", "labels", "features"):
-    if key in arrays and (arrays[key].ndim != 2 or len(arrays[key]) != n):
-      raise ValueError(f"export to {directory}: {key} has shape {arrays[key].shape}, expected [{n}, ...]")
+  for key, ndim in (("probabilities", 2), ("labels", 2), ("features", 2), ("maps", 3), ("record_index", 1)):
+    if key in arrays and (arrays[key].ndim != ndim or len(arrays[key]) != n):
+      raise ValueError(f"export to {directory}: {key} has shape {arrays[key].shape}, expected {ndim} axes, "
+                       f"the first of {n} slices")
   info = {"format": FORMAT, "num_series": len(starts), "num_slices": n,
-          "feature_dim": int(arrays["features"].shape[1]) if "features" in arrays else 0, **(meta or {})}
+          "feature_dim": int(arrays["features"].shape[1]) if "features" in arrays else 0,
+          "map_size": list(arrays["maps"].shape[1:]) if "maps" in arrays else None, **(meta or {})}
 
   tmp = directory.with_name(directory.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)

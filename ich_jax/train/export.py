@@ -6,7 +6,9 @@ Restores the workdir's newest checkpoint and writes `<workdir>/export/<split>/`
 (format: `ich_jax.data.series`) for each split in `config.export.splits`
 (default: the train and eval splits). A slice classifier exports pooled
 features and probabilities (its task's `export`); a sequence model exports
-probabilities, the input of the next stage (seed 003 Fig. 1).
+probabilities, the input of the next stage (seed 003 Fig. 1); a segmentation
+model exports slice probabilities and its blood-probability maps, the input of
+seed 000's ensemble weight model (`ich_jax.data.base_maps`).
 """
 from __future__ import annotations
 

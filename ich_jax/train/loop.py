@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from ich_jax import LABELS, models
-from ich_jax.data import pipeline, series
+from ich_jax.data import base_maps, pipeline, series
 from ich_jax.train import checkpoint, optimizer, sharding, summary, tasks
 
 log = logging.getLogger("ich_jax.train")
@@ -53,14 +53,15 @@ class Experiment:
 
 
 def input_module(config):
-  """The data module for `config.dataset.kind`: "slices" (default; ich_jax.data.pipeline) or
-  "series_features" (ich_jax.data.series: whole series of exported stage-1 outputs).
+  """The data module for `config.dataset.kind`: "slices" (default; ich_jax.data.pipeline),
+  "series_features" (ich_jax.data.series: whole series of exported stage-1 outputs) or
+  "base_maps" (ich_jax.data.base_maps: slices with exported base segmentation maps).
 
   Each provides ensure_ready(dataset_config), open_split(dataset_config, split),
   train_iterator(source, config.data, ...), eval_batches(source, config.data, ...)
   and in_channels(config), the model's input size.
   """
-  kinds = {"slices": pipeline, "series_features": series}
+  kinds = {"slices": pipeline, "series_features": series, "base_maps": base_maps}
   kind = config.dataset.get("kind", "slices")
   if kind not in kinds:
     raise ValueError(f"config dataset.kind={kind!r}; expected one of {sorted(kinds)}")

@@ -26,6 +26,10 @@ Predictions (what `ich_jax.train.evaluate` and the report read):
     Probability maps are not returned: evaluation gathers every output of the
     split in host memory, and a float map per slice is 4× `mask` per map.
 
+Export (`--mode export_features`, `export`): the slice probabilities and the
+any-blood map of every slice, float16, the frozen base-model outputs that
+seed 000's weight model reads (`ich_jax.data.base_maps`, `ich_jax.train.ensemble`).
+
 Empty (Dice where the target has no blood). `dice_ignore_empty=False`
 (default) scores an empty target with the smoothed soft Dice, which is 1 (loss
 0) only when the prediction is empty too — `metrics.dice(..., empty=1.0)` in the
@@ -69,8 +73,14 @@ def soft_dice(prob: jax.Array, target: jax.Array, axis, smooth: float) -> jax.Ar
 def dice_loss(logits: jax.Array, target: jax.Array, *, over: str = "batch", smooth: float = 1.0,
               ignore_empty: bool = False) -> jax.Array:
   """Mean of 1 − soft Dice of sigmoid(logits) [B, H, W, K] against target [B, H, W, K] (see the module doc)."""
+  return soft_dice_loss(jax.nn.sigmoid(logits), target, over=over, smooth=smooth, ignore_empty=ignore_empty)
+
+
+def soft_dice_loss(prob: jax.Array, target: jax.Array, *, over: str = "batch", smooth: float = 1.0,
+                   ignore_empty: bool = False) -> jax.Array:
+  """`dice_loss` of probabilities [B, H, W, K] (a map that is no sigmoid's output: the ensemble's weighted map)."""
   axis = DICE_OVER[over]
-  loss = 1.0 - soft_dice(jax.nn.sigmoid(logits), target, axis, smooth)
+  loss = 1.0 - soft_dice(prob, target, axis, smooth)
   if not ignore_empty:
     return loss.mean()
   scored = target.sum(axis) > 0
@@ -150,3 +160,13 @@ class Segmentation(tasks.Task):
     prob = jax.nn.sigmoid(self.logits(model, batch["image"]))
     return {"probabilities": slice_probabilities(prob, self.maps),
             "pred_mask": predicted_mask(prob, self.maps, self.threshold)}
+
+  def export(self, model, batch) -> dict[str, Any]:
+    """Slice probabilities and the blood map [B, H, W] float16: a frozen base model for the ensemble.
+
+    The map is the any-blood probability (with "subtypes" the pixelwise max of
+    the five maps), the input seed 000 §2.2.3 gives its weight model; float16
+    halves what the export gathers and stores (`ich_jax.data.series`).
+    """
+    prob = jax.nn.sigmoid(self.logits(model, batch["image"]))
+    return {"probabilities": slice_probabilities(prob, self.maps), "maps": prob.max(axis=-1).astype(jnp.float16)}

@@ -18,7 +18,7 @@ from ich_jax import LABELS
 _TASKS: dict[str, Callable[..., "Task"]] = {}
 
 # Modules holding further registered tasks, imported by `build` (not at import time).
-_MODULES: tuple[str, ...] = ("ich_jax.train.segmentation", "ich_jax.train.sequence")
+_MODULES: tuple[str, ...] = ("ich_jax.train.segmentation", "ich_jax.train.sequence", "ich_jax.train.ensemble")
 
 
 def register(name: str):
