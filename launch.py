@@ -16,6 +16,8 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
+from ich_jax import xla_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export_features"],
@@ -44,6 +46,8 @@ def main(argv) -> None:
   # Our progress at INFO; libraries (Orbax's per-save chatter) at WARNING.
   logging.getLogger().setLevel(logging.WARNING)
   logging.getLogger("ich_jax").setLevel(logging.INFO)
+  # Before JAX starts a backend: XLA reads its flags once.
+  xla_flags.apply()
   _init_distributed()
   import jax
 

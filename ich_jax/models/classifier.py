@@ -80,6 +80,41 @@ def adaptive_avg_pool(x, size: tuple[int, int]):
   return jnp.einsum("iy,jx,byxc->bijc", my.astype(x.dtype), mx.astype(x.dtype), x)
 
 
+def _conv_or_dot(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                 preferred_element_type=None, out_sharding=None):
+  """`lax.conv_general_dilated` as nnx.Conv calls it, with a 1×1 kernel over channels-last input as one dot.
+
+  XLA:CPU (jaxlib 0.10) computes a 1×1 convolution's weight gradient as a
+  convolution over the batch, with transposes of both operands around it; as
+  a [pixels, Cin] × [Cin, Cout] product, forward and backward run 3–5× faster
+  (docs/PERFORMANCE.md, "Models"). Same parameters, same sums.
+  """
+  nd = rhs.ndim - 2
+  channels_last = (dimension_numbers is not None
+                   and tuple(dimension_numbers.lhs_spec) == (0, nd + 1, *range(1, nd + 1)))
+  ones = (1,) * nd
+  unpadded = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
+  if (rhs.shape[:nd] == ones and tuple(window_strides) == ones and tuple(lhs_dilation or ones) == ones
+      and tuple(rhs_dilation or ones) == ones and feature_group_count == 1 and batch_group_count == 1
+      and unpadded and channels_last and tuple(dimension_numbers.rhs_spec[:2]) == (nd + 1, nd)
+      and out_sharding is None):
+    y = jnp.matmul(lhs.reshape(-1, lhs.shape[-1]), rhs.reshape(rhs.shape[-2:]), precision=precision,
+                   preferred_element_type=preferred_element_type)
+    return y.reshape(*lhs.shape[:-1], rhs.shape[-1])
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers, feature_group_count, batch_group_count, precision,
+                                      preferred_element_type, out_sharding=out_sharding)
+
+
+class Conv(nnx.Conv):
+  """nnx.Conv (same parameters, same results) that runs 1×1 kernels as a matrix product (see `_conv_or_dot`)."""
+
+  def __init__(self, *args, **kw):
+    kw.setdefault("conv_general_dilated", _conv_or_dot)
+    super().__init__(*args, **kw)
+
+
 class _RunningStat(nnx.BatchStat):
   """A BatchStat whose whole-array assignment skips flax's sharding probe.
 
@@ -98,12 +133,44 @@ class _RunningStat(nnx.BatchStat):
 
 
 class BatchNorm(nnx.BatchNorm):
-  """nnx.BatchNorm with running statistics that trace in linear time (see `_RunningStat`)."""
+  """nnx.BatchNorm with running statistics that trace in linear time (see `_RunningStat`), applied as x·a + b.
+
+  flax normalises as (x − mean)·a + bias, and XLA keeps x − mean, a second
+  copy of every normalised activation, for the backward pass. With
+  a = scale / √(var + ε) and b = bias − mean·a folded per channel first, the
+  forward pass is one multiply-add and the gradient needs only Σdy and Σdy·x
+  (docs/PERFORMANCE.md, "Models"). Same statistics (flax's E[x²] − E[x]²),
+  same running averages; results differ only by float rounding. A `mask`, or
+  any option this path does not cover, goes through flax's own code.
+  """
 
   def __init__(self, num_features: int, **kw):
     super().__init__(num_features, **kw)
     self.mean = _RunningStat(self.mean.get_value())
     self.var = _RunningStat(self.var.get_value())
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    use_running_average = self.use_running_average if use_running_average is None else use_running_average
+    if (mask is not None or use_running_average is None or self.axis_name is not None or not self.use_fast_variance
+        or self.axis not in (-1, x.ndim - 1) or self.scale is None or self.bias is None):
+      return super().__call__(x, use_running_average, mask=mask)
+    out_dtype = self.dtype or jnp.result_type(x, self.scale[...], self.bias[...])
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    # Statistics and the per-channel a, b in at least float32 (flax rounds them to a bfloat16 `dtype`).
+    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    if use_running_average:
+      mean, var = self.mean[...].astype(stat_dtype), self.var[...].astype(stat_dtype)
+    else:
+      # As flax's _compute_stats: E[x²] − E[x]², clipped at 0.
+      xs, axes = x.astype(stat_dtype), tuple(range(x.ndim - 1))
+      mean, mean2 = xs.mean(axes), jnp.square(xs).mean(axes)
+      var = jnp.maximum(0.0, mean2 - jnp.square(mean))
+      self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+      self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+    a = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(stat_dtype)
+    y = x * a + (self.bias[...].astype(stat_dtype) - mean * a)
+    return y.astype(out_dtype)
 
 
 class ConvBN(nnx.Module):
@@ -120,9 +187,9 @@ class ConvBN(nnx.Module):
                act: Callable | None = jax.nn.relu, bn: dict | None = None, conv_bias: bool = False,
                kernel_init=TORCH_CONV_INIT, dtype=None, rngs: nnx.Rngs):
     kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
-    self.conv = nnx.Conv(cin, cout, kernel, strides=stride, padding=padding, kernel_dilation=dilation,
-                         feature_group_count=groups, use_bias=conv_bias, kernel_init=kernel_init, dtype=dtype,
-                         rngs=rngs)
+    self.conv = Conv(cin, cout, kernel, strides=stride, padding=padding, kernel_dilation=dilation,
+                     feature_group_count=groups, use_bias=conv_bias, kernel_init=kernel_init, dtype=dtype,
+                     rngs=rngs)
     self.norm = BatchNorm(cout, dtype=dtype, rngs=rngs, **(TORCH_BN if bn is None else bn))
     self.act = act
 
@@ -141,7 +208,7 @@ class Classifier(nnx.Module):
     # `head` maps pooled(fmap) to logits; a plain linear layer unless the reference has more.
     self.head = nnx.Linear(num_features, num_classes, dtype=dtype, rngs=rngs) if head is None else head
     # Per-cell blood logit for strong labels (seed 000 §2.1.5); opt-in, outside the reference count.
-    self.mask_head = nnx.Conv(fmap_channels, 1, (1, 1), dtype=dtype, rngs=rngs) if mask_head else nnx.data(None)
+    self.mask_head = Conv(fmap_channels, 1, (1, 1), dtype=dtype, rngs=rngs) if mask_head else nnx.data(None)
     self.num_features = num_features
 
   def features_map(self, x):

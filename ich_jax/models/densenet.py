@@ -17,6 +17,7 @@ from ich_jax.models.classifier import (
   TORCH_CONV_INIT,
   BatchNorm,
   Classifier,
+  Conv,
   ConvBN,
   compute_dtype,
   max_pool,
@@ -29,8 +30,8 @@ class BNReLUConv(nnx.Module):
 
   def __init__(self, cin: int, cout: int, kernel: int, *, dtype, rngs: nnx.Rngs):
     self.norm = BatchNorm(cin, dtype=dtype, rngs=rngs, **TORCH_BN)
-    self.conv = nnx.Conv(cin, cout, (kernel, kernel), padding=pads(kernel // 2, kernel // 2), use_bias=False,
-                         kernel_init=TORCH_CONV_INIT, dtype=dtype, rngs=rngs)
+    self.conv = Conv(cin, cout, (kernel, kernel), padding=pads(kernel // 2, kernel // 2), use_bias=False,
+                     kernel_init=TORCH_CONV_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     return self.conv(jax.nn.relu(self.norm(x)))
