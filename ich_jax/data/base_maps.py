@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from ich_jax.data import pipeline, series
+from ich_jax.data import folds, pipeline, series
 
 
 class BaseMapsSource:
@@ -50,7 +50,7 @@ class BaseMapsSource:
   """
 
   def __init__(self, slices: pipeline.SeriesSource, workdirs: Sequence, split: str):
-    if series.parse_split(split)[1] is not None:
+    if folds.parse_split(split)[1] is not None:
       raise ValueError(f"split {split!r}: base maps join an export to the dataset split of the same name; "
                        "name a whole split (folds of an export are for series_features)")
     # SeriesFeatureSource checks that the exports hold the same slices in the same order.
@@ -96,7 +96,7 @@ class BaseMapsSource:
     if self._maps is None:
       self._maps = [np.load(d / "maps.npy", mmap_mode="r") for d in self.dirs]
     row = int(self.row_of_record[int(record)])
-    sid = series._text(np.asarray([series_id]))[0]
+    sid = folds.as_text(np.asarray([series_id]))[0]
     if sid != self.row_series_id[row] or int(slice_index) != int(self.row_slice_index[row]):
       raise ValueError(f"export {self.dirs[0]} row {row} is series_id={self.row_series_id[row]!r} slice_index="
                        f"{int(self.row_slice_index[row])}, but record {record} of split {self.split!r} is "
@@ -127,16 +127,14 @@ def load(source: BaseMapsSource, cfg, index: int) -> dict:
 
 def train_dataset(source: BaseMapsSource, cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
-  """Shuffled batches in the slice pipeline's order (`pipeline.train_batches`), `small_bleed_repeat` included."""
+  """Shuffled batches in the slice pipeline's order (`pipeline.train_batches`), its epoch sampling included."""
   plan = _check(source, cfg)
-  records = pipeline.epoch_records(source.slices, cfg)
+  sampler = pipeline.epoch_sampler(source.slices, cfg, seed=seed)
 
   def to_examples(ds):
-    if records is not None:
-      ds = ds.map(functools.partial(pipeline._record_at, records))
-    return ds.map(functools.partial(load, source, plan))
+    return pipeline.sample_records(sampler, ds).map(functools.partial(load, source, plan))
 
-  return pipeline.train_batches(len(source) if records is None else len(records), to_examples, cfg,
+  return pipeline.train_batches(len(source) if sampler is None else sampler.length, to_examples, cfg,
                                 global_batch_size=global_batch_size, seed=seed, process_index=process_index,
                                 process_count=process_count)
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 import pathlib
 
+import numpy as np
+
+from ich_jax.data import folds
+
 # name → "module:Class" of its TFDS builder (imported only when used).
 BUILDERS = {
     "synthetic_ich": "data_builders.synthetic_ich.synthetic_ich:SyntheticIch",
@@ -49,14 +53,72 @@ def ensure_built(config) -> None:
 
 
 def open_split(config, split: str):
-  """Random-access source over one split (`len`, `[i]` → dict of numpy arrays)."""
+  """Random-access source over one split (`len`, `[i]` → dict of numpy arrays).
+
+  `split` is a TFDS split name ("train", "train[:10%]", "fold0+fold1"), or a
+  fold of one (`train[fold=K/N]`, `train[fold!=K/N]`: `ich_jax.data.folds`,
+  by `study_id`).
+  """
   b = builder(config)
   if not b.is_prepared():
     raise FileNotFoundError(
         f"dataset {config.name}/{config.config} is not built in {data_dir(config)}; "
         f"run training (which builds it) or ich_jax.data.datasets.ensure_built first")
+  fold = None
+  if folds.is_fold_split(split):
+    split, fold = folds.parse_split(split)
   # "fold0+fold1+fold2" (physionet_ct_ich's folds) joins splits; each part must exist.
   for part in split.split("+"):
     if part.split("[")[0] not in b.info.splits:
       raise KeyError(f"dataset {config.name}/{config.config} has no split {part!r}; it has {list(b.info.splits)}")
-  return b.as_data_source(split=split)
+  source = b.as_data_source(split=split)
+  if fold is None:
+    return source
+  study_ids = read_field(metadata_source(b, split), "study_id")
+  return RecordSubset(source, folds.fold_rows(study_ids, fold))
+
+
+# Features a metadata pass never needs decoded.
+_PIXEL_FEATURES = ("image", "mask", "volume", "masks")
+
+
+def metadata_source(b, split: str):
+  """The split with its pixel features left undecoded: cheaper for passes over ids and labels."""
+  import tensorflow_datasets as tfds
+
+  skip = {k: tfds.decode.SkipDecoding() for k in _PIXEL_FEATURES if k in b.info.features}
+  return b.as_data_source(split=split, decoders=skip or None)
+
+
+def read_field(source, key: str, chunk: int = 1024) -> np.ndarray:
+  """One field of every record of `source`, in record order."""
+  getitems = getattr(source, "__getitems__", None)
+  values = []
+  for start in range(0, len(source), chunk):
+    ids = list(range(start, min(len(source), start + chunk)))
+    for i, rec in zip(ids, getitems(ids) if getitems is not None else [source[i] for i in ids]):
+      if key not in rec:
+        raise KeyError(f"record {i} has no field {key!r} (it has {sorted(rec)})")
+      values.append(rec[key])
+  return np.asarray(values)
+
+
+class RecordSubset:
+  """Records `rows` of a random-access source, renumbered 0 … len(rows)-1."""
+
+  def __init__(self, source, rows):
+    self.source = source
+    self.rows = np.asarray(rows, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, i: int):
+    if not -len(self.rows) <= int(i) < len(self.rows):
+      raise IndexError(f"record {i} of a {len(self.rows)}-record subset")
+    return self.source[int(self.rows[int(i)])]
+
+  def __getitems__(self, ids):
+    rows = [int(self.rows[int(i)]) for i in ids]
+    getitems = getattr(self.source, "__getitems__", None)
+    return getitems(rows) if getitems is not None else [self.source[r] for r in rows]

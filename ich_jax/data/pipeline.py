@@ -31,6 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from ich_jax import LABELS
 from ich_jax.data import augment as augment_lib
 from ich_jax.data import datasets, windows
 
@@ -77,6 +78,23 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Needs the dataset's `study_blood_ml` (datasets with masks).
   c.small_bleed_repeat = 1
   c.small_bleed_ml = 5.0
+  # Which training slices make up an epoch (`EpochSampler`). "all": every
+  # record once (small_bleed_repeat aside). "balanced" (seed 000 §2.1 and
+  # §2.2.1): as many normal slices (no blood) as lesion slices, the lesion
+  # slices optionally balanced over subtypes ("the same number of slices as
+  # those of IPH, IVH, SDH, EDH, and SAH"); slices with blood that is not the
+  # chosen lesion kind are left out.
+  c.sampling = ml_collections.ConfigDict()
+  s = c.sampling
+  s.mode = "all"
+  # Lesion slices: "any" blood, one subtype ("subdural", seed 000 Model 3), or
+  # "small": blood in a study of at most small_bleed_ml mL (seed 000 Model 5).
+  s.lesion = "any"
+  s.balance_subtypes = True
+  s.num_lesion = 0                     # lesion slices per epoch; 0 = as many as the split has
+  # Seed 000 draws its balanced set once; True draws a fresh one every epoch
+  # (more of the normal slices seen over a run).
+  s.redraw_each_epoch = False
   return c
 
 
@@ -386,30 +404,149 @@ def train_batches(num_records: int, to_examples: Callable[[grain.MapDataset], gr
   return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)
 
 
-def epoch_records(source, cfg) -> np.ndarray | None:
-  """Record indices of one training epoch with repeats (`small_bleed_repeat`), or None for plain epochs."""
-  repeat = int(cfg.get("small_bleed_repeat", 1))
-  if repeat < 1:
-    raise ValueError(f"config data.small_bleed_repeat={repeat}: need >= 1")
-  if repeat == 1:
-    return None
+SAMPLING_MODES = ("all", "balanced")
+
+
+class EpochSampler:
+  """Which records make up each training epoch: `length` slots; `record(epoch, slot)`.
+
+  Epoch e's records are `draw(e)`, a pure function of (config, seed, e), so a
+  resumed iterator sees the same epochs. Grain shuffles the slots within each
+  epoch; the stream position p is slot p % length of epoch p // length.
+  """
+
+  def __init__(self, length: int, draw):
+    self.length = int(length)
+    self._draw = draw
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __getstate__(self):
+    return {"length": self.length, "_draw": self._draw, "_cache": {}}
+
+  def records(self, epoch: int) -> np.ndarray:
+    got = self._cache.get(epoch)
+    if got is None:
+      got = np.asarray(self._draw(epoch), np.int64)
+      if len(got) != self.length:
+        raise AssertionError(f"epoch {epoch} drew {len(got)} records, expected {self.length}")
+      # Grain threads read the sampler concurrently; keep the last few epochs.
+      self._cache = {**{k: v for k, v in self._cache.items() if k >= epoch - 1}, epoch: got}
+    return got
+
+  def record(self, position: int, slot: int) -> int:
+    return int(self.records(int(position) // self.length)[int(slot)])
+
+
+def _draw_fixed(records: np.ndarray, epoch: int) -> np.ndarray:
+  return records
+
+
+def _take(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+  """n of `pool`: without replacement while it lasts, then with (oversampling a rare class)."""
+  if n <= len(pool):
+    return rng.choice(pool, n, replace=False)
+  return np.concatenate([rng.permutation(pool), rng.choice(pool, n - len(pool), replace=True)])
+
+
+def balanced_records(labels: np.ndarray, lesion: np.ndarray, num_lesion: int, rng: np.random.Generator, *,
+                     balance_subtypes: bool) -> np.ndarray:
+  """Record indices of one balanced epoch: `num_lesion` lesion slices, then as many normal ones.
+
+  labels: [N, 6] (any first); lesion: [N] bool, the slices that count as
+  lesion. Normal slices have no blood (labels[:, 0] == 0); blood slices that
+  are not lesion slices are never drawn. With `balance_subtypes`, every
+  subtype present among the lesion slices gets num_lesion // K of the lesion
+  slots (the first num_lesion % K subtypes one more): a slice with two
+  subtypes can be drawn for each.
+  """
+  lesion_ids = np.flatnonzero(lesion)
+  normal_ids = np.flatnonzero(labels[:, 0] < 0.5)
+  if not len(lesion_ids) or not len(normal_ids):
+    raise ValueError(f"balanced sampling needs lesion and normal slices; the split has {len(lesion_ids)} lesion "
+                     f"and {len(normal_ids)} normal ones")
+  if balance_subtypes:
+    pools = [lesion_ids[labels[lesion_ids, k] > 0.5] for k in range(1, labels.shape[1])]
+    pools = [pool for pool in pools if len(pool)]
+    counts = [num_lesion // len(pools) + (i < num_lesion % len(pools)) for i in range(len(pools))]
+    chosen = np.concatenate([_take(rng, pool, n) for pool, n in zip(pools, counts)])
+  else:
+    chosen = _take(rng, lesion_ids, num_lesion)
+  return np.concatenate([chosen, _take(rng, normal_ids, num_lesion)]).astype(np.int64)
+
+
+def _draw_balanced(labels, lesion, num_lesion, balance_subtypes, redraw, seed, epoch):
+  rng = np.random.default_rng([int(seed), 7, int(epoch) if redraw else 0])
+  return balanced_records(labels, lesion, num_lesion, rng, balance_subtypes=balance_subtypes)
+
+
+def _metadata(source, keys: Sequence[str]) -> dict[str, np.ndarray]:
+  """`keys` of every record, in record order, from the cheapest source available."""
   src = as_series_source(source)
   meta = src._metadata_source or src.source
   getitems = getattr(meta, "__getitems__", None)
-  counts = np.ones(len(src), np.int64)
+  out: dict[str, list] = {k: [] for k in keys}
   for start in range(0, len(src), 1024):
     ids = list(range(start, min(len(src), start + 1024)))
     for i, rec in zip(ids, getitems(ids) if getitems is not None else [meta[i] for i in ids]):
-      if "study_blood_ml" not in rec:
-        raise ValueError(f"config data.small_bleed_repeat={repeat} needs the field study_blood_ml, which record {i} "
-                         "of this dataset lacks (datasets without masks have no volumes)")
-      if np.asarray(rec["labels"])[0] > 0.5 and 0 < float(rec["study_blood_ml"]) <= float(cfg.small_bleed_ml):
-        counts[i] = repeat
-  return np.repeat(np.arange(len(src), dtype=np.int64), counts)
+      for k in keys:
+        if k not in rec:
+          raise KeyError(k, i)
+        out[k].append(np.asarray(rec[k]))
+  return {k: np.stack(v) if v else np.zeros((0,)) for k, v in out.items()}
 
 
-def _record_at(records: np.ndarray, position: int) -> int:
-  return int(records[position])
+def epoch_sampler(source, cfg, *, seed: int = 0) -> EpochSampler | None:
+  """The training epochs `config.data` asks for, or None for plain epochs (every record once)."""
+  repeat = int(cfg.get("small_bleed_repeat", 1))
+  if repeat < 1:
+    raise ValueError(f"config data.small_bleed_repeat={repeat}: need >= 1")
+  sampling = cfg.get("sampling", None) or default_data_config().sampling
+  mode = sampling.get("mode", "all")
+  if mode not in SAMPLING_MODES:
+    raise ValueError(f"config data.sampling.mode={mode!r}; expected one of {SAMPLING_MODES}")
+  if mode == "all" and repeat == 1:
+    return None
+  lesion_kind = sampling.get("lesion", "any") if mode == "balanced" else "any"
+  small = repeat > 1 or lesion_kind == "small"
+  try:
+    meta = _metadata(source, ("labels",) + (("study_blood_ml",) if small else ()))
+  except KeyError as e:
+    key, i = e.args
+    why = (f"config data.small_bleed_repeat={repeat}" if repeat > 1 else
+           f"config data.sampling.lesion={lesion_kind!r}")
+    raise ValueError(f"{why} needs the field {key}, which record {i} of this dataset lacks"
+                     + (" (datasets without masks have no volumes)" if key == "study_blood_ml" else "")) from None
+  labels = meta["labels"].astype(np.float32).reshape(len(as_series_source(source)), -1)
+  blood = labels[:, 0] > 0.5
+  if small:
+    volume = meta["study_blood_ml"].astype(np.float64).reshape(-1)
+    small_blood = blood & (volume > 0) & (volume <= float(cfg.get("small_bleed_ml", 5.0)))
+  if mode == "all":
+    counts = np.where(small_blood, repeat, 1)
+    records = np.repeat(np.arange(len(labels), dtype=np.int64), counts)
+    return EpochSampler(len(records), functools.partial(_draw_fixed, records))
+  if lesion_kind == "any":
+    lesion = blood
+  elif lesion_kind == "small":
+    lesion = small_blood
+  elif lesion_kind in LABELS[1:]:
+    lesion = labels[:, LABELS.index(lesion_kind)] > 0.5
+  else:
+    raise ValueError(f"config data.sampling.lesion={lesion_kind!r}; expected 'any', 'small' or one of {LABELS[1:]}")
+  if not lesion.any():
+    raise ValueError(f"config data.sampling.lesion={lesion_kind!r}: no training slice is a lesion slice")
+  num_lesion = int(sampling.get("num_lesion", 0)) or int(lesion.sum())
+  balance = bool(sampling.get("balance_subtypes", True)) and lesion_kind in ("any", "small")
+  draw = functools.partial(_draw_balanced, labels, lesion, num_lesion, balance,
+                           bool(sampling.get("redraw_each_epoch", False)), seed)
+  return EpochSampler(2 * num_lesion, draw)
+
+
+def sample_records(sampler: EpochSampler | None, ds: grain.MapDataset) -> grain.MapDataset:
+  """Maps the shuffled slot stream to record indices (identity for plain epochs)."""
+  if sampler is None:
+    return ds
+  return ds.map_with_index(sampler.record)
 
 
 def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
@@ -419,17 +556,15 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
   plan = _plan(cfg)
   if plan.offsets != (0,) and len(src):
     src.index  # build once here, not in every worker
-  records = epoch_records(src, cfg)
+  sampler = epoch_sampler(src, cfg, seed=seed)
 
   def to_examples(ds):
-    if records is not None:
-      ds = ds.map(functools.partial(_record_at, records))
-    ds = ds.map(functools.partial(_read, src, plan))
+    ds = sample_records(sampler, ds).map(functools.partial(_read, src, plan))
     if plan.augment.enabled:
       ds = ds.random_map(functools.partial(_augment_hu, plan), seed=derived_seed(seed, 1))
     return ds.map(functools.partial(preprocess, cfg=plan))
 
-  return train_batches(len(src) if records is None else len(records), to_examples, cfg,
+  return train_batches(len(src) if sampler is None else sampler.length, to_examples, cfg,
                        global_batch_size=global_batch_size, seed=seed,
                        process_index=process_index, process_count=process_count)
 

@@ -69,14 +69,13 @@ shape, so one compilation, the same on every process.
 Folds by study (seed 003 §2 trains the sequence models with 10-fold
 cross-validation): a split name `train[fold=3/10]` selects the series of
 studies in fold 3 of 10 of the export's `train` split, `train[fold!=3/10]` all
-the others (`study_folds`: studies shuffled with a fixed seed, dealt in turn).
+the others (`ich_jax.data.folds`: studies shuffled with a fixed seed, dealt in turn).
 """
 from __future__ import annotations
 
 import functools
 import json
 import pathlib
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 
@@ -84,7 +83,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from ich_jax.data import pipeline
+from ich_jax.data import folds, pipeline
 
 FORMAT = 1
 EXPORT_DIR = "export"
@@ -109,14 +108,7 @@ def export_dir(workdir, split: str) -> pathlib.Path:
   return pathlib.Path(workdir) / EXPORT_DIR / split
 
 
-def _text(values) -> np.ndarray:
-  """Ids as str: TFDS gives bytes, gathered ids are object arrays of bytes."""
-  values = np.asarray(values)
-  if values.dtype.kind == "S":
-    return np.char.decode(values, "utf-8")
-  if values.dtype.kind == "U":
-    return values
-  return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values.ravel()]).reshape(values.shape)
+_text = folds.as_text
 
 
 # --- Writing ------------------------------------------------------------------------
@@ -213,33 +205,6 @@ def read_meta(directory) -> dict:
 # --- Reading ------------------------------------------------------------------------
 
 
-def study_folds(study_ids, num_folds: int, seed: int = 0) -> np.ndarray:
-  """Fold (0 … num_folds-1) of each entry: studies in sorted order, shuffled by `seed`, dealt in turn.
-
-  Every series of a study lands in the same fold; fold sizes differ by at most one study.
-  """
-  studies, inverse = np.unique(_text(study_ids), return_inverse=True)
-  fold_of_study = np.empty(len(studies), np.int64)
-  fold_of_study[np.random.default_rng(seed).permutation(len(studies))] = np.arange(len(studies)) % num_folds
-  return fold_of_study[inverse]
-
-
-_FOLD_SPLIT = re.compile(r"^(?P<name>[^\[\]]+)(\[fold(?P<op>!?=)(?P<k>\d+)/(?P<n>\d+)\])?$")
-
-
-def parse_split(split: str) -> tuple[str, tuple[bool, int, int] | None]:
-  """`"train"` → ("train", None); `"train[fold=3/10]"` → ("train", (True, 3, 10)); `fold!=` → held_in."""
-  m = _FOLD_SPLIT.match(split)
-  if m is None:
-    raise ValueError(f"split {split!r}: expected NAME, NAME[fold=K/N] or NAME[fold!=K/N]")
-  if m["k"] is None:
-    return m["name"], None
-  k, n = int(m["k"]), int(m["n"])
-  if not 0 <= k < n:
-    raise ValueError(f"split {split!r}: fold {k} is not in [0, {n})")
-  return m["name"], (m["op"] == "=", k, n)
-
-
 class SeriesFeatureSource:
   """Random access to the series of one split exported by one or more runs: `len` series, `[i]` → example dict.
 
@@ -252,7 +217,7 @@ class SeriesFeatureSource:
     if isinstance(workdirs, (str, pathlib.Path)) or not len(workdirs):
       raise ValueError(f"config dataset.exports={workdirs!r}: expected a non-empty list of exporting workdirs")
     self.split = split
-    name, fold = parse_split(split)
+    name, fold = folds.parse_split(split)
     self.dirs = [export_dir(pathlib.Path(w).expanduser().absolute(), name) for w in workdirs]
     self.metas = [read_meta(d) for d in self.dirs]
     first = self.dirs[0]
@@ -268,8 +233,7 @@ class SeriesFeatureSource:
     # The selected series, as rows of the export.
     self.rows = np.arange(len(series_id))
     if fold is not None:
-      held_out, k, n = fold
-      self.rows = np.flatnonzero((study_folds(study_id, n) == k) == held_out)
+      self.rows = folds.fold_rows(study_id, fold)
     self.series_id, self.study_id = series_id[self.rows], study_id[self.rows]
     self.starts, self.stops = offsets[self.rows], offsets[self.rows + 1]
     self.feature_dims = [m["feature_dim"] for m in self.metas]

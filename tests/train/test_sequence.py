@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import sequence as sequence_config
-from ich_jax.data import pipeline, series, windows
+from ich_jax.data import folds, pipeline, series, windows
 from ich_jax.train import evaluate, export, loop, optimizer, tasks
 
 
@@ -108,8 +108,8 @@ def test_mismatched_exports_and_folds(handmade, tmp_path):
   assert sorted([*held_in.series_id, *held_out.series_id]) == [f"1.2.{k}" for k in range(len(LENGTHS))]
   assert not set(held_in.study_id) & set(held_out.study_id)
   assert held_out.max_length == max(held_out.lengths)
-  with pytest.raises(ValueError, match="fold 2 is not in"):
-    series.parse_split("train[fold=2/2]")
+  with pytest.raises(ValueError, match="fold 2 of 2 is not a fold"):
+    folds.parse_split("train[fold=2/2]")
 
 
 def _data_cfg(length=4):
