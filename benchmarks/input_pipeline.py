@@ -136,7 +136,7 @@ def bench_dicom(files, repeats: int) -> dict:
 
 def data_config(augment: bool, threads: int | None) -> ml_collections.ConfigDict:
   cfg = pipeline.default_data_config()
-  cfg.recipe = [list(t) for t in windows.RSNA_3WINDOW]
+  cfg.recipe = windows.RSNA_3WINDOW
   cfg.image_size = RESOLUTION
   cfg.augment.enabled = augment
   if threads is not None:

@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.data = pipeline.default_data_config()
   c.data.image_size = 128               # the base models' input size (configs/segmentation.py): the maps' grid
   # Image channels, read with `image`: seed 000 §2.1.4's stroke, brain and bone windows.
-  c.data.recipe = [list(t) for t in windows.SEED000_3WINDOW]
+  c.data.recipe = windows.SEED000_3WINDOW
   c.data.augment.enabled = False        # the maps are fixed outputs on unaugmented slices (ich_jax.data.base_maps)
 
   c.model = ConfigDict()

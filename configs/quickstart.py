@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.data.image_size = 128
   # Seed 003 paper, §2 "window settings": brain 40/80, subdural 80/200, bone 600/2800,
   # one slice in three channels (its public code stacks neighbours instead: windows.RSNA_NEIGHBOURS).
-  c.data.recipe = [list(t) for t in windows.RSNA_3WINDOW]
+  c.data.recipe = windows.RSNA_3WINDOW
 
   c.model = ConfigDict()
   c.model.name = "small_cnn"

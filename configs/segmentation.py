@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   if name == "unet":
     # Seed 002 §3: the masks were drawn on the brain window, level 40 width 120,
     # and the network reads that grey image (one channel).
-    c.data.recipe = [[0, 40, 120]]
+    c.data.recipe = ((0, 40, 120),)
     c.model.name = "unet"
     c.model.options.width = 64          # seed 002 §4 (Fig. 3): 64 filters in the first block
     c.task.loss = "bce"                 # seed 002 §6: "cross-entropy loss"
@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   elif name == "inception_unet":
     # Seed 000 §2.1.4: stroke 40/40, brain 40/80, bone 500/3000 (its fourth,
     # skull-stripped channel arrives with issue 7's skull stripping).
-    c.data.recipe = [list(t) for t in windows.SEED000_3WINDOW]
+    c.data.recipe = windows.SEED000_3WINDOW
     c.model.name = "inception_unet"
     c.task.loss = "dice"                # seed 000 §2.2.2: Dice loss
     c.task.dice_over = "batch"          # seed 000 does not say; see ich_jax/train/segmentation.py
@@ -86,7 +86,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   else:
     # Seed 001, Image Preprocessing: five slices s-2…s+2, HU clipped to
     # [-240, 240] and rescaled to [-3, 3]; the wrapper unstacks the channels.
-    c.data.recipe = [list(t) for t in windows.SEED001_5SLICE]
+    c.data.recipe = windows.SEED001_5SLICE
     c.data.intensity = "clip_rescale"
     c.model.name = "hybrid_fpn_3d2d_seg"
     # Mask R-CNN's mask loss (He et al. 2017, which seed 001 follows): per-pixel

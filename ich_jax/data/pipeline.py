@@ -46,7 +46,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.image_size = 512
   # (slice_offset, level, width) per channel; see ich_jax.data.windows for the
   # named recipes and their papers. Default: seed 003 §2 brain/subdural/bone.
-  c.recipe = [list(t) for t in windows.RSNA_3WINDOW]
+  c.recipe = windows.RSNA_3WINDOW
   # "window": each channel apply_window(level, width) -> [0, 1].
   # "clip_rescale": each channel clip_rescale(clip_range -> clip_out_range);
   # level/width ignored, only the offsets are used (seed 001).

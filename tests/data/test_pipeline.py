@@ -47,7 +47,7 @@ def fake_source(series_lengths=LENGTHS, size=16, seed=0, constant=False, gaps=()
 def data_cfg(image_size=16, recipe=windows.RSNA_3WINDOW, augment=True, **kw):
   c = pipeline.default_data_config()
   c.image_size = image_size
-  c.recipe = [list(t) for t in recipe]
+  c.recipe = tuple(tuple(t) for t in recipe)
   c.read_threads = 2
   c.prefetch_batches = 4
   c.augment.enabled = augment

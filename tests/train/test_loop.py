@@ -117,10 +117,12 @@ def _launch(*args, env_extra=None, timeout=600):
 
 def test_quickstart_smoke_end_to_end_and_eval_reprints(tiny_data_dir, tmp_path):
   workdir = tmp_path / "run"
+  # A channel recipe is overridable from the command line (a tuple, not a list).
   common = ["--config", "configs/quickstart.py:smoke", f"--config.dataset.data_dir={tiny_data_dir}",
-            f"--workdir={workdir}"]
+            f"--workdir={workdir}", "--config.data.recipe=((0, 40, 80), (0, 80, 200))"]
   run = _launch(*common)
   assert run.returncode == 0, run.stderr[-3000:]
+  assert json.loads((workdir / "config.json").read_text())["data"]["recipe"] == [[0, 40, 80], [0, 80, 200]]
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert metrics["step"] == 6 and metrics["split"] == "test"
   assert metrics["n_slices"] > 0 and metrics["n_scans"] > 0
