@@ -1,4 +1,4 @@
-"""PNG figures for the evaluation report: ROC curves with operating points, volume scatter.
+"""PNG figures: ROC curves with operating points, volume scatter (evaluation); the study overview (prediction).
 
 matplotlib is imported inside the functions and drawn through the Agg canvas
 directly (no pyplot, no global backend switch), so importing ich_jax.eval
@@ -81,6 +81,41 @@ def volume_scatter(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str
   ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel=reference_label,
          ylabel="estimated volume (mL)", title=title, aspect="equal")
   ax.legend(loc="upper left", fontsize=8)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  fig.savefig(path)
+  return path
+
+
+def study_overview(tiles: Sequence[Mapping], path: str | pathlib.Path, *, title: str = "",
+                   overlay_label: str = "") -> pathlib.Path:
+  """A montage of slices, each {"image": [h, w] in [0, 1] (brain window), "overlay": [h, w] or None,
+  "kind": "heat" (a Grad-CAM, scaled to its maximum) or "mask" (non-zero = blood), "caption": str}.
+
+  At most three per row; the overlay is drawn where it is non-zero (heat: above
+  a fifth of its maximum), so the anatomy stays readable under it.
+  """
+  n = max(1, len(tiles))
+  cols = min(3, n)
+  rows = -(-n // cols)
+  fig = _figure((3.2 * cols, 3.5 * rows + (0.4 if title else 0.0)))
+  for i, tile in enumerate(tiles):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    ax.imshow(tile["image"], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    overlay = tile.get("overlay")
+    if overlay is not None:
+      overlay = np.asarray(overlay, np.float32)
+      if tile.get("kind") == "mask":
+        ax.imshow(np.ma.masked_equal((overlay > 0).astype(np.float32), 0), cmap="autumn", alpha=0.45,
+                  vmin=0, vmax=1, interpolation="nearest")
+      else:
+        peak = float(overlay.max())
+        heat = overlay / peak if peak > 0 else overlay
+        ax.imshow(np.ma.masked_less(heat, 0.2), cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
+    ax.set_title(tile.get("caption", ""), fontsize=8)
+    ax.set_axis_off()
+  if title or overlay_label:
+    fig.suptitle(" · ".join(t for t in (title, overlay_label) if t), fontsize=9)
   fig.tight_layout()
   path = pathlib.Path(path)
   fig.savefig(path)
