@@ -344,6 +344,7 @@ class Bundle:
                             and m.task.inputs == "features" for i in m.entry["inputs"]}
     self._needs_maps = {i for m in members.values() if m.role == "ensemble_weights" for i in m.entry["inputs"]}
     self._gradcam_fns: dict = {}
+    self.gradcam_error: str | None = None
 
   @property
   def hash(self) -> str:
@@ -528,7 +529,15 @@ class Bundle:
       self._gradcam_fns[class_index] = jax.jit(lambda state, x: gradcam.grad_cam(graphdef, state, x, class_index))
     x = images[member.plan][np.asarray(rows)]
     x = np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)]) if len(x) < batch else x
-    return np.asarray(jax.device_get(self._gradcam_fns[class_index](member.state, x)))[:len(rows)]
+    try:
+      cam = self._gradcam_fns[class_index](member.state, x)
+    except (AttributeError, ValueError) as e:
+      # A classifier whose logits do not come from `classify(features_map)` (small_cnn with a blood-map
+      # decoder) has no Grad-CAM of eq. 2–3; the overview then shows the slices without one.
+      self.gradcam_error = f"member {name!r}: {e}"
+      self.outputs = {**self.outputs, "gradcam": None}
+      return None
+    return np.asarray(jax.device_get(cam))[:len(rows)]
 
 
 def load(directory) -> Bundle:

@@ -257,6 +257,8 @@ def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> 
     tiles, label = _overview_tiles(study, images, bundle, outputs, rows, None)
   clock.start("write")
   notes = list(study.notes)
+  if bundle.gradcam_error:
+    notes.append(f"no Grad-CAM overlay: {bundle.gradcam_error}")
   report = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "disclaimer": DISCLAIMER,
             "input": str(pathlib.Path(input_path).absolute()), "source": study.source, "study_id": study.study_id,
             "series": {"series_uid": study.series_id, "description": study.description,
@@ -291,7 +293,7 @@ def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> 
   eval_report.write_predictions_csv(preds, tmp / "predictions.csv", extra_columns=extra)
   if tiles:
     from ich_jax.eval import plots
-    plots.study_overview(tiles, tmp / "overview.png", title=f"{study.study_id}: most suspicious slices",
+    plots.study_overview(tiles, tmp / "overview.png", title=f"{study.path.name}: most suspicious slices",
                          overlay_label=label)
     written.append("overview.png")
   report["outputs"] = written

@@ -301,7 +301,13 @@ def test_combined_bundle_averages_its_classifiers(runs, tmp_path):
   records = [{"image": p.hu[i], "series_id": "s", "slice_index": i} for i in range(len(p.hu))]
   z = p.z_positions_mm
   images = mean.preprocess(records)
-  got = mean.predict(images, z, batch_size=8)
+  # Loading needs the bundle alone: not the run's workdir, not its config.
+  hidden = runs["cls"].with_name("hidden")
+  runs["cls"].rename(hidden)
+  try:
+    got = bundle_lib.load(tmp_path / "mean").predict(images, z, batch_size=8)
+  finally:
+    hidden.rename(runs["cls"])
   one = runs["cls_bundle"].predict(runs["cls_bundle"].preprocess(records), z, batch_size=8)["probabilities"]
   first, second = mean.outputs["probabilities"]["members"]
   other = got["members"][second]["probabilities"]
