@@ -136,6 +136,15 @@ def _jsonable(x):
   return x
 
 
+def as_tuples(x):
+  """JSON lists back to the tuples configs hold (model options such as `widths`), recursively."""
+  if isinstance(x, Mapping):
+    return {k: as_tuples(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return tuple(as_tuples(v) for v in x)
+  return x
+
+
 def data_entry(data_config) -> dict:
   """The preprocessing fields of `config.data` a slice-input member needs (the pipeline's _Plan, as JSON)."""
   from ich_jax.data import pipeline
@@ -315,7 +324,7 @@ def _load_member(directory: pathlib.Path, entry: dict) -> Member:
   try:
     abstract = nnx.eval_shape(lambda: models.build(m["name"], num_classes=int(m["num_classes"]),
                                                    in_channels=int(m["in_channels"]), rngs=nnx.Rngs(0),
-                                                   **(m.get("options") or {})))
+                                                   **as_tuples(m.get("options") or {})))
   except (KeyError, TypeError, ValueError) as e:
     raise BundleError(f"{directory}: member {entry['name']!r}: cannot build model {m['name']!r} with "
                       f"{m}: {e}") from e

@@ -66,7 +66,7 @@ def _run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise FileNotFoundError(f"{path}: missing; bundle export reads the config of every run named in "
                             "config.dataset.exports from its workdir")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(bundle.as_tuples(json.loads(path.read_text())))
 
 
 def _member_name(workdir: pathlib.Path, taken: set[str]) -> str:
