@@ -4,6 +4,7 @@
   python launch.py --config configs/quickstart.py:smoke --workdir W --mode eval
   python launch.py --config configs/quickstart.py --config.train.num_steps=100 ...
   python launch.py --config configs/quickstart.py --workdir W --mode export_features   # stage outputs per series
+  python launch.py --config configs/quickstart.py --workdir W --mode export [--out DIR]  # model bundle (ich_jax.bundle)
 
 Multi-host: start one process per host with the same flags plus
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -20,9 +21,11 @@ from ich_jax import xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export_features"],
-                          "train (then evaluate), eval from the newest checkpoint, or export_features: the newest "
-                          "checkpoint's per-slice features and predictions of every series (ich_jax.data.series).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export_features", "export"],
+                          "train (then evaluate), eval from the newest checkpoint, export_features: the newest "
+                          "checkpoint's per-slice features and predictions of every series (ich_jax.data.series), "
+                          "or export: a self-contained model bundle for `python -m ich_jax.predict` (ich_jax.bundle).")
+_OUT = flags.DEFINE_string("out", None, "--mode export: the bundle folder (default <workdir>/bundle).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -66,7 +69,10 @@ def main(argv) -> None:
   else:
     from ich_jax.train import export
 
-    export.export_features(config, workdir)
+    if _MODE.value == "export_features":
+      export.export_features(config, workdir)
+    else:
+      export.export_bundle(config, workdir, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,21 @@ def load_axial(path, *, affine: np.ndarray | None = None, shape=None, dtype=np.f
   spacing = (float(np.linalg.norm(axes[:, 2])), float(np.linalg.norm(axes[:, 1])), float(np.linalg.norm(axes[:, 0])))
   return AxialVolume(np.ascontiguousarray(np.transpose(data, (2, 1, 0))), source.astype(np.int64), z, spacing,
                      codes, given, tuple(int(v) for v in shape))
+
+
+def to_stored(volume: np.ndarray, axial: AxialVolume) -> np.ndarray:
+  """Inverse of `load_axial`'s reorientation: an [S, H, W] array on the axial grid → the file's voxel order.
+
+  The result has `axial.stored_shape` and lies on the input's voxel grid, so
+  saved with `axial.affine` it overlays the input volume (a predicted mask).
+  """
+  from nibabel import orientations as ornt
+
+  volume = np.asarray(volume)
+  if sorted(volume.shape) != sorted(axial.stored_shape) or len(volume) != len(axial.source_slice):
+    raise ValueError(f"to_stored: volume {volume.shape} is not on the axial grid of a {axial.stored_shape} file")
+  back = ornt.ornt_transform(ornt.axcodes2ornt(_TARGET), ornt.io_orientation(axial.affine))
+  stored = ornt.apply_orientation(np.transpose(volume, (2, 1, 0)), back)
+  if stored.shape != tuple(axial.stored_shape):
+    raise ValueError(f"to_stored: volume {volume.shape} reorients to {stored.shape}, not the file's {axial.stored_shape}")
+  return np.ascontiguousarray(stored)

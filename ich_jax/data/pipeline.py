@@ -272,6 +272,33 @@ def _linear_weights(in_size: int, out_size: int) -> np.ndarray:
   return w.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """`_linear_weights` as taps: (input index [out, T], weight [out, T]) over each output's contiguous support.
+
+  The triangle is T ≈ 2·in/out pixels wide, so T multiply-adds per output pixel
+  replace a dense matrix product over all `in_size` inputs (64× fewer for 512 → 128).
+  """
+  w = _linear_weights(in_size, out_size)
+  nonzero = w > 0
+  first = nonzero.argmax(axis=1)
+  last = in_size - 1 - nonzero[:, ::-1].argmax(axis=1)
+  index = first[:, None] + np.arange(int((last - first).max()) + 1)
+  inside = index < in_size
+  index = np.minimum(index, in_size - 1)
+  return index, np.where(inside, np.take_along_axis(w, index, axis=1), 0.0).astype(np.float32)
+
+
+def _resample_rows(x: np.ndarray, out_size: int) -> np.ndarray:
+  """[in, ...] → [out, ...] along the first axis with the `_linear_weights` kernel."""
+  index, weight = _linear_taps(x.shape[0], out_size)
+  shape = (-1,) + (1,) * (x.ndim - 1)
+  out = weight[:, 0].reshape(shape) * x[index[:, 0]]
+  for t in range(1, index.shape[1]):
+    out += weight[:, t].reshape(shape) * x[index[:, t]]
+  return out
+
+
 def _nearest_rows(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64), in_size - 1)
 
@@ -283,10 +310,8 @@ def resize(example: dict, image_size: int) -> dict:
   if (h, w) == (image_size, image_size):
     return example
   out = dict(example)
-  wy, wx = _linear_weights(h, image_size), _linear_weights(w, image_size)
-  c = image.shape[2]
-  tmp = (wy @ image.reshape(h, w * c)).reshape(image_size, w, c)
-  resized = np.einsum("jw,hwc->hjc", wx, tmp, optimize=True).astype(np.float32)
+  rows = _resample_rows(np.asarray(image, np.float32), image_size)                   # [size, w, c]
+  resized = np.ascontiguousarray(_resample_rows(rows.transpose(1, 0, 2), image_size).transpose(1, 0, 2))
   # The weights are positive and sum to 1 up to rounding: clip the ulp overshoot
   # so windowed channels stay inside [0, 1].
   out["image"] = np.clip(resized, image.min(), image.max(), out=resized)

@@ -76,13 +76,13 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import shutil
 from collections.abc import Mapping, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
+from ich_jax import atomic
 from ich_jax.data import folds, pipeline
 
 FORMAT = 1
@@ -176,19 +176,11 @@ def write_export(directory, rows: Mapping[str, np.ndarray], meta: Mapping | None
           "feature_dim": int(arrays["features"].shape[1]) if "features" in arrays else 0,
           "map_size": list(arrays["maps"].shape[1:]) if "maps" in arrays else None, **(meta or {})}
 
-  tmp = directory.with_name(directory.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
+  tmp = atomic.begin(directory)
   for key, value in arrays.items():
     np.save(tmp / f"{key}.npy", value, allow_pickle=False)
   (tmp / "meta.json").write_text(json.dumps(info, indent=2))
-  old = directory.with_name(directory.name + ".old")
-  if directory.exists():
-    shutil.rmtree(old, ignore_errors=True)
-    directory.rename(old)
-  tmp.rename(directory)
-  shutil.rmtree(old, ignore_errors=True)
-  return directory
+  return atomic.commit(tmp, directory)
 
 
 def read_meta(directory) -> dict:

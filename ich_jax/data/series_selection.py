@@ -9,6 +9,8 @@ the identification is a rule over header fields only (no pixels), so the CQ500
 builder and prediction make the same choice and can print why.
 
 Hard rules (a series failing one is rejected, with the reason):
+  0. CT: the Modality tag, where present, is CT (a folder a scanner or PACS
+     hands over may hold MR, structured reports or secondary captures).
   1. Images, not an index: ImageType holds no LOCALIZER/SCOUT/TOPOGRAM and no
      projection (MIP, MinIP, volume rendering), the description names no 3D
      rendering, and the series has at least `min_slices` slices.
@@ -85,6 +87,7 @@ class SeriesInfo:
   series_number: int | None
   window_width: float                        # first WindowWidth value; nan if absent
   study_uid: str = ""
+  modality: str = ""                         # the Modality tag; "" if absent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +186,7 @@ def summarize(series_uid: str, headers: Sequence[Header]) -> SeriesInfo:
       image_type=image_type, kernel=_text(first, "ConvolutionKernel"),
       contrast_agent=_text(first, "ContrastBolusAgent"), orientation=orientation, thickness_mm=thickness,
       series_number=number, window_width=first_value(first.get("WindowWidth")),
-      study_uid=_text(first, "StudyInstanceUID"))
+      study_uid=_text(first, "StudyInstanceUID"), modality=_text(first, "Modality").upper())
 
 
 def _median_gap(headers, orientation) -> float:
@@ -240,6 +243,8 @@ def contrast_reason(info: SeriesInfo) -> str | None:
 
 def _check(info: SeriesInfo, policy: SelectionPolicy) -> tuple[bool, tuple[str, ...]]:
   rejections, passes = [], []
+  if info.modality and info.modality != "CT":
+    rejections.append(f"Modality {info.modality} is not CT")
   index = _INDEX_IMAGE_TYPES.intersection(info.image_type)
   projection = _PROJECTION_IMAGE_TYPES.intersection(info.image_type)
   render = _RENDER_WORDS.search(info.description)

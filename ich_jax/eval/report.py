@@ -226,14 +226,24 @@ def align(preds: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], *,
   return {k: (np.asarray(v)[rows] if np.ndim(v) and len(v) == len(rows) else v) for k, v in other.items()}
 
 
-def write_predictions_csv(preds: Mapping[str, np.ndarray], path: str | pathlib.Path) -> pathlib.Path:
-  """Writes the predictions CSV `read_predictions` reads (labels and extras included when present)."""
+def write_predictions_csv(preds: Mapping[str, np.ndarray], path: str | pathlib.Path, *,
+                          extra_columns: Sequence[str] = ()) -> pathlib.Path:
+  """Writes the predictions CSV `read_predictions` reads (labels and extras included when present).
+
+  `extra_columns`: further keys of `preds` written after the ids (e.g. a
+  prediction's `sop_uid`, `z_position`); readers ignore columns they do not know.
+  """
   path = pathlib.Path(path)
   n = len(preds["probabilities"])
   columns: list[tuple[str, np.ndarray, str]] = [
       ("study_id", np.asarray(preds["study_id"]).astype(str), "s"),
       ("series_id", np.asarray(preds.get("series_id", preds["study_id"])).astype(str), "s"),
       ("slice_index", np.asarray(preds.get("slice_index", np.arange(n))).astype(np.int64), "d")]
+  for key in extra_columns:
+    values = np.asarray(preds[key])
+    kind = values.dtype.kind
+    columns.append((key, values.astype(np.int64) if kind in "iub" else values.astype(np.float64) if kind == "f"
+                    else values.astype(str), "d" if kind in "iub" else "r" if kind == "f" else "s"))
   # repr() of the float64 value reads back to the same double (a float32's 9
   # digits would not), so metrics from the CSV equal the run's to the last bit.
   prob = np.asarray(preds["probabilities"], np.float64)

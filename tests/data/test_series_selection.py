@@ -139,3 +139,16 @@ def test_select_in_folder_with_a_mixed_folder_and_a_bad_file(tmp_path):
   assert [(p.name, why) for p, why in unreadable] == [
       ("broken.dcm", "not a DICOM file (no 'DICM' preamble and no DICOM tag at byte 0)")]
   assert "sharp kernel 'BONE'" in sel.reason and "names contrast ('C+')" in sel.reason
+
+
+def test_a_modality_other_than_ct_is_rejected_and_a_missing_tag_is_not():
+  mr, ct, untagged = series("mr", "T2 AXIAL", number=1), series("ct", "CT 5mm", number=2), series("old", "CT", number=3)
+  for ds in mr:
+    ds.Modality = "MR"
+  for ds in ct:
+    ds.Modality = "CT"
+  sel = S.select_series(study(mr, ct, untagged))
+  why = {c.info.series_uid: c.reasons for c in sel.candidates}
+  assert why["mr"] == ("Modality MR is not CT",)
+  assert {c.info.series_uid for c in sel.candidates if c.accepted} == {"ct", "old"}
+  assert S.select_series(study(mr)).series_uid is None

@@ -1,0 +1,447 @@
+"""Triage a study: a model bundle and a DICOM folder or NIfTI file in, a report a radiologist can read out.
+
+  python -m ich_jax.predict --model BUNDLE --input STUDY --output OUT [--batch-size N]
+  python -m ich_jax.predict --model BUNDLE --input STUDIES --output OUT --batch     # one sub-folder per study
+
+STUDY is a folder a scanner or PACS wrote (any file names, nested folders,
+several series mixed, compressed or not) or a .nii/.nii.gz volume in HU. The
+series is chosen from the headers (`ich_jax.data.series_selection`: axial,
+non-contrast, soft-tissue kernel, thickness nearest 5 mm; the choice and why
+every other series was rejected go into the report), read into HU, sorted
+along the slice normal, preprocessed by the training pipeline's own
+functions (`ich_jax.data.pipeline.load`), batched, and run through the
+bundle's jit-compiled models (`ich_jax.bundle`). OUT receives
+
+  predictions.csv   per slice: study_id, series_id, slice_index (z order), sop_uid (DICOM) or source_slice
+                    (NIfTI stored index), z_position, prob_any … prob_subdural, and blood_ml with a mask; the
+                    format `python -m ich_jax.eval` reads
+  report.json       study-level probability and decision per class with the threshold, volumes, the series used
+                    and why, the bundle (hash, members), timings (read, preprocess, model, write) in seconds
+  report.md         the same for people
+  mask.nii.gz       bundles with a segmentation member: the predicted blood mask on the input's voxel grid
+                    (0 = none; 1–5 = the LABELS index of the subtype when the model segments subtypes, else 1)
+  overview.png      the most suspicious slices in the brain window with the Grad-CAM (classifier bundles) or
+                    the predicted mask, and their probabilities
+
+Batch mode is explicit (`--batch`): then `--input` holds one study per entry,
+each sub-folder (a DICOM study) or .nii/.nii.gz file, and OUT gets one folder
+per study plus summary.csv (one row per study: status ok or error, the error,
+the study probabilities). A study that fails is listed with its error and the
+others go on; the exit status is 1 if any failed. Without `--batch` a folder
+holding several studies is an error, not a guess.
+
+Research software: not a medical device, not for clinical decisions.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ich_jax import LABELS, SUBTYPES, atomic
+from ich_jax.data import study as study_lib
+
+SHORT = {"any": "ICH", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
+         "subarachnoid": "SAH", "subdural": "SDH"}
+REPORT_FORMAT = "ich-jax-prediction"
+REPORT_VERSION = 1
+OVERVIEW_SLICES = 6
+OVERVIEW_SIZE = 256          # montage tiles are resized to at most this many pixels
+DISCLAIMER = "Research software: not a medical device; not for clinical decisions."
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  batch_size: int = 32
+  min_slices: int = 1
+  preferred_thickness_mm: float = 5.0
+  allow_uneven_spacing: bool = False
+  require_hu: bool = True
+  overview_slices: int = OVERVIEW_SLICES
+  progress: bool = True
+
+
+class _Clock:
+  """Wall and CPU seconds per stage (CPU time survives a loaded machine better; XLA threads add to it)."""
+
+  def __init__(self):
+    self.wall: dict[str, float] = {}
+    self.cpu: dict[str, float] = {}
+    self._stage = None
+
+  def start(self, stage: str):
+    self.stop()
+    self._stage, self._t, self._c = stage, time.perf_counter(), time.process_time()
+
+  def stop(self):
+    if self._stage is not None:
+      self.wall[self._stage] = self.wall.get(self._stage, 0.0) + time.perf_counter() - self._t
+      self.cpu[self._stage] = self.cpu.get(self._stage, 0.0) + time.process_time() - self._c
+      self._stage = None
+
+  def as_dict(self) -> dict:
+    total = sum(self.wall.values())
+    return {**{f"{k}_s": round(v, 4) for k, v in self.wall.items()}, "total_s": round(total, 4),
+            "cpu_s": {k: round(v, 4) for k, v in self.cpu.items()}}
+
+
+# --- From model outputs to findings (pure) -------------------------------------------------------------
+
+
+def study_findings(prob: np.ndarray, threshold: float, *, subtypes_predicted: bool = True) -> dict:
+  """Study-level probability (the most suspicious slice's, seeds 000 and 003), decision and that slice, per class."""
+  out = {}
+  for c, name in enumerate(LABELS):
+    k = int(np.argmax(prob[:, c]))
+    p = float(prob[k, c])
+    entry = {"probability": p, "positive": bool(p >= threshold), "slice_index": k}
+    if c and not subtypes_predicted:
+      entry.update(probability=None, positive=None, note="not predicted: the bundle segments blood, not subtypes")
+    out[name] = entry
+  return out
+
+
+def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  """[S, h, w] mask at a model's input size → [S, H, W] on the study's grid (nearest, the pipeline's rule)."""
+  from ich_jax.data import pipeline
+
+  h, w = mask.shape[1:]
+  rows, cols = pipeline._nearest_rows(h, shape[0]), pipeline._nearest_rows(w, shape[1])
+  return np.ascontiguousarray(mask[:, rows][:, :, cols])
+
+
+def largest_bleed(mask: np.ndarray) -> np.ndarray:
+  """The largest 3-D connected component (26-connectivity) of a binary [S, H, W] mask; empty if none."""
+  from scipy import ndimage
+
+  labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+  if n == 0:
+    return np.zeros(mask.shape, bool)
+  sizes = np.bincount(labels.ravel())[1:]
+  return labels == (int(np.argmax(sizes)) + 1)
+
+
+def volumes(mask: np.ndarray, spacing_mm: tuple[float, float, float], *, subtypes: bool) -> dict:
+  """Per-subtype volume (mL) and size bin (seed 001) of a predicted label map, and ABC/2 of the largest
+  intraparenchymal bleed (of the largest bleed of any kind when the model does not segment subtypes)."""
+  from ich_jax.eval import metrics as M
+
+  blood = mask > 0
+  out = {"spacing_mm": [float(s) for s in spacing_mm], "subtypes_segmented": subtypes,
+         "blood": {"ml": M.volume_ml(blood, spacing_mm), "size_bin": M.size_bin(M.volume_ml(blood, spacing_mm))}}
+  if subtypes:
+    out["per_subtype"] = {}
+    for k, name in enumerate(SUBTYPES, start=1):
+      ml = M.volume_ml(mask == k, spacing_mm)
+      out["per_subtype"][name] = {"ml": ml, "size_bin": M.size_bin(ml)}
+    target, what = mask == LABELS.index("intraparenchymal"), "largest intraparenchymal bleed"
+  else:
+    target, what = blood, "largest bleed (any subtype: the model segments blood, not subtypes)"
+  bleed = largest_bleed(target)
+  slices = np.flatnonzero(bleed.any(axis=(1, 2)))
+  out["abc2"] = {"of": what, "ml": M.abc2_ml(bleed, spacing_mm) if bleed.any() else None,
+                 "voxel_ml": M.volume_ml(bleed, spacing_mm) if bleed.any() else None,
+                 "slices": [int(slices[0]), int(slices[-1])] if slices.size else None}
+  return out
+
+
+def suspicious_slices(prob: np.ndarray, k: int) -> list[int]:
+  """The k slices with the highest probability of any hemorrhage, most suspicious first."""
+  order = np.argsort(-prob[:, 0], kind="stable")
+  return [int(i) for i in order[:k]]
+
+
+# --- Writing ----------------------------------------------------------------------------------------------
+
+
+def _fmt(p) -> str:
+  return "n/a" if p is None else f"{p:.3f}"
+
+
+def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -> tuple[list[dict], str]:
+  from ich_jax.data import pipeline, windows
+  from ich_jax.data.dicom import BRAIN_WINDOW
+
+  prob = outputs["probabilities"]
+  size = min(OVERVIEW_SIZE, max(study.hu.shape[1:]))
+  cams = None if mask_native is not None else bundle.gradcam(images_by_plan, rows, batch=OVERVIEW_SLICES)
+  label = "predicted mask" if mask_native is not None else ("Grad-CAM (any)" if cams is not None else "")
+  tiles = []
+  for j, i in enumerate(rows):
+    example = {"image": windows.apply_window(study.hu[i], *BRAIN_WINDOW)[..., None]}
+    if mask_native is not None:
+      example["mask"] = mask_native[i]
+    example = pipeline.resize(example, size)
+    overlay, kind = None, "mask"
+    if mask_native is not None:
+      overlay = example["mask"]
+    elif cams is not None:
+      overlay, kind = pipeline.resize({"image": cams[j][..., None]}, size)["image"][..., 0], "heat"
+    sub = 1 + int(np.argmax(prob[i, 1:]))
+    caption = (f"slice {i} (z {study.z_positions[i]:.1f} mm)\nICH {prob[i, 0]:.2f}"
+               + (f" · {SHORT[LABELS[sub]]} {prob[i, sub]:.2f}" if bundle.predicts_subtypes else ""))
+    tiles.append({"image": example["image"][..., 0], "overlay": overlay, "kind": kind, "caption": caption})
+  return tiles, label
+
+
+def _markdown(report: Mapping) -> str:
+  s = report["series"]
+  lines = [f"# Hemorrhage triage: {report['study_id']}", "", f"_{DISCLAIMER}_", "",
+           f"- Input: `{report['input']}` ({report['source']})",
+           f"- Series: {s['description']!r} `{s['series_uid']}`, {s['num_slices']} slices, "
+           f"{s['spacing_mm'][1]:.3g}×{s['spacing_mm'][2]:.3g} mm pixels, slice gap {s['spacing_mm'][0]:.3g} mm",
+           f"- Model bundle: `{report['bundle']['path']}` (sha256 {report['bundle']['hash'][:12]}…; "
+           + ", ".join(f"{m['name']} = {m['role']} {m['model']}" for m in report["bundle"]["members"]) + ")",
+           f"- Threshold: {report['threshold']} (a study is positive when its most suspicious slice reaches it)", ""]
+  if s.get("selection"):
+    lines += ["Series choice: " + s["selection"]["reason"], ""]
+  lines += ["## Findings", "", "| | probability | decision | most suspicious slice |", "|---|---|---|---|"]
+  for name in LABELS:
+    f = report["findings"][name]
+    decision = "n/a" if f["positive"] is None else ("**POSITIVE**" if f["positive"] else "negative")
+    lines.append(f"| {name} | {_fmt(f['probability'])} | {decision} | {f['slice_index']} |")
+  lines.append("")
+  v = report.get("volumes")
+  if v:
+    lines += ["## Volumes (predicted mask)", "", "| | mL | size bin |", "|---|---|---|",
+              f"| all blood | {v['blood']['ml']:.2f} | {v['blood']['size_bin']} |"]
+    for name, e in (v.get("per_subtype") or {}).items():
+      lines.append(f"| {name} | {e['ml']:.2f} | {e['size_bin']} |")
+    a = v["abc2"]
+    lines += ["", f"ABC/2 of the {a['of']}: " + ("none" if a["ml"] is None else
+              f"{a['ml']:.2f} mL (its voxel volume {a['voxel_ml']:.2f} mL, slices {a['slices'][0]}–{a['slices'][1]})"),
+              ""]
+  elif report.get("volumes_note"):
+    lines += [f"Volumes: {report['volumes_note']}", ""]
+  if report["notes"]:
+    lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+  t = report["timings"]
+  lines += ["## Timings", "", " · ".join(f"{k[:-2]} {t[k]:.3f} s" for k in ("read_s", "preprocess_s", "model_s",
+                                                                          "write_s", "total_s") if k in t), ""]
+  if "overview.png" in report["outputs"]:
+    lines += ["![overview](overview.png)", ""]
+  return "\n".join(lines)
+
+
+# --- One study ---------------------------------------------------------------------------------------------
+
+
+def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> dict:
+  """Predicts one study into `out_dir` (written beside and renamed into place); returns the report."""
+  from ich_jax.eval import report as eval_report
+
+  out_dir = pathlib.Path(out_dir)
+  clock = _Clock()
+  clock.start("read")
+  study = study_lib.read_study(input_path, min_slices=options.min_slices,
+                               preferred_thickness_mm=options.preferred_thickness_mm,
+                               allow_uneven_spacing=options.allow_uneven_spacing, require_hu=options.require_hu)
+  clock.start("preprocess")
+  images = bundle.preprocess(study.records())
+  clock.start("model")
+  progress = options.progress and study.num_slices > options.batch_size
+  outputs = bundle.predict(images, study.z_positions, batch_size=options.batch_size, progress=progress)
+  prob = outputs["probabilities"]
+  rows = suspicious_slices(prob, min(options.overview_slices, study.num_slices))
+  mask_native = None
+  tiles = label = None
+  if not bundle.has_mask and options.overview_slices:
+    # Grad-CAM is model work: computed here, drawn below.
+    tiles, label = _overview_tiles(study, images, bundle, outputs, rows, None)
+  clock.start("write")
+  notes = list(study.notes)
+  if bundle.gradcam_error:
+    notes.append(f"no Grad-CAM overlay: {bundle.gradcam_error}")
+  report = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "disclaimer": DISCLAIMER,
+            "input": str(pathlib.Path(input_path).absolute()), "source": study.source, "study_id": study.study_id,
+            "series": {"series_uid": study.series_id, "description": study.description,
+                       "num_slices": study.num_slices, "spacing_mm": list(study.spacing),
+                       "slice_thickness_mm": study.slice_thickness, "matrix": list(study.hu.shape[1:]),
+                       "selection": study.selection},
+            "bundle": {"path": str(bundle.directory.absolute()), "hash": bundle.hash, "members": bundle.describe()},
+            "threshold": bundle.threshold,
+            "findings": study_findings(prob, bundle.threshold, subtypes_predicted=bundle.predicts_subtypes),
+            "suspicious_slices": rows, "notes": notes}
+  tmp = atomic.begin(out_dir)
+  preds = {"study_id": np.full(study.num_slices, study.study_id), "series_id": np.full(study.num_slices, study.series_id),
+           "slice_index": np.arange(study.num_slices), "z_position": study.z_positions, "probabilities": prob}
+  extra = ["sop_uid" if study.source == "dicom" else "source_slice", "z_position"]
+  preds["sop_uid" if study.source == "dicom" else "source_slice"] = (
+      np.asarray(study.slice_uids) if study.source == "dicom" else study.source_index)
+  written = ["predictions.csv", "report.json", "report.md"]
+  if bundle.has_mask:
+    mask_native = upsample_mask(outputs["pred_mask"], study.hu.shape[1:])
+    spacing = study.spacing
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+      report["volumes"], report["volumes_note"] = None, f"no volumes: the slice spacing {spacing} is unknown"
+    else:
+      report["volumes"] = volumes(mask_native, spacing, subtypes=bundle.mask_subtypes)
+      preds["blood_ml"] = (mask_native > 0).sum(axis=(1, 2)) * float(np.prod(spacing)) / 1000.0
+      extra.append("blood_ml")
+    import nibabel as nib
+    nib.save(study.mask_image(mask_native), str(tmp / "mask.nii.gz"))
+    written.append("mask.nii.gz")
+    if options.overview_slices:
+      tiles, label = _overview_tiles(study, images, bundle, outputs, rows, mask_native)
+  eval_report.write_predictions_csv(preds, tmp / "predictions.csv", extra_columns=extra)
+  if tiles:
+    from ich_jax.eval import plots
+    plots.study_overview(tiles, tmp / "overview.png", title=f"{study.path.name}: most suspicious slices",
+                         overlay_label=label)
+    written.append("overview.png")
+  report["outputs"] = written
+  clock.stop()
+  report["timings"] = clock.as_dict()
+  (tmp / "report.md").write_text(_markdown(report))
+  (tmp / "report.json").write_text(json.dumps(eval_report._jsonable(report), indent=2))
+  atomic.commit(tmp, out_dir)
+  return report
+
+
+# --- Many studies ------------------------------------------------------------------------------------------
+
+
+SUMMARY_COLUMNS = ("study", "status", "error", "input", "output", "study_id", "series_uid", "num_slices",
+                   *(f"prob_{n}" for n in LABELS), *(f"positive_{n}" for n in LABELS), "blood_ml", "seconds")
+
+
+def study_entries(folder) -> list[pathlib.Path]:
+  """A batch folder's studies: its sub-folders (DICOM) and .nii/.nii.gz files, sorted by name."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise study_lib.StudyError(f"{folder}: --batch needs a folder holding one sub-folder or NIfTI file per study")
+  entries = sorted(p for p in folder.iterdir()
+                   if (p.is_dir() and not p.name.startswith(".")) or p.name.lower().endswith(study_lib.NIFTI_SUFFIXES))
+  if not entries:
+    raise study_lib.StudyError(f"{folder}: no studies (no sub-folders, no .nii/.nii.gz files) for --batch")
+  return entries
+
+
+def _study_name(entry: pathlib.Path) -> str:
+  name = entry.name
+  for suffix in (".nii.gz", ".nii"):
+    if name.lower().endswith(suffix):
+      return name[:-len(suffix)]
+  return name
+
+
+def _summary_row(name, entry, out, report=None, error=None, seconds=0.0) -> dict:
+  row = dict.fromkeys(SUMMARY_COLUMNS, "")
+  row.update(study=name, input=str(entry), output=str(out), seconds=f"{seconds:.3f}")
+  if error is not None:
+    row.update(status="error", error=error)
+    return row
+  row.update(status="ok", study_id=report["study_id"], series_uid=report["series"]["series_uid"],
+             num_slices=report["series"]["num_slices"])
+  for n in LABELS:
+    f = report["findings"][n]
+    row[f"prob_{n}"] = "" if f["probability"] is None else repr(f["probability"])
+    row[f"positive_{n}"] = "" if f["positive"] is None else int(f["positive"])
+  if report.get("volumes"):
+    row["blood_ml"] = repr(report["volumes"]["blood"]["ml"])
+  return row
+
+
+def _write_summary(path: pathlib.Path, rows: Sequence[Mapping]) -> None:
+  tmp = path.with_suffix(".tmp")
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+  tmp.replace(path)
+
+
+def predict_batch(bundle, folder, out, options: Options = Options()) -> list[dict]:
+  """Every study in `folder` (see `study_entries`) into `out/<study>/`, and `out/summary.csv` after each."""
+  out = pathlib.Path(out)
+  entries = study_entries(folder)
+  out.mkdir(parents=True, exist_ok=True)
+  rows = []
+  bar = None
+  if options.progress:
+    from tqdm import tqdm
+    bar = tqdm(total=len(entries), desc="studies", unit="study", disable=None)
+  single = dataclasses.replace(options, progress=False)
+  for entry in entries:
+    name = _study_name(entry)
+    start = time.perf_counter()
+    try:
+      report = predict_study(bundle, entry, out / name, single)
+      rows.append(_summary_row(name, entry, out / name, report, seconds=time.perf_counter() - start))
+    except Exception as e:  # one bad study must not stop the others; its error goes into the summary
+      message = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+      rows.append(_summary_row(name, entry, "", error=message, seconds=time.perf_counter() - start))
+      print(f"error: {name}: {message}", file=sys.stderr, flush=True)
+    _write_summary(out / "summary.csv", rows)
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m ich_jax.predict", description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", required=True, help="a model bundle (launch.py --mode export)")
+  parser.add_argument("--input", required=True, help="a DICOM folder or NIfTI file (with --batch: a folder of them)")
+  parser.add_argument("--output", required=True, help="the output folder (with --batch: one sub-folder per study)")
+  parser.add_argument("--batch-size", type=int, default=Options.batch_size, help="slices per model call")
+  parser.add_argument("--batch", action="store_true", help="--input holds one study per sub-folder or NIfTI file")
+  parser.add_argument("--min-slices", type=int, default=Options.min_slices,
+                      help="reject series with fewer slices (default 1: a single slice is a study)")
+  parser.add_argument("--preferred-thickness", type=float, default=Options.preferred_thickness_mm,
+                      help="among acceptable series, prefer this SliceThickness (mm)")
+  parser.add_argument("--allow-uneven-spacing", action="store_true",
+                      help="predict on series whose slice gaps vary (volumes use the median gap)")
+  parser.add_argument("--allow-non-hu", action="store_true", help="accept NIfTI volumes whose values are not HU")
+  parser.add_argument("--overview-slices", type=int, default=OVERVIEW_SLICES,
+                      help="slices in overview.png (0: no overview)")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+  args = parser.parse_args(argv)
+  if args.batch_size < 1:
+    parser.error(f"--batch-size {args.batch_size}: need >= 1")
+  if not 0 <= args.overview_slices <= OVERVIEW_SLICES:
+    parser.error(f"--overview-slices {args.overview_slices}: need 0..{OVERVIEW_SLICES}")
+  options = Options(batch_size=args.batch_size, min_slices=args.min_slices,
+                    preferred_thickness_mm=args.preferred_thickness, allow_uneven_spacing=args.allow_uneven_spacing,
+                    require_hu=not args.allow_non_hu, overview_slices=args.overview_slices,
+                    progress=not args.no_progress)
+  from ich_jax import bundle as bundle_lib
+  from ich_jax import xla_flags
+
+  xla_flags.apply()
+  try:
+    start = time.perf_counter()
+    bundle = bundle_lib.load(args.model)
+    bundle.warm_up(options.batch_size, gradcam_batch=OVERVIEW_SLICES if options.overview_slices else 0)
+    print(f"Loaded {args.model} ({len(bundle.members)} member(s)) and compiled in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    if args.batch:
+      rows = predict_batch(bundle, args.input, args.output, options)
+      failed = [r for r in rows if r["status"] != "ok"]
+      print(f"{len(rows) - len(failed)} of {len(rows)} studies predicted; summary: "
+            f"{pathlib.Path(args.output) / 'summary.csv'}", flush=True)
+      return 1 if failed else 0
+    report = predict_study(bundle, args.input, args.output, options)
+  except (study_lib.StudyError, bundle_lib.BundleError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 1
+  f = report["findings"]
+  positives = [SHORT[n] for n in LABELS if f[n]["positive"]]
+  print(f"{report['study_id']}: ICH probability {f['any']['probability']:.3f} "
+        f"({'POSITIVE' if f['any']['positive'] else 'negative'} at {report['threshold']})"
+        + (f"; positive: {', '.join(positives)}" if positives else "") + f". Report: {args.output}/report.md",
+        flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
