@@ -11,7 +11,9 @@ Per element the steps are dict -> dict:
   -> to_channels (windows or clip_rescale, `image` becomes float32 [H, W, C])
   -> resize (to `image_size`)
   -> augment (training only; `ich_jax.data.augment`)
-and then batching.
+and then batching. With `config.data.on_device` the training batches stop
+after read (plus the random map's parameters) and the jitted train step does
+the rest (`ich_jax.data.on_device`, `train_finish`).
 
 Training order. The global stream is one index-shuffle of all records per
 epoch (a fresh permutation each epoch), repeated forever; step k's global
@@ -57,6 +59,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.read_threads = 8                   # threads, each building a whole batch
   c.prefetch_batches = 8               # batches buffered ahead (memory: B*H*W*C*4 bytes each)
   c.num_workers = 0                    # >0: grain mp_prefetch worker processes
+  # True: training batches carry the int16 HU slices (`hu`) and each example's
+  # affine map (`warp`) instead of `image`, and the jitted train step warps,
+  # windows and resizes them (ich_jax.data.on_device): the host then only
+  # reads, so a few host cores feed an accelerator. Off by default: on a CPU
+  # backend XLA's gathers are no faster than the numpy warp (docs/PERFORMANCE.md,
+  # Input pipeline). Evaluation batches are built on the host either way.
+  c.on_device = False
   c.augment = ml_collections.ConfigDict()
   a = c.augment
   a.enabled = True
@@ -107,6 +116,7 @@ class _Plan:
   clip_range: tuple[float, float]
   clip_out_range: tuple[float, float]
   augment: Any  # FrozenConfigDict
+  on_device: bool = False
 
   @property
   def offsets(self) -> tuple[int, ...]:
@@ -130,6 +140,7 @@ def _plan(cfg) -> _Plan:
       clip_range=tuple(float(x) for x in get("clip_range")),
       clip_out_range=tuple(float(x) for x in get("clip_out_range")),
       augment=ml_collections.FrozenConfigDict(cfg.augment),
+      on_device=bool(get("on_device")),
   )
 
 
@@ -294,9 +305,13 @@ def resize(example: dict, image_size: int) -> dict:
     mask = np.asarray(example["mask"])
     out["mask"] = mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
   if "pixel_spacing" in example:
-    factor = np.array([h / image_size, w / image_size], np.float32)
-    out["pixel_spacing"] = (np.asarray(example["pixel_spacing"], np.float32) * factor).astype(np.float32)
+    out["pixel_spacing"] = _resized_spacing(example["pixel_spacing"], (h, w), image_size)
   return out
+
+
+def _resized_spacing(pixel_spacing, shape: tuple[int, int], image_size: int) -> np.ndarray:
+  factor = np.array([shape[0] / image_size, shape[1] / image_size], np.float32)
+  return (np.asarray(pixel_spacing, np.float32) * factor).astype(np.float32)
 
 
 # The slice schema's dtypes. TFDS returns scalar features as Python int/float,
@@ -349,6 +364,35 @@ def _augment_hu(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
     if key in warped:
       out[key] = warped[key]
   return out
+
+
+def _draw_warp(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
+  """`_augment_hu`'s random map, drawn the same way, handed on as `warp` for the on-device warp."""
+  shape = np.shape(example["image"])[:2]
+  matrix = augment_lib.random_matrix(rng, plan.augment, shape)
+  out = dict(example)
+  out["warp"] = augment_lib.source_terms(matrix, shape)
+  if matrix is not None and "pixel_spacing" in example:
+    out["pixel_spacing"] = augment_lib.warped_spacing(example["pixel_spacing"], matrix)
+  return out
+
+
+def device_example(example: dict, cfg) -> dict:
+  """read_example output (optionally with `warp`) → the host half of an on-device example.
+
+  `hu`: int16 [H, W, K], the stored slices of the recipe's distinct offsets in
+  sorted order; no `image` (the train step makes it, `ich_jax.data.on_device`);
+  `pixel_spacing` already as after the resize to `image_size`.
+  """
+  plan = _plan(cfg)
+  out = dict(example)
+  slices = out.pop("slices")
+  del out["image"]
+  out["hu"] = np.stack([np.asarray(slices[o], np.int16) for o in plan.offsets], axis=-1)
+  shape = out["hu"].shape[:2]
+  if "pixel_spacing" in out and shape != (plan.image_size, plan.image_size):
+    out["pixel_spacing"] = _resized_spacing(out["pixel_spacing"], shape, plan.image_size)
+  return _numpy_fields(out)
 
 
 # --- Pipelines -------------------------------------------------------------------
@@ -561,8 +605,10 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
   def to_examples(ds):
     ds = sample_records(sampler, ds).map(functools.partial(_read, src, plan))
     if plan.augment.enabled:
-      ds = ds.random_map(functools.partial(_augment_hu, plan), seed=derived_seed(seed, 1))
-    return ds.map(functools.partial(preprocess, cfg=plan))
+      # The same seed either way: stream position p gets the same map on the host and on the device.
+      augment = _draw_warp if plan.on_device else _augment_hu
+      ds = ds.random_map(functools.partial(augment, plan), seed=derived_seed(seed, 1))
+    return ds.map(functools.partial(device_example if plan.on_device else preprocess, cfg=plan))
 
   return train_batches(len(src) if sampler is None else sampler.length, to_examples, cfg,
                        global_batch_size=global_batch_size, seed=seed,
@@ -572,6 +618,9 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
 def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Infinite, shuffled, augmented batches of this process's share of each global batch.
+
+  With `cfg.on_device`, the batches carry `hu` (and `warp`) instead of
+  `image`; `train_finish` makes the model input from them inside the train step.
 
   Each epoch is a different permutation of all records, fixed by `seed`;
   batches are `global_batch_size // process_count` examples (see the module
@@ -647,3 +696,13 @@ def open_split(dataset_config, split: str) -> SeriesSource:
 def in_channels(config) -> int:
   """The model's input channels: one per recipe entry."""
   return num_channels(config.data)
+
+
+def train_finish(config):
+  """What the train step applies to a training batch first: None, or with `config.data.on_device`
+  an `ich_jax.data.on_device.TrainFinish` (warp, window and resize on the accelerator)."""
+  if not config.data.get("on_device", False):
+    return None
+  from ich_jax.data import on_device  # JAX only where it is used
+
+  return on_device.TrainFinish(config.data)
