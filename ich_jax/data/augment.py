@@ -172,9 +172,13 @@ def random_matrix(rng: np.random.Generator, cfg: Any, shape: tuple[int, int]) ->
   maps for the same stream position.
   """
   matrix = affine_matrix(sample_params(rng, cfg, shape), shape)
-  if np.allclose(matrix, np.eye(3), rtol=0.0, atol=1e-12):
+  # np.allclose(matrix, I, rtol=0, atol=1e-12), at a tenth of its cost (per example, on the host).
+  if np.abs(matrix - _EYE).max() <= 1e-12:
     return None
   return matrix
+
+
+_EYE = np.eye(3)
 
 
 def augment(example: dict, rng: np.random.Generator, cfg: Any) -> dict:

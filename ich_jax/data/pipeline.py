@@ -6,14 +6,16 @@ the `synthetic_ich` schema (`image` int16 HU [H, W], `labels`, `mask`,
 both qualify. Records may be in any order: neighbouring slices are found
 through a (series_id, slice_index) -> record index map (`SeriesSource`).
 
-Per element the steps are dict -> dict:
+Per element the steps are dict -> dict. Evaluation (`preprocess`):
   read (record + the HU slices the channel recipe asks for)
   -> to_channels (windows or clip_rescale, `image` becomes float32 [H, W, C])
   -> resize (to `image_size`)
-  -> augment (training only; `ich_jax.data.augment`)
-and then batching. With `config.data.on_device` the training batches stop
-after read (plus the random map's parameters) and the jitted train step does
-the rest (`ich_jax.data.on_device`, `train_finish`).
+and then batching. Training: read -> augment (the HU slices, one warp for all
+of them; `ich_jax.data.augment`) -> `hu_example`, and the batch function
+`HostBatch` makes the channels and resizes straight into the batch. With
+`config.data.on_device` the training batches stop at `hu_example` (plus each
+example's random map) and the jitted train step does the rest
+(`ich_jax.data.on_device`, `train_finish`).
 
 Training order. The global stream is one index-shuffle of all records per
 epoch (a fresh permutation each epoch), repeated forever; step k's global
@@ -294,19 +296,23 @@ def resize(example: dict, image_size: int) -> dict:
   if (h, w) == (image_size, image_size):
     return example
   out = dict(example)
-  wy, wx = _linear_weights(h, image_size), _linear_weights(w, image_size)
-  c = image.shape[2]
-  tmp = (wy @ image.reshape(h, w * c)).reshape(image_size, w, c)
-  resized = np.einsum("jw,hwc->hjc", wx, tmp, optimize=True).astype(np.float32)
-  # The weights are positive and sum to 1 up to rounding: clip the ulp overshoot
-  # so windowed channels stay inside [0, 1].
-  out["image"] = np.clip(resized, image.min(), image.max(), out=resized)
+  out["image"] = _resize_image(image, image_size)
   if "mask" in example:
     mask = np.asarray(example["mask"])
     out["mask"] = mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
   if "pixel_spacing" in example:
     out["pixel_spacing"] = _resized_spacing(example["pixel_spacing"], (h, w), image_size)
   return out
+
+
+def _resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
+  h, w, c = image.shape
+  wy, wx = _linear_weights(h, image_size), _linear_weights(w, image_size)
+  tmp = (wy @ image.reshape(h, w * c)).reshape(image_size, w, c)
+  resized = np.einsum("jw,hwc->hjc", wx, tmp, optimize=True).astype(np.float32)
+  # The weights are positive and sum to 1 up to rounding: clip the ulp overshoot
+  # so windowed channels stay inside [0, 1].
+  return np.clip(resized, image.min(), image.max(), out=resized)
 
 
 def _resized_spacing(pixel_spacing, shape: tuple[int, int], image_size: int) -> np.ndarray:
@@ -377,22 +383,74 @@ def _draw_warp(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
   return out
 
 
-def device_example(example: dict, cfg) -> dict:
-  """read_example output (optionally with `warp`) → the host half of an on-device example.
+def hu_example(example: dict, cfg) -> dict:
+  """read_example output (after `_augment_hu` or `_draw_warp`) → a training example before its channels.
 
-  `hu`: int16 [H, W, K], the stored slices of the recipe's distinct offsets in
-  sorted order; no `image` (the train step makes it, `ich_jax.data.on_device`);
-  `pixel_spacing` already as after the resize to `image_size`.
+  `hu`: [H, W, K], the recipe's distinct offsets in sorted order, at the stored
+  size (int16 as stored, float32 once warped on the host); no `image` (made
+  from `hu` by `HostBatch`, or with `on_device` by the train step);
+  `pixel_spacing` already as after the resize to `image_size`; `mask` as stored.
   """
   plan = _plan(cfg)
   out = dict(example)
   slices = out.pop("slices")
   del out["image"]
-  out["hu"] = np.stack([np.asarray(slices[o], np.int16) for o in plan.offsets], axis=-1)
+  planes = [np.asarray(slices[o]) for o in plan.offsets]
+  out["hu"] = planes[0][..., None] if len(planes) == 1 else np.stack(planes, axis=-1)
   shape = out["hu"].shape[:2]
   if "pixel_spacing" in out and shape != (plan.image_size, plan.image_size):
     out["pixel_spacing"] = _resized_spacing(out["pixel_spacing"], shape, plan.image_size)
   return _numpy_fields(out)
+
+
+def _channels_into(out: np.ndarray, hu: np.ndarray, plan: _Plan, plane: np.ndarray) -> None:
+  """`to_channels` + `resize` of one example's `hu`, written into out [S, S, C]; plane: [H, W] float32 scratch."""
+  h, w = hu.shape[:2]
+  resized = (h, w) != out.shape[:2]
+  target = np.empty((h, w, out.shape[-1]), np.float32) if resized else out
+  for c, (offset, level, width) in enumerate(plan.recipe):
+    source = hu[..., plan.offsets.index(offset)]
+    if plan.intensity == "window":
+      windows.apply_window(source, level, width, out=plane)
+    else:
+      windows.clip_rescale(source, *plan.clip_range, *plan.clip_out_range, out=plane)
+    target[..., c] = plane
+  if resized:
+    out[...] = _resize_image(target, out.shape[0])
+
+
+class HostBatch:
+  """The host pipeline's grain `batch_fn`: stacks the fields of `hu_example`s and makes `image` [B, S, S, C].
+
+  Each example's channels are written straight into one preallocated batch
+  array, instead of a fresh [H, W, C] float32 image per example that np.stack
+  then copies: windows plus batching cost ~4x less (docs/PERFORMANCE.md, Input
+  pipeline). The values are `preprocess`'s, bit for bit.
+  """
+
+  def __init__(self, cfg):
+    self.plan = _plan(cfg)
+    self._shared_memory = False
+
+  def enable_shared_memory_output(self) -> None:
+    # grain asks for this under mp_prefetch: the batch then crosses processes without a copy.
+    self._shared_memory = True
+
+  def __call__(self, examples: Sequence[dict]) -> dict:
+    plan = self.plan
+    size = plan.image_size
+    shape = (len(examples), size, size, len(plan.recipe))
+    image = (grain.multiprocessing.SharedMemoryArray(shape, np.float32) if self._shared_memory
+             else np.empty(shape, np.float32))
+    plane = np.empty(examples[0]["hu"].shape[:2], np.float32)
+    for i, example in enumerate(examples):
+      _channels_into(image[i], example["hu"], plan, plane)
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "hu"}
+    if "mask" in batch and batch["mask"].shape[1:] != (size, size):
+      h, w = batch["mask"].shape[1:]
+      batch["mask"] = batch["mask"][:, _nearest_rows(h, size)][:, :, _nearest_rows(w, size)]
+    batch["image"] = image
+    return batch
 
 
 # --- Pipelines -------------------------------------------------------------------
@@ -426,13 +484,13 @@ def _check_process(process_index: int, process_count: int):
 
 def train_batches(num_records: int, to_examples: Callable[[grain.MapDataset], grain.MapDataset], cfg, *,
                   global_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
+                  process_count: int = 1, batch_fn: Callable | None = None) -> grain.IterDataset:
   """The training order every source kind shares (see the module docstring).
 
   `to_examples` maps the infinite MapDataset of shuffled record indices to
   examples; its random steps seed `random_map` with `derived_seed(seed, k)`,
   k >= 1 (k = 0 is the shuffle). Then this process's share of each global
-  batch, batched, prefetched.
+  batch, batched (by `batch_fn`, default stacking), prefetched.
   """
   _check_process(process_index, process_count)
   if global_batch_size % process_count:
@@ -444,7 +502,7 @@ def train_batches(num_records: int, to_examples: Callable[[grain.MapDataset], gr
   # Batch before leaving MapDataset: an element is then a whole batch, so both
   # thread prefetch and grain workers hand out whole batches and the batches do
   # not depend on num_workers.
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=batch_fn)
   return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)
 
 
@@ -608,11 +666,12 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
       # The same seed either way: stream position p gets the same map on the host and on the device.
       augment = _draw_warp if plan.on_device else _augment_hu
       ds = ds.random_map(functools.partial(augment, plan), seed=derived_seed(seed, 1))
-    return ds.map(functools.partial(device_example if plan.on_device else preprocess, cfg=plan))
+    return ds.map(functools.partial(hu_example, cfg=plan))
 
   return train_batches(len(src) if sampler is None else sampler.length, to_examples, cfg,
                        global_batch_size=global_batch_size, seed=seed,
-                       process_index=process_index, process_count=process_count)
+                       process_index=process_index, process_count=process_count,
+                       batch_fn=None if plan.on_device else HostBatch(plan))
 
 
 def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
