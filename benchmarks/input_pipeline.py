@@ -8,11 +8,11 @@ pipeline (`ich_jax.data.pipeline.train_iterator`, `default_data_config()` with
 recipe `windows.RSNA_3WINDOW`, image_size 256), augmentation on and off, with
 1 read thread and with the pipeline's default threads, in two modes:
 
-- host (`config.data.on_device = False`, the default): grain makes the float32
-  windowed (and warped) slices;
-- on-device (`config.data.on_device = True`): grain hands over int16 HU and the
-  affine maps, and the jitted train step warps, windows and resizes
-  (`ich_jax.data.on_device.TrainFinish`). The host rows count only the host's
+- host (`config.data.preprocess_on = "host"`, what "auto" picks on a CPU):
+  grain makes the float32 windowed (and warped) slices;
+- on-device (`preprocess_on = "device"`, what "auto" picks on an accelerator):
+  grain hands over int16 HU and the affine maps, and the jitted train step
+  warps, windows and resizes (`ich_jax.data.on_device.TrainFinish`). The host rows count only the host's
   work, which is what feeds an accelerator; the finish's own cost is printed
   separately, run here by XLA:CPU (on an accelerator it is not host time).
 
@@ -156,7 +156,7 @@ def data_config(augment: bool, threads: int | None, on_device: bool = False) -> 
   cfg.recipe = [list(t) for t in windows.RSNA_3WINDOW]
   cfg.image_size = RESOLUTION
   cfg.augment.enabled = augment
-  cfg.on_device = on_device
+  cfg.preprocess_on = "device" if on_device else "host"
   if threads is not None:
     cfg.read_threads = threads
   return cfg
@@ -175,7 +175,7 @@ def bench_grain(source, cfg, batches: int, batch_size: int) -> dict:
   warmup = int(cfg.read_threads) + int(cfg.prefetch_batches) + 2
   for _ in range(warmup):
     batch = next(it)
-  key = "hu" if cfg.on_device else "image"
+  key = "hu" if cfg.preprocess_on == "device" else "image"
   assert batch[key].shape[:3] == (batch_size, RESOLUTION, RESOLUTION), batch[key].shape
   w0, c0 = time.perf_counter(), time.process_time()
   for _ in range(batches):
@@ -194,7 +194,7 @@ def bench_finish(source, cfg, batches: int, batch_size: int) -> dict:
   finish = on_device.TrainFinish(cfg)
   keys = finish.host_keys(("image", "mask"))
   it = pipeline.train_iterator(pipeline.as_series_source(source), cfg, global_batch_size=batch_size, seed=0)
-  host = [{k: next(it)[k] for k in keys} for _ in range(min(batches, 8))]
+  host = [{k: b[k] for k in keys} for b in (next(it) for _ in range(min(batches, 8)))]
   step = jax.jit(finish)
   jax.block_until_ready(step(host[0]))
   w0, c0 = time.perf_counter(), time.process_time()

@@ -1,9 +1,9 @@
-"""The slice pipeline's last steps inside the jitted train step (`config.data.on_device`).
+"""The slice pipeline's last steps inside the jitted train step (`config.data.preprocess_on`).
 
 On the host, warping a slice (numpy, bilinear over every pixel) costs more
 than reading it, and a float32 3-window slice is six times the bytes of its
-int16 HU. With `config.data.on_device = True` the training batches leave the
-host as
+int16 HU. With `config.data.preprocess_on = "device"` ("auto" on an
+accelerator) the training batches leave the host as
 
   hu     int16 [B, H, W, K]   the stored HU slices, one plane per distinct
                               recipe offset (`windows.recipe_offsets`, sorted)

@@ -13,7 +13,7 @@ Per element the steps are dict -> dict. Evaluation (`preprocess`):
 and then batching. Training: read -> augment (the HU slices, one warp for all
 of them; `ich_jax.data.augment`) -> `hu_example`, and the batch function
 `HostBatch` makes the channels and resizes straight into the batch. With
-`config.data.on_device` the training batches stop at `hu_example` (plus each
+`config.data.preprocess_on = "device"` the training batches stop at `hu_example` (plus each
 example's random map) and the jitted train step does the rest
 (`ich_jax.data.on_device`, `train_finish`).
 
@@ -61,13 +61,15 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.read_threads = 8                   # threads, each building a whole batch
   c.prefetch_batches = 8               # batches buffered ahead (memory: B*H*W*C*4 bytes each)
   c.num_workers = 0                    # >0: grain mp_prefetch worker processes
-  # True: training batches carry the int16 HU slices (`hu`) and each example's
-  # affine map (`warp`) instead of `image`, and the jitted train step warps,
-  # windows and resizes them (ich_jax.data.on_device): the host then only
-  # reads, so a few host cores feed an accelerator. Off by default: on a CPU
-  # backend XLA's gathers are no faster than the numpy warp (docs/PERFORMANCE.md,
-  # Input pipeline). Evaluation batches are built on the host either way.
-  c.on_device = False
+  # Where the training slices are windowed, warped and resized. "device": the
+  # batches carry the int16 HU slices (`hu`) and each example's affine map
+  # (`warp`) instead of `image`, and the jitted train step does the rest
+  # (ich_jax.data.on_device): the host only reads, so a few host cores feed an
+  # accelerator. "host": grain does it all (numpy). "auto": "device" unless
+  # JAX's backend is the CPU, where XLA's gathers are slower than the numpy
+  # warp (docs/PERFORMANCE.md, Input pipeline). Evaluation batches are built on
+  # the host either way.
+  c.preprocess_on = "auto"
   c.augment = ml_collections.ConfigDict()
   a = c.augment
   a.enabled = True
@@ -142,8 +144,21 @@ def _plan(cfg) -> _Plan:
       clip_range=tuple(float(x) for x in get("clip_range")),
       clip_out_range=tuple(float(x) for x in get("clip_out_range")),
       augment=ml_collections.FrozenConfigDict(cfg.augment),
-      on_device=bool(get("on_device")),
+      on_device=_on_device(get("preprocess_on")),
   )
+
+
+PREPROCESS_ON = ("host", "device", "auto")
+
+
+def _on_device(where: str) -> bool:
+  if where not in PREPROCESS_ON:
+    raise ValueError(f"config data.preprocess_on={where!r}; expected one of {PREPROCESS_ON}")
+  if where == "auto":
+    import jax  # the backend decides; asked when a pipeline is planned, not at import
+
+    return jax.default_backend() != "cpu"
+  return where == "device"
 
 
 def num_channels(cfg) -> int:
@@ -388,7 +403,7 @@ def hu_example(example: dict, cfg) -> dict:
 
   `hu`: [H, W, K], the recipe's distinct offsets in sorted order, at the stored
   size (int16 as stored, float32 once warped on the host); no `image` (made
-  from `hu` by `HostBatch`, or with `on_device` by the train step);
+  from `hu` by `HostBatch`, or on the device by the train step);
   `pixel_spacing` already as after the resize to `image_size`; `mask` as stored.
   """
   plan = _plan(cfg)
@@ -678,7 +693,7 @@ def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Infinite, shuffled, augmented batches of this process's share of each global batch.
 
-  With `cfg.on_device`, the batches carry `hu` (and `warp`) instead of
+  With preprocessing on the device (`cfg.preprocess_on`), the batches carry `hu` (and `warp`) instead of
   `image`; `train_finish` makes the model input from them inside the train step.
 
   Each epoch is a different permutation of all records, fixed by `seed`;
@@ -758,9 +773,9 @@ def in_channels(config) -> int:
 
 
 def train_finish(config):
-  """What the train step applies to a training batch first: None, or with `config.data.on_device`
-  an `ich_jax.data.on_device.TrainFinish` (warp, window and resize on the accelerator)."""
-  if not config.data.get("on_device", False):
+  """What the train step applies to a training batch first: None, or with preprocessing on the device
+  (`config.data.preprocess_on`) an `ich_jax.data.on_device.TrainFinish` (warp, window, resize)."""
+  if not _plan(config.data).on_device:
     return None
   from ich_jax.data import on_device  # JAX only where it is used
 

@@ -1,4 +1,4 @@
-"""The on-device half of the training pipeline (`config.data.on_device`) against the host pipeline."""
+"""The on-device half of the training pipeline (`config.data.preprocess_on`) against the host pipeline."""
 
 import jax
 import numpy as np
@@ -24,7 +24,7 @@ def test_on_device_batches_match_the_host_pipeline(recipe, intensity, augment, i
   cfg = data_cfg(image_size=image_size, recipe=recipe, augment=augment, intensity=intensity)
   cfg.augment.rotation_deg = 30.0
   host = take(pipeline.train_iterator(src, cfg, global_batch_size=8, seed=4), 2)
-  cfg.on_device = True
+  cfg.preprocess_on = "device"
   device = take(pipeline.train_iterator(src, cfg, global_batch_size=8, seed=4), 2)
   for h, d in zip(host, device):
     # The host hands over int16 HU, one plane per distinct offset, and no image.
@@ -60,8 +60,16 @@ def test_right_angle_maps_and_flips_are_exact():
 
 
 def test_host_keys_replace_the_image_only():
-  cfg = data_cfg()
-  cfg.on_device = True
+  cfg = data_cfg(preprocess_on="device")
   assert on_device.TrainFinish(cfg).host_keys(("image", "labels", "mask")) == ("hu", "warp", "labels", "mask")
   cfg.augment.enabled = False
   assert on_device.TrainFinish(cfg).host_keys(("image", "labels")) == ("hu", "labels")
+
+
+def test_auto_keeps_the_host_pipeline_on_cpu_and_bad_values_are_named():
+  assert jax.default_backend() == "cpu"
+  cfg = data_cfg()
+  assert cfg.preprocess_on == "auto" and not pipeline._plan(cfg).on_device
+  cfg.preprocess_on = "gpu"
+  with pytest.raises(ValueError, match="data.preprocess_on='gpu'"):
+    pipeline._plan(cfg)

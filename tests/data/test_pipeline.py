@@ -200,7 +200,7 @@ def test_indivisible_global_batch_is_rejected():
                                                (windows.RSNA_NEIGHBOURS, True)])
 def test_resume_from_json_state_is_exact(recipe, on_device):
   src = fake_source()
-  cfg = data_cfg(recipe=recipe, augment=True, on_device=on_device)
+  cfg = data_cfg(recipe=recipe, augment=True, preprocess_on="device" if on_device else "host")
   cfg.augment.rotation_deg = 30.0
   k, m = 3, 6  # crosses an epoch boundary (37 records, batches of 8)
   reference = take(pipeline.train_iterator(src, cfg, global_batch_size=8, seed=5), k + m)

@@ -78,7 +78,7 @@ def test_train_step_8_devices_matches_single_device(smoke_config):
 
 
 def test_on_device_finish_trains_like_the_host_pipeline(smoke_config):
-  # config.data.on_device: the batch arrives as int16 HU + maps, sharded over 8
+  # config.data.preprocess_on = "device": the batch arrives as int16 HU + maps, sharded over 8
   # devices, and the jitted step warps and windows it. Its loss must be the
   # task's loss on the host-made batch of the same stream position.
   from ich_jax.data import pipeline
@@ -86,7 +86,7 @@ def test_on_device_finish_trains_like_the_host_pipeline(smoke_config):
   source = pipeline.open_split(smoke_config.dataset, smoke_config.dataset.train_split)
   host = next(pipeline.train_iterator(source, smoke_config.data, global_batch_size=8, seed=smoke_config.seed))
   cfg = smoke_config.copy_and_resolve_references()
-  cfg.data.on_device = True
+  cfg.data.preprocess_on = "device"
   exp = loop.make_experiment(cfg)
   assert exp.train_keys == ("hu", "warp", "labels", "mask")
   batch = next(pipeline.train_iterator(source, cfg.data, global_batch_size=8, seed=cfg.seed))
