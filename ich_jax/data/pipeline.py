@@ -13,9 +13,9 @@ Per element the steps are dict -> dict. Evaluation (`preprocess`):
 and then batching. Training: read -> augment (the HU slices, one warp for all
 of them; `ich_jax.data.augment`) -> `hu_example`, and the batch function
 `HostBatch` makes the channels and resizes straight into the batch. With
-`config.data.preprocess_on = "device"` the training batches stop at `hu_example` (plus each
-example's random map) and the jitted train step does the rest
-(`ich_jax.data.on_device`, `train_finish`).
+`config.data.preprocess_on = "device"` the training batches stop at
+`hu_example` (plus each example's random map) and the jitted train step does
+the rest (`ich_jax.data.on_device`, `train_finish`).
 
 Training order. The global stream is one index-shuffle of all records per
 epoch (a fresh permutation each epoch), repeated forever; step k's global
@@ -693,8 +693,9 @@ def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Infinite, shuffled, augmented batches of this process's share of each global batch.
 
-  With preprocessing on the device (`cfg.preprocess_on`), the batches carry `hu` (and `warp`) instead of
-  `image`; `train_finish` makes the model input from them inside the train step.
+  With preprocessing on the device (`cfg.preprocess_on`), the batches carry
+  `hu` (and `warp`) instead of `image`; `train_finish` makes the model input
+  from them inside the train step.
 
   Each epoch is a different permutation of all records, fixed by `seed`;
   batches are `global_batch_size // process_count` examples (see the module
