@@ -1,11 +1,20 @@
 """Input pipeline throughput: windowed 3-channel 256x256 slices per second per core.
 
   python benchmarks/input_pipeline.py [--studies 10] [--batches 40] [--batch-size 32] [--workdir DIR]
+                                      [--encodings none,zlib] [--records 100000] [--repeats 2]
 
 Ours: a built ArrayRecord dataset read through `tfds.data_source` and the grain
 pipeline (`ich_jax.data.pipeline.train_iterator`, `default_data_config()` with
 recipe `windows.RSNA_3WINDOW`, image_size 256), augmentation on and off, with
-1 read thread and with the pipeline's default threads.
+1 read thread and with the pipeline's default threads, in two modes:
+
+- host (`config.data.preprocess_on = "host"`, what "auto" picks on a CPU):
+  grain makes the float32 windowed (and warped) slices;
+- on-device (`preprocess_on = "device"`, what "auto" picks on an accelerator):
+  grain hands over int16 HU and the affine maps, and the jitted train step
+  warps, windows and resizes (`ich_jax.data.on_device.TrainFinish`). The host rows count only the host's
+  work, which is what feeds an accelerator; the finish's own cost is printed
+  separately, run here by XLA:CPU (on an accelerator it is not host time).
 
 Peer (what a user would otherwise write): for each DICOM file on disk,
 `pydicom.dcmread` + HU (`ich_jax.data.dicom.to_hu`, i.e. pydicom's modality
@@ -17,12 +26,14 @@ up to 32 slices each, all in one "train" split), built into `--workdir`
 (a temp dir by default) in well under a minute; then the very same slices are
 read back from the ArrayRecord dataset and written as DICOM with
 `ich_jax.data.dicom.write_series`, one series per study. Both sides decode the
-same HU slices.
+same HU slices. `--encodings` adds builds of the same phantoms with `image` and
+`mask` stored another way (`none`: TFDS's default int64 varint lists, as the
+builders stored them before; `zlib`: zlib-compressed bytes) for the host rows.
 
 Each figure is the best of `--repeats` runs. Per-core figures are CPU-time
 based: slices / process CPU seconds (all threads
 of this process), so they stay fair on a shared machine; wall-clock rates are
-printed too.
+printed too, and the load average before and after.
 """
 import os
 
@@ -51,27 +62,33 @@ RESOLUTION = 256
 class InputPipelineBench(synthetic_ich.SyntheticIch):
   """`synthetic_ich` with one benchmark-only config (registered under this class's name)."""
   BUILDER_CONFIGS = []
-
-
-class InputPipelineBenchBytes(InputPipelineBench):
-  """The same, with `image` and `mask` stored as raw bytes (`Encoding.BYTES`) instead of TFDS's default.
-
-  TFDS's default for an integer Tensor is an int64 varint list in the
-  tf.train.Example: int16 HU (air = -1000, ten bytes as a negative varint)
-  becomes ~570 kB per 256x256 record instead of 192 kB, and every read pays the
-  varint decode. Benchmark-only: shows what a builder change would buy.
-  """
+  ENCODING = None  # None: the builder's own (data_builders.common.pixels, raw bytes)
 
   def _info(self):
+    info = super()._info()
+    if self.ENCODING is None:
+      return info
     import tensorflow_datasets as tfds
 
-    info = super()._info()
     features = dict(info.features)
     for key in ("image", "mask"):
       f = features[key]
-      features[key] = tfds.features.Tensor(shape=f.shape, dtype=f.np_dtype, encoding=tfds.features.Encoding.BYTES)
+      features[key] = tfds.features.Tensor(shape=f.shape, dtype=f.np_dtype, encoding=self.ENCODING)
     return tfds.core.DatasetInfo(builder=self, description=info.description,
                                  features=tfds.features.FeaturesDict(features), homepage=info.homepage)
+
+
+class InputPipelineBenchNone(InputPipelineBench):
+  """image/mask as TFDS's default for integer Tensors: int64 varint lists in the tf.train.Example (~570 kB a record)."""
+  ENCODING = "none"
+
+
+class InputPipelineBenchZlib(InputPipelineBench):
+  """image/mask as zlib-compressed raw bytes (inside ArrayRecord's own zstd)."""
+  ENCODING = "zlib"
+
+
+ENCODED = {"none": InputPipelineBenchNone, "zlib": InputPipelineBenchZlib}
 
 
 def _builder(data_dir: str, studies: int, cls=InputPipelineBench):
@@ -134,11 +151,12 @@ def bench_dicom(files, repeats: int) -> dict:
   return best
 
 
-def data_config(augment: bool, threads: int | None) -> ml_collections.ConfigDict:
+def data_config(augment: bool, threads: int | None, on_device: bool = False) -> ml_collections.ConfigDict:
   cfg = pipeline.default_data_config()
   cfg.recipe = windows.RSNA_3WINDOW
   cfg.image_size = RESOLUTION
   cfg.augment.enabled = augment
+  cfg.preprocess_on = "device" if on_device else "host"
   if threads is not None:
     cfg.read_threads = threads
   return cfg
@@ -157,7 +175,8 @@ def bench_grain(source, cfg, batches: int, batch_size: int) -> dict:
   warmup = int(cfg.read_threads) + int(cfg.prefetch_batches) + 2
   for _ in range(warmup):
     batch = next(it)
-  assert batch["image"].shape == (batch_size, RESOLUTION, RESOLUTION, 3), batch["image"].shape
+  key = "hu" if cfg.preprocess_on == "device" else "image"
+  assert batch[key].shape[:3] == (batch_size, RESOLUTION, RESOLUTION), batch[key].shape
   w0, c0 = time.perf_counter(), time.process_time()
   for _ in range(batches):
     next(it)
@@ -166,9 +185,43 @@ def bench_grain(source, cfg, batches: int, batch_size: int) -> dict:
   return r
 
 
+def bench_finish(source, cfg, batches: int, batch_size: int) -> dict:
+  """CPU cost of the on-device finish (warp, windows) run by XLA:CPU on host batches (no grain in the timing)."""
+  import jax
+
+  from ich_jax.data import on_device
+
+  finish = on_device.TrainFinish(cfg)
+  keys = finish.host_keys(("image", "mask"))
+  it = pipeline.train_iterator(pipeline.as_series_source(source), cfg, global_batch_size=batch_size, seed=0)
+  host = [{k: b[k] for k in keys} for b in (next(it) for _ in range(min(batches, 8)))]
+  step = jax.jit(finish)
+  jax.block_until_ready(step(host[0]))
+  w0, c0 = time.perf_counter(), time.process_time()
+  for i in range(batches):
+    jax.block_until_ready(step(host[i % len(host)]))
+  return _rates(batches * batch_size, time.perf_counter() - w0, time.process_time() - c0)
+
+
+def _combined(a: dict, b: dict) -> dict:
+  """Both stages run one after the other on the same slices (CPU seconds add up)."""
+  return _rates(a["slices"], a["wall_s"] + b["wall_s"] * a["slices"] / b["slices"],
+                a["cpu_s"] + b["cpu_s"] * a["slices"] / b["slices"])
+
+
 def _line(name: str, r: dict) -> str:
-  return (f"{name:<44s} {r['per_cpu_s']:8.0f} slices/s/core (CPU)  {r['per_wall_s']:8.0f} slices/s wall  "
+  return (f"{name:<52s} {r['per_cpu_s']:8.0f} slices/s/core (CPU)  {r['per_wall_s']:8.0f} slices/s wall  "
           f"[{r['slices']} slices, {r['cpu_s']:.2f} CPU s, {r['wall_s']:.2f} wall s]")
+
+
+def _backend() -> str:
+  import jax
+
+  return jax.default_backend().upper()
+
+
+def _load() -> str:
+  return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main(argv=None):
@@ -179,38 +232,62 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=2,
                  help="runs of each measurement; the best is kept (the machine is shared; the best is the least disturbed)")
   p.add_argument("--workdir", default=None, help="keep/reuse the built data here (default: a temp dir)")
-  p.add_argument("--bytes", action="store_true",
-                 help="also a bytes-encoded image/mask build of the same phantoms (see InputPipelineBenchBytes)")
+  p.add_argument("--encodings", default="",
+                 help="comma-separated other image/mask encodings to build and time (host rows): none, zlib")
+  p.add_argument("--records", type=int, default=100_000,
+                 help="also time the 1-thread rows with the slices presented as this many records (record i = "
+                      "slice i mod n; 0: not): grain's index shuffle costs ~100 us per element over 291 records "
+                      "but ~4 us over 100,000, so this is the per-element cost of a real-sized split")
   p.add_argument("--profile", default=None, help="cProfile one 1-thread augmented run into this file")
   args = p.parse_args(argv)
+  encodings = [e for e in args.encodings.split(",") if e]
+  unknown = set(encodings) - set(ENCODED)
+  if unknown:
+    p.error(f"--encodings {sorted(unknown)}: expected some of {sorted(ENCODED)}")
 
   with tempfile.TemporaryDirectory(prefix="ich_bench_") as tmp:
     workdir = pathlib.Path(args.workdir or tmp)
     source, files = build(workdir, args.studies)
-    print(f"load: {os.getloadavg()} on {os.cpu_count()} CPUs", flush=True)
+    print(f"load average (1/5/15 min) before: {_load()} on {os.cpu_count()} CPUs", flush=True)
     dcm = bench_dicom(files, args.repeats)
     print(_line("DICOM: pydicom + to_hu + 3 windows", dcm), flush=True)
     results = {}
+
+    def run(label, src, threads, augment, on_device):
+      cfg = data_config(augment, threads, on_device)
+      name = f"{label}, aug {'on ' if augment else 'off'}, threads {cfg.read_threads}"
+      results[name] = r = best_of(args.repeats, bench_grain, src, cfg, args.batches, args.batch_size)
+      print(_line(name, r), flush=True)
+      return r
+
     for threads in (1, None):
       for augment in (False, True):
-        cfg = data_config(augment, threads)
-        name = f"grain ArrayRecord, aug {'on ' if augment else 'off'}, threads {cfg.read_threads}"
-        results[(threads, augment)] = r = best_of(args.repeats, bench_grain, source, cfg, args.batches, args.batch_size)
-        print(_line(name, r), flush=True)
-    if args.bytes:
-      bsource, _ = build(workdir, args.studies, InputPipelineBenchBytes)
-      for threads in (1, None):
+        run("host", source, threads, augment, False)
+    for augment in (False, True):
+      host = run("on-device: host part", source, 1, augment, True)
+      cfg = data_config(augment, 1, True)
+      finish = best_of(args.repeats, bench_finish, source, cfg, args.batches, args.batch_size)
+      backend = _backend()
+      print(_line(f"  its finish on XLA:{backend}, aug {'on ' if augment else 'off'}", finish), flush=True)
+      results[f"on-device: host part + finish on XLA:{backend}, aug {'on ' if augment else 'off'}"] = _combined(host, finish)
+    for augment in (False, True):
+      run("on-device: host part", source, None, augment, True)
+    if args.records:
+      from ich_jax.data import datasets
+
+      many = datasets.RecordSubset(source, np.arange(args.records) % len(source))
+      for on_device in (False, True):
         for augment in (False, True):
-          cfg = data_config(augment, threads)
-          name = f"BYTES ArrayRecord, aug {'on ' if augment else 'off'}, threads {cfg.read_threads}"
-          results[("bytes", threads, augment)] = r = best_of(args.repeats, bench_grain, bsource, cfg, args.batches, args.batch_size)
-          print(_line(name, r), flush=True)
-    for key, r in results.items():
-      threads, augment = key[-2:]
-      kind = "BYTES " if key[0] == "bytes" else ""
-      print(f"ratio {kind}ArrayRecord/DICOM (aug {'on' if augment else 'off'}, threads {threads or 'default'}): "
-            f"{r['per_cpu_s'] / dcm['per_cpu_s']:.2f}x per core; target >= 2000 slices/s/core: "
-            f"{'met' if r['per_cpu_s'] >= 2000 else 'MISSED'}")
+          run(f"{'on-device: host part' if on_device else 'host'} [{args.records:,} records]", many, 1, augment,
+              on_device)
+    for encoding in encodings:
+      esource, _ = build(workdir, args.studies, ENCODED[encoding])
+      for augment in (False, True):
+        run(f"host, image/mask encoding {encoding}", esource, 1, augment, False)
+    print(f"load average (1/5/15 min) after: {_load()}")
+    for name, r in results.items():
+      print(f"{name:<58s} {r['per_cpu_s']:6.0f} slices/s/core = {r['per_cpu_s'] / dcm['per_cpu_s']:.2f}x DICOM per core; "
+            f"target >= 2000 slices/s/core: {'met' if r['per_cpu_s'] >= 2000 else 'MISSED'}")
     if args.profile:
       import cProfile
       cProfile.runctx("bench_grain(source, data_config(True, 1), args.batches, args.batch_size)",

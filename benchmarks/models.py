@@ -153,6 +153,8 @@ class JaxCase:
   """Our model through the shared trainer's jitted train and predict steps."""
 
   def __init__(self, config, batch):
+    # The batches here are ready model input (`image`), not the on-device pipeline's HU.
+    config.data.preprocess_on = "host"
     self.exp = loop.make_experiment(config)
     self.state = self.exp.init_state()
     self.train_step = loop.make_train_step(self.exp)

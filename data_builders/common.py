@@ -252,11 +252,28 @@ def _text():
   return tfds.features.Text()
 
 
+BYTES_RELEASE_NOTE = ("image/mask/volume stored as raw bytes (Encoding.BYTES) instead of int64 varint lists: "
+                      "the same values, about 2× faster to read.")
+
+
+def pixels(shape: tuple, dtype) -> tfds.features.Tensor:
+  """An image, mask or volume feature: stored as raw bytes (`Encoding.BYTES`).
+
+  TFDS's default encoding stores an integer Tensor as an int64 varint list in
+  the tf.train.Example: int16 air (-1000 HU) takes ten bytes as a negative
+  varint, so a 256×256 slice with its mask is ~570 kB instead of 192 kB, and
+  every read pays the varint decode (docs/PERFORMANCE.md, Input pipeline: about 2× the read time).
+  Raw bytes decode with one `np.frombuffer`; ArrayRecord still compresses the
+  record (zstd). The decoded arrays are read-only views of the record.
+  """
+  return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+
+
 def slice_features(resolution: int, *, mask: bool, extra: dict | None = None) -> tfds.features.FeaturesDict:
   """The slice schema of `synthetic_ich` (image int16 HU, labels float32[6] in LABELS order, ids, geometry)."""
   r = resolution
   f = {
-      "image": tfds.features.Tensor(shape=(r, r), dtype=np.int16),
+      "image": pixels((r, r), np.int16),
       "labels": tfds.features.Tensor(shape=(len(LABELS),), dtype=np.float32),
       "patient_id": _text(),
       "study_id": _text(),
@@ -267,7 +284,7 @@ def slice_features(resolution: int, *, mask: bool, extra: dict | None = None) ->
       "slice_thickness": tfds.features.Scalar(dtype=np.float32),
   }
   if mask:
-    f["mask"] = tfds.features.Tensor(shape=(r, r), dtype=np.uint8)  # 0 or subtype index 1-5
+    f["mask"] = pixels((r, r), np.uint8)  # 0 or subtype index 1-5
   f.update(extra or {})
   return tfds.features.FeaturesDict(f)
 
@@ -277,7 +294,7 @@ def scan_features(resolution: int, *, mask: bool, per_slice_labels: bool = True,
   """One example per series: `volume` int16 [S, r, r], labels [S, 6] (or [6]), z_positions [S], ids."""
   r = resolution
   f = {
-      "volume": tfds.features.Tensor(shape=(None, r, r), dtype=np.int16),
+      "volume": pixels((None, r, r), np.int16),
       "labels": tfds.features.Tensor(shape=(None, len(LABELS)) if per_slice_labels else (len(LABELS),),
                                      dtype=np.float32),
       "z_positions": tfds.features.Tensor(shape=(None,), dtype=np.float32),
@@ -288,7 +305,7 @@ def scan_features(resolution: int, *, mask: bool, per_slice_labels: bool = True,
       "series_id": _text(),
   }
   if mask:
-    f["mask"] = tfds.features.Tensor(shape=(None, r, r), dtype=np.uint8)
+    f["mask"] = pixels((None, r, r), np.uint8)
   f.update(extra or {})
   return tfds.features.FeaturesDict(f)
 

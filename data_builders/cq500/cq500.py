@@ -272,8 +272,8 @@ def _patient_where(task: PatientTask) -> str:
 class Cq500(common.IngestBuilder):
   """CQ500 head CT scans: one selected series per patient, majority-of-three scan labels, BHX boxes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": common.BYTES_RELEASE_NOTE}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download CQ500 from qure.ai (http://headctstudy.qure.ai/dataset; the zips CQ500-CT-<n>.zip and
   reads.csv), unzip every zip into one folder and point manual_dir at it:

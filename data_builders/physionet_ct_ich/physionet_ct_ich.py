@@ -247,8 +247,8 @@ def _patient_where(task: PatientTask) -> str:
 class PhysionetCtIch(common.IngestBuilder):
   """PhysioNet CT-ICH head CT slices (or scans) with hemorrhage masks and per-slice subtypes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": common.BYTES_RELEASE_NOTE}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download "Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation" 1.3.1
   from PhysioNet (https://physionet.org/content/ct-ich/1.3.1/; credentialed access, sign the data use

@@ -227,8 +227,8 @@ def _series_where(task: SeriesTask) -> str:
 class RsnaIch(common.IngestBuilder):
   """RSNA 2019 head CT slices (or series) with six hemorrhage labels per slice."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": common.BYTES_RELEASE_NOTE}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download the competition data of "RSNA Intracranial Hemorrhage Detection" from Kaggle
   (https://www.kaggle.com/c/rsna-intracranial-hemorrhage-detection/data; accept the rules first),

@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ich_jax import LABELS
+from data_builders import common
 from ich_jax.data.phantom import SEED001_SIZE_MIX
 
 
@@ -148,9 +148,10 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
   to disk through tf.io.gfile, i.e. it needs TensorFlow; readers shuffle anyway.)
   """
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
-                   "1.1.0": "small, small256: bleed sizes per subtype from seed 001 Table 1."}
+                   "1.1.0": "small, small256: bleed sizes per subtype from seed 001 Table 1.",
+                   "1.2.0": common.BYTES_RELEASE_NOTE}
   BUILDER_CONFIGS = [
       # Tests: a 128 matrix (pixel spacing scaled so the head fits), few thick slices.
       SyntheticIchConfig(
@@ -176,17 +177,8 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(r, r), dtype=np.int16),          # HU
-            "labels": tfds.features.Tensor(shape=(len(LABELS),), dtype=np.float32),
-            "mask": tfds.features.Tensor(shape=(r, r), dtype=np.uint8),           # 0 or subtype index 1–5
-            "patient_id": tfds.features.Text(),
-            "study_id": tfds.features.Text(),
-            "series_id": tfds.features.Text(),
-            "slice_index": tfds.features.Scalar(dtype=np.int32),
-            "z_position": tfds.features.Scalar(dtype=np.float32),
-            "pixel_spacing": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-            "slice_thickness": tfds.features.Scalar(dtype=np.float32),
+        # The real datasets' slice schema (data_builders.common), with the phantoms' extras.
+        features=common.slice_features(r, mask=True, extra={
             "study_blood_ml": tfds.features.Scalar(dtype=np.float32),
             "mimic": tfds.features.Scalar(dtype=np.uint8),
         }),

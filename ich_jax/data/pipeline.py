@@ -6,12 +6,16 @@ the `synthetic_ich` schema (`image` int16 HU [H, W], `labels`, `mask`,
 both qualify. Records may be in any order: neighbouring slices are found
 through a (series_id, slice_index) -> record index map (`SeriesSource`).
 
-Per element the steps are dict -> dict:
+Per element the steps are dict -> dict. Evaluation (`preprocess`):
   read (record + the HU slices the channel recipe asks for)
   -> to_channels (windows or clip_rescale, `image` becomes float32 [H, W, C])
   -> resize (to `image_size`)
-  -> augment (training only; `ich_jax.data.augment`)
-and then batching.
+and then batching. Training: read -> augment (the HU slices, one warp for all
+of them; `ich_jax.data.augment`) -> `hu_example`, and the batch function
+`HostBatch` makes the channels and resizes straight into the batch. With
+`config.data.preprocess_on = "device"` the training batches stop at
+`hu_example` (plus each example's random map) and the jitted train step does
+the rest (`ich_jax.data.on_device`, `train_finish`).
 
 Training order. The global stream is one index-shuffle of all records per
 epoch (a fresh permutation each epoch), repeated forever; step k's global
@@ -57,6 +61,15 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.read_threads = 8                   # threads, each building a whole batch
   c.prefetch_batches = 8               # batches buffered ahead (memory: B*H*W*C*4 bytes each)
   c.num_workers = 0                    # >0: grain mp_prefetch worker processes
+  # Where the training slices are windowed, warped and resized. "device": the
+  # batches carry the int16 HU slices (`hu`) and each example's affine map
+  # (`warp`) instead of `image`, and the jitted train step does the rest
+  # (ich_jax.data.on_device): the host only reads, so a few host cores feed an
+  # accelerator. "host": grain does it all (numpy). "auto": "device" unless
+  # JAX's backend is the CPU, where XLA's gathers are slower than the numpy
+  # warp (docs/PERFORMANCE.md, Input pipeline). Evaluation batches are built on
+  # the host either way.
+  c.preprocess_on = "auto"
   c.augment = ml_collections.ConfigDict()
   a = c.augment
   a.enabled = True
@@ -107,6 +120,7 @@ class _Plan:
   clip_range: tuple[float, float]
   clip_out_range: tuple[float, float]
   augment: Any  # FrozenConfigDict
+  on_device: bool = False
 
   @property
   def offsets(self) -> tuple[int, ...]:
@@ -130,7 +144,21 @@ def _plan(cfg) -> _Plan:
       clip_range=tuple(float(x) for x in get("clip_range")),
       clip_out_range=tuple(float(x) for x in get("clip_out_range")),
       augment=ml_collections.FrozenConfigDict(cfg.augment),
+      on_device=_on_device(get("preprocess_on")),
   )
+
+
+PREPROCESS_ON = ("host", "device", "auto")
+
+
+def _on_device(where: str) -> bool:
+  if where not in PREPROCESS_ON:
+    raise ValueError(f"config data.preprocess_on={where!r}; expected one of {PREPROCESS_ON}")
+  if where == "auto":
+    import jax  # the backend decides; asked when a pipeline is planned, not at import
+
+    return jax.default_backend() != "cpu"
+  return where == "device"
 
 
 def num_channels(cfg) -> int:
@@ -310,18 +338,26 @@ def resize(example: dict, image_size: int) -> dict:
   if (h, w) == (image_size, image_size):
     return example
   out = dict(example)
-  rows = _resample_rows(np.asarray(image, np.float32), image_size)                   # [size, w, c]
-  resized = np.ascontiguousarray(_resample_rows(rows.transpose(1, 0, 2), image_size).transpose(1, 0, 2))
-  # The weights are positive and sum to 1 up to rounding: clip the ulp overshoot
-  # so windowed channels stay inside [0, 1].
-  out["image"] = np.clip(resized, image.min(), image.max(), out=resized)
+  out["image"] = _resize_image(image, image_size)
   if "mask" in example:
     mask = np.asarray(example["mask"])
     out["mask"] = mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
   if "pixel_spacing" in example:
-    factor = np.array([h / image_size, w / image_size], np.float32)
-    out["pixel_spacing"] = (np.asarray(example["pixel_spacing"], np.float32) * factor).astype(np.float32)
+    out["pixel_spacing"] = _resized_spacing(example["pixel_spacing"], (h, w), image_size)
   return out
+
+
+def _resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
+  rows = _resample_rows(np.asarray(image, np.float32), image_size)                   # [size, w, c]
+  resized = np.ascontiguousarray(_resample_rows(rows.transpose(1, 0, 2), image_size).transpose(1, 0, 2))
+  # The weights are positive and sum to 1 up to rounding: clip the ulp overshoot
+  # so windowed channels stay inside [0, 1].
+  return np.clip(resized, image.min(), image.max(), out=resized)
+
+
+def _resized_spacing(pixel_spacing, shape: tuple[int, int], image_size: int) -> np.ndarray:
+  factor = np.array([shape[0] / image_size, shape[1] / image_size], np.float32)
+  return (np.asarray(pixel_spacing, np.float32) * factor).astype(np.float32)
 
 
 # The slice schema's dtypes. TFDS returns scalar features as Python int/float,
@@ -376,6 +412,87 @@ def _augment_hu(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
   return out
 
 
+def _draw_warp(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
+  """`_augment_hu`'s random map, drawn the same way, handed on as `warp` for the on-device warp."""
+  shape = np.shape(example["image"])[:2]
+  matrix = augment_lib.random_matrix(rng, plan.augment, shape)
+  out = dict(example)
+  out["warp"] = augment_lib.source_terms(matrix, shape)
+  if matrix is not None and "pixel_spacing" in example:
+    out["pixel_spacing"] = augment_lib.warped_spacing(example["pixel_spacing"], matrix)
+  return out
+
+
+def hu_example(example: dict, cfg) -> dict:
+  """read_example output (after `_augment_hu` or `_draw_warp`) → a training example before its channels.
+
+  `hu`: [H, W, K], the recipe's distinct offsets in sorted order, at the stored
+  size (int16 as stored, float32 once warped on the host); no `image` (made
+  from `hu` by `HostBatch`, or on the device by the train step);
+  `pixel_spacing` already as after the resize to `image_size`; `mask` as stored.
+  """
+  plan = _plan(cfg)
+  out = dict(example)
+  slices = out.pop("slices")
+  del out["image"]
+  planes = [np.asarray(slices[o]) for o in plan.offsets]
+  out["hu"] = planes[0][..., None] if len(planes) == 1 else np.stack(planes, axis=-1)
+  shape = out["hu"].shape[:2]
+  if "pixel_spacing" in out and shape != (plan.image_size, plan.image_size):
+    out["pixel_spacing"] = _resized_spacing(out["pixel_spacing"], shape, plan.image_size)
+  return _numpy_fields(out)
+
+
+def _channels_into(out: np.ndarray, hu: np.ndarray, plan: _Plan, plane: np.ndarray) -> None:
+  """`to_channels` + `resize` of one example's `hu`, written into out [S, S, C]; plane: [H, W] float32 scratch."""
+  h, w = hu.shape[:2]
+  resized = (h, w) != out.shape[:2]
+  target = np.empty((h, w, out.shape[-1]), np.float32) if resized else out
+  for c, (offset, level, width) in enumerate(plan.recipe):
+    source = hu[..., plan.offsets.index(offset)]
+    if plan.intensity == "window":
+      windows.apply_window(source, level, width, out=plane)
+    else:
+      windows.clip_rescale(source, *plan.clip_range, *plan.clip_out_range, out=plane)
+    target[..., c] = plane
+  if resized:
+    out[...] = _resize_image(target, out.shape[0])
+
+
+class HostBatch:
+  """The host pipeline's grain `batch_fn`: stacks the fields of `hu_example`s and makes `image` [B, S, S, C].
+
+  Each example's channels are written straight into one preallocated batch
+  array, instead of a fresh [H, W, C] float32 image per example that np.stack
+  then copies: windows plus batching cost ~4x less (docs/PERFORMANCE.md, Input
+  pipeline). The values are `preprocess`'s, bit for bit.
+  """
+
+  def __init__(self, cfg):
+    self.plan = _plan(cfg)
+    self._shared_memory = False
+
+  def enable_shared_memory_output(self) -> None:
+    # grain asks for this under mp_prefetch: the batch then crosses processes without a copy.
+    self._shared_memory = True
+
+  def __call__(self, examples: Sequence[dict]) -> dict:
+    plan = self.plan
+    size = plan.image_size
+    shape = (len(examples), size, size, len(plan.recipe))
+    image = (grain.multiprocessing.SharedMemoryArray(shape, np.float32) if self._shared_memory
+             else np.empty(shape, np.float32))
+    plane = np.empty(examples[0]["hu"].shape[:2], np.float32)
+    for i, example in enumerate(examples):
+      _channels_into(image[i], example["hu"], plan, plane)
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "hu"}
+    if "mask" in batch and batch["mask"].shape[1:] != (size, size):
+      h, w = batch["mask"].shape[1:]
+      batch["mask"] = batch["mask"][:, _nearest_rows(h, size)][:, :, _nearest_rows(w, size)]
+    batch["image"] = image
+    return batch
+
+
 # --- Pipelines -------------------------------------------------------------------
 
 
@@ -407,13 +524,13 @@ def _check_process(process_index: int, process_count: int):
 
 def train_batches(num_records: int, to_examples: Callable[[grain.MapDataset], grain.MapDataset], cfg, *,
                   global_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
+                  process_count: int = 1, batch_fn: Callable | None = None) -> grain.IterDataset:
   """The training order every source kind shares (see the module docstring).
 
   `to_examples` maps the infinite MapDataset of shuffled record indices to
   examples; its random steps seed `random_map` with `derived_seed(seed, k)`,
   k >= 1 (k = 0 is the shuffle). Then this process's share of each global
-  batch, batched, prefetched.
+  batch, batched (by `batch_fn`, default stacking), prefetched.
   """
   _check_process(process_index, process_count)
   if global_batch_size % process_count:
@@ -425,7 +542,7 @@ def train_batches(num_records: int, to_examples: Callable[[grain.MapDataset], gr
   # Batch before leaving MapDataset: an element is then a whole batch, so both
   # thread prefetch and grain workers hand out whole batches and the batches do
   # not depend on num_workers.
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=batch_fn)
   return _maybe_mp(ds.to_iter_dataset(_read_options(cfg)), cfg)
 
 
@@ -586,17 +703,24 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
   def to_examples(ds):
     ds = sample_records(sampler, ds).map(functools.partial(_read, src, plan))
     if plan.augment.enabled:
-      ds = ds.random_map(functools.partial(_augment_hu, plan), seed=derived_seed(seed, 1))
-    return ds.map(functools.partial(preprocess, cfg=plan))
+      # The same seed either way: stream position p gets the same map on the host and on the device.
+      augment = _draw_warp if plan.on_device else _augment_hu
+      ds = ds.random_map(functools.partial(augment, plan), seed=derived_seed(seed, 1))
+    return ds.map(functools.partial(hu_example, cfg=plan))
 
   return train_batches(len(src) if sampler is None else sampler.length, to_examples, cfg,
                        global_batch_size=global_batch_size, seed=seed,
-                       process_index=process_index, process_count=process_count)
+                       process_index=process_index, process_count=process_count,
+                       batch_fn=None if plan.on_device else HostBatch(plan))
 
 
 def train_iterator(source, cfg, *, global_batch_size: int, seed: int,
                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Infinite, shuffled, augmented batches of this process's share of each global batch.
+
+  With preprocessing on the device (`cfg.preprocess_on`), the batches carry
+  `hu` (and `warp`) instead of `image`; `train_finish` makes the model input
+  from them inside the train step.
 
   Each epoch is a different permutation of all records, fixed by `seed`;
   batches are `global_batch_size // process_count` examples (see the module
@@ -672,3 +796,13 @@ def open_split(dataset_config, split: str) -> SeriesSource:
 def in_channels(config) -> int:
   """The model's input channels: one per recipe entry."""
   return num_channels(config.data)
+
+
+def train_finish(config):
+  """What the train step applies to a training batch first: None, or with preprocessing on the device
+  (`config.data.preprocess_on`) an `ich_jax.data.on_device.TrainFinish` (warp, window, resize)."""
+  if not _plan(config.data).on_device:
+    return None
+  from ich_jax.data import on_device  # JAX only where it is used
+
+  return on_device.TrainFinish(config.data)

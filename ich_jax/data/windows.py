@@ -55,12 +55,24 @@ def _float32(x):
   return x.astype(np.float32)
 
 
-def apply_window(hu, level: float, width: float):
-  """Maps HU to [0, 1]: `level - width/2` -> 0, `level + width/2` -> 1, clipped."""
+def _numpy_target(hu, out):
+  # `out` (a float32 numpy array of hu's shape) receives hu; otherwise a copy, so
+  # the in-place steps of the callers never touch `hu`.
+  if out is None:
+    return _float32(hu)
+  out[...] = hu
+  return out
+
+
+def apply_window(hu, level: float, width: float, out: np.ndarray | None = None):
+  """Maps HU to [0, 1]: `level - width/2` -> 0, `level + width/2` -> 1, clipped.
+
+  `out`: a float32 numpy array of hu's shape to write into (numpy input only).
+  """
   if width <= 0:
     raise ValueError(f"window width must be positive, got level={level} width={width}")
   lo = level - width / 2.0
-  x = _float32(hu)  # always a copy, so the in-place steps below never touch `hu`
+  x = _numpy_target(hu, out)
   if isinstance(x, np.ndarray):
     # In place: windowing a 512x512 slice is the hot path of the input pipeline.
     x -= lo
@@ -69,16 +81,24 @@ def apply_window(hu, level: float, width: float):
   return ((x - lo) / float(width)).clip(0.0, 1.0)
 
 
-def clip_rescale(hu, lo: float = -240.0, hi: float = 240.0, out_lo: float = -3.0, out_hi: float = 3.0):
+def clip_rescale(hu, lo: float = -240.0, hi: float = 240.0, out_lo: float = -3.0, out_hi: float = 3.0,
+                 out: np.ndarray | None = None):
   """Clips HU to [lo, hi] and maps that interval linearly onto [out_lo, out_hi].
 
   Defaults from seed 001 (Image Preprocessing): "all matrix values less than
   -240 HU or greater than 240 HU were clipped, and the entire volume was
-  rescaled to a range of [-3, 3]".
+  rescaled to a range of [-3, 3]". `out` as in `apply_window`.
   """
   if hi <= lo:
     raise ValueError(f"clip_rescale needs lo < hi, got lo={lo} hi={hi}")
-  x = _float32(hu).clip(lo, hi)
+  x = _numpy_target(hu, out)
+  if isinstance(x, np.ndarray):
+    np.clip(x, lo, hi, out=x)
+    x -= lo
+    x *= (out_hi - out_lo) / (hi - lo)
+    x += out_lo
+    return x
+  x = x.clip(lo, hi)
   return (x - lo) * ((out_hi - out_lo) / (hi - lo)) + out_lo
 
 

@@ -36,6 +36,15 @@ class Experiment:
   graphdef_train: nnx.GraphDef
   graphdef_eval: nnx.GraphDef
   total_steps: int
+  # Applied to each training batch inside the jitted step before the task sees
+  # it (the data module's optional `train_finish`, e.g. the on-device warp); None: nothing.
+  finish: Any = None
+
+  @property
+  def train_keys(self) -> tuple[str, ...]:
+    """The training batch fields placed on the devices."""
+    keys = self.task.batch_keys
+    return keys if self.finish is None else self.finish.host_keys(keys)
 
   def init_state(self) -> dict:
     """Fresh train state, replicated over the mesh."""
@@ -59,7 +68,8 @@ def input_module(config):
 
   Each provides ensure_ready(dataset_config), open_split(dataset_config, split),
   train_iterator(source, config.data, ...), eval_batches(source, config.data, ...)
-  and in_channels(config), the model's input size.
+  and in_channels(config), the model's input size; optionally train_finish(config)
+  (None, or a jittable batch → batch with `host_keys(task_keys)`, see Experiment.finish).
   """
   kinds = {"slices": pipeline, "series_features": series, "base_maps": base_maps}
   kind = config.dataset.get("kind", "slices")
@@ -85,14 +95,18 @@ def make_experiment(config) -> Experiment:
   graphdef_train = nnx.graphdef(model)
   model.eval()
   graphdef_eval = nnx.graphdef(model)
-  return Experiment(config, sharding.data_mesh(), task, tx, graphdef_train, graphdef_eval, total_steps)
+  finish = getattr(input_module(config), "train_finish", lambda config: None)(config)
+  return Experiment(config, sharding.data_mesh(), task, tx, graphdef_train, graphdef_eval, total_steps, finish)
 
 
 def make_train_step(exp: Experiment):
   """jit(state, batch) → (state, metrics), data-parallel, donating the old state."""
-  task, tx, graphdef = exp.task, exp.tx, exp.graphdef_train
+  task, tx, graphdef, finish = exp.task, exp.tx, exp.graphdef_train, exp.finish
 
   def train_step(state, batch):
+    if finish is not None:
+      batch = finish(batch)
+
     def loss_fn(params, model_state):
       # model_state (BatchNorm statistics, RNG counters) enters as an argument so
       # its Variables belong to this trace and the forward pass may update them.
@@ -157,7 +171,7 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
   bar = _progress(exp.total_steps, start, is_main and config.train.get("progress", True))
   pending: list[dict] = []
   for step in range(start, exp.total_steps):
-    batch = sharding.put_batch(next(batch_iter), data_sharding, exp.task.batch_keys)
+    batch = sharding.put_batch(next(batch_iter), data_sharding, exp.train_keys)
     state, metrics = step_fn(state, batch)
     pending.append(metrics)
     done = step + 1

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from ich_jax.data import pipeline
+from ich_jax.data import augment, pipeline
 from ich_jax.data import windows
 
 
@@ -196,10 +196,11 @@ def test_indivisible_global_batch_is_rejected():
     pipeline.train_iterator(fake_source(), data_cfg(), global_batch_size=6, seed=0, process_count=4)
 
 
-@pytest.mark.parametrize("recipe", [windows.RSNA_3WINDOW, windows.RSNA_NEIGHBOURS])
-def test_resume_from_json_state_is_exact(recipe):
+@pytest.mark.parametrize("recipe,on_device", [(windows.RSNA_3WINDOW, False), (windows.RSNA_NEIGHBOURS, False),
+                                               (windows.RSNA_NEIGHBOURS, True)])
+def test_resume_from_json_state_is_exact(recipe, on_device):
   src = fake_source()
-  cfg = data_cfg(recipe=recipe, augment=True)
+  cfg = data_cfg(recipe=recipe, augment=True, preprocess_on="device" if on_device else "host")
   cfg.augment.rotation_deg = 30.0
   k, m = 3, 6  # crosses an epoch boundary (37 records, batches of 8)
   reference = take(pipeline.train_iterator(src, cfg, global_batch_size=8, seed=5), k + m)
@@ -209,9 +210,12 @@ def test_resume_from_json_state_is_exact(recipe):
   fresh = pipeline.train_iterator(src, cfg, global_batch_size=8, seed=5)
   fresh.set_state(state)
   assert_batches_equal(take(fresh, m), reference[k:])
-  # The augmentation really was on (images differ from the unaugmented pipeline).
-  plain = take(pipeline.train_iterator(src, data_cfg(recipe=recipe, augment=False), global_batch_size=8, seed=5), 1)
-  assert not np.array_equal(plain[0]["image"], reference[0]["image"])
+  # The augmentation really was on (images, or on-device maps, differ from the unaugmented pipeline).
+  if on_device:
+    assert not np.array_equal(reference[0]["warp"][0], augment.source_terms(None, (16, 16)))
+  else:
+    plain = take(pipeline.train_iterator(src, data_cfg(recipe=recipe, augment=False), global_batch_size=8, seed=5), 1)
+    assert not np.array_equal(plain[0]["image"], reference[0]["image"])
 
 
 @pytest.mark.parametrize("process_count,batch_size", [(1, 8), (3, 8), (4, 5), (50, 2)])

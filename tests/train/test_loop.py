@@ -77,6 +77,30 @@ def test_train_step_8_devices_matches_single_device(smoke_config):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_on_device_finish_trains_like_the_host_pipeline(smoke_config):
+  # config.data.preprocess_on = "device": the batch arrives as int16 HU + maps, sharded over 8
+  # devices, and the jitted step warps and windows it. Its loss must be the
+  # task's loss on the host-made batch of the same stream position.
+  from ich_jax.data import pipeline
+  from ich_jax.train import sharding
+  source = pipeline.open_split(smoke_config.dataset, smoke_config.dataset.train_split)
+  host = next(pipeline.train_iterator(source, smoke_config.data, global_batch_size=8, seed=smoke_config.seed))
+  cfg = smoke_config.copy_and_resolve_references()
+  cfg.data.preprocess_on = "device"
+  exp = loop.make_experiment(cfg)
+  assert exp.train_keys == ("hu", "warp", "labels", "mask")
+  batch = next(pipeline.train_iterator(source, cfg.data, global_batch_size=8, seed=cfg.seed))
+  state = exp.init_state()
+  model = nnx.merge(exp.graphdef_train, state["params"], state["model_state"])
+  host_loss, host_metrics = exp.task.loss(model, {k: host[k] for k in exp.task.batch_keys})
+  placed = sharding.put_batch(batch, sharding.batch_sharding(exp.mesh), exp.train_keys)
+  assert len(placed["hu"].sharding.device_set) == 8
+  new_state, metrics = loop.make_train_step(exp)(state, placed)
+  assert float(metrics["loss"]) == pytest.approx(float(host_loss), rel=1e-4)
+  assert float(metrics["mask_loss"]) == pytest.approx(float(host_metrics["mask_loss"]), rel=1e-4)
+  assert int(new_state["step"]) == 1
+
+
 class _Crash(Exception):
   pass
 
