@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import pathlib
 
-import numpy as np
 
 from ich_jax import LABELS
 from ich_jax.data import folds, series, stacking

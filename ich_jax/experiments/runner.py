@@ -154,7 +154,7 @@ def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str]) -> None:
   if "eval" in steps:
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=step)
   if "export" in steps:
-    export.export_features(config, workdir)
+    export.export_features(config, workdir, exp=exp, state=state, step=step)
 
 
 def run_stage(stage: Stage, workdir: pathlib.Path) -> None:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Sequence
-
 from ich_jax.eval.report import _auc_ci as auc_ci  # "0.953 [0.938–0.965]"
 from ich_jax.eval.report import _f3 as f3
 from ich_jax.eval.report import _md_table as md_table
@@ -27,7 +25,3 @@ def write_text(path, text: str) -> pathlib.Path:
   tmp.write_text(text)
   tmp.replace(path)
   return path
-
-
-def row(cells: Sequence) -> list[str]:
-  return [str(c) for c in cells]
