@@ -98,7 +98,10 @@ def mean_over_models(dirs: Sequence, out_dir, meta: Mapping | None = None) -> pa
   rows = {k: v for k, v in first.items() if k not in _RUN_FIELDS}
   for key in _OUTPUTS:
     if key in first:
-      rows[key] = np.mean([p[key].astype(np.float64) for p in parts], axis=0).astype(np.float32)
+      total = np.zeros(first[key].shape, np.float64)  # one accumulator: RSNA features are GBs per model
+      for p in parts:
+        total += p[key]
+      rows[key] = (total / len(parts)).astype(np.float32)
   return series.write_export(out_dir, rows, {"split": series.read_meta(dirs[0]).get("split"),
                                              "combined": "mean_over_models",
                                              "parts": [str(pathlib.Path(d).absolute()) for d in dirs],

@@ -16,9 +16,9 @@ fingerprints of the stages it reads (`after`), so on a rerun
   - a stage marked done with the same fingerprint is skipped;
   - one marked running resumes (loop.train continues from its checkpoints;
     exports and host steps rewrite their outputs atomically);
-  - one whose fingerprint differs stops the run with the stage's name: its
-    folder holds another config's results or checkpoints (which loop.train
-    would resume). Delete the folder to run it again.
+  - stages whose fingerprint differs stop the run before anything runs, all
+    named: their folders hold another config's results or checkpoints (which
+    loop.train would resume). Delete those folders to run them again.
 
 A config whose `train.steps_per_epoch` is 0 gets `num_steps = train.epochs ×
 (training examples // batch size)`, counted when the stage starts (the
@@ -92,8 +92,9 @@ def fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
   missing = [a for a in stage.after if a not in upstream]
   if missing:
     raise ValueError(f"stage {stage.name!r} reads {missing}, which do not come before it")
+  fn = getattr(stage.fn, "func", stage.fn)  # a functools.partial: its function (the arguments go in `params`)
   what = {"config": _jsonable(stage.config), "steps": list(stage.steps) if stage.config is not None else [],
-          "fn": None if stage.fn is None else f"{stage.fn.__module__}.{getattr(stage.fn, '__qualname__', '')}",
+          "fn": None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', '')}",
           "params": _jsonable(dict(stage.params)), "after": {a: upstream[a] for a in stage.after}}
   return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -202,18 +203,23 @@ def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = No
   if len(set(names)) != len(names):
     raise ValueError(f"stage names repeat: {sorted({n for n in names if names.count(n) > 1})}")
   prints: dict[str, str] = {}
+  for stage in stages:
+    prints[stage.name] = fingerprint(stage, prints)
+  selected = [only is None or any(s.name == o or s.name.startswith(o.rstrip("/") + "/") for o in only)
+              for s in stages]
+  markers = {s.name: read_marker(root / s.name) for s, chosen in zip(stages, selected) if chosen}
+  # Every stage that would mix two configurations is named before anything runs.
+  stale = [n for n, m in markers.items() if m is not None and m.get("fingerprint") != prints[n]]
+  if stale:
+    raise RuntimeError(
+        f"{len(stale)} stage(s) in {root} ran with another configuration or other inputs than now: "
+        f"{', '.join(repr(n) for n in stale)} (stage.json fingerprints differ); their results would mix the two. "
+        f"Delete {' '.join(str(root / n) for n in stale)} to run them again.")
   main = jax.process_index() == 0
   for i, stage in enumerate(stages):
-    prints[stage.name] = fp = fingerprint(stage, prints)
-    if only is not None and not any(stage.name == o or stage.name.startswith(o.rstrip("/") + "/") for o in only):
+    if not selected[i]:
       continue
-    workdir = root / stage.name
-    marker = read_marker(workdir)
-    if marker is not None and marker.get("fingerprint") != fp:
-      raise RuntimeError(
-          f"stage {stage.name!r} in {workdir} was {marker.get('status')} with another configuration or other "
-          f"inputs (fingerprint {marker.get('fingerprint')}, now {fp}); its results would mix the two. "
-          f"Delete {workdir} to run it again.")
+    workdir, fp, marker = root / stage.name, prints[stage.name], markers[stage.name]
     if marker is not None and marker.get("status") == "done":
       print(f"[{i + 1}/{len(stages)}] {stage.name}: done, skipped", flush=True)
       continue
