@@ -159,9 +159,13 @@ def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str]) -> None:
 
 
 def run_stage(stage: Stage, workdir: pathlib.Path) -> None:
+  import jax
+
   if stage.fn is not None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    stage.fn(workdir)
+    # Host steps read and write files: process 0 alone (run_stages syncs the others after it).
+    if jax.process_index() == 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+      stage.fn(workdir)
   elif stage.config.get("experiment") is not None:
     from ich_jax import experiments
 

@@ -1,6 +1,8 @@
 """The stage runner: skip what is finished, resume what is not, refuse what changed; sweeps and their table."""
+import functools
 import json
 
+import numpy as np
 import pytest
 
 from ich_jax.eval import metrics as M
@@ -124,3 +126,40 @@ def test_a_sweep_trains_each_entry_once_and_collates_its_evaluations(smoke_confi
   runner.run_sweep(smoke_config, f"{sweep}:1", root)
   assert "rsna: done, skipped" in capsys.readouterr().out
   assert (root / "rsna" / "predictions.csv").stat().st_mtime_ns == mtime
+
+
+def test_a_sweep_over_an_experiment_runs_it_per_entry_and_collates_its_final_stage(tmp_path, monkeypatch):
+  """A stand-in experiment (one host step writing an evaluation) registered for the test."""
+  import sys
+  import types
+
+  from ml_collections import ConfigDict
+
+  from ich_jax import experiments
+  from ich_jax.train import evaluate
+
+  def write(workdir, *, shift):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((40, 6), np.float32)
+    labels[:20, 0] = 1            # studies s0 … s9 with blood
+    prob = np.clip(0.5 * labels + shift * rng.random((40, 6)), 0, 1)
+    preds = {"probabilities": prob, "labels": labels, "study_id": np.array([f"s{i // 2}" for i in range(40)]),
+             "series_id": np.array([f"s{i // 2}" for i in range(40)]), "slice_index": np.arange(40) % 2}
+    evaluate.write_evaluation(preds, workdir, ConfigDict({"threshold": 0.5, "n_boot": 10, "figures": False}),
+                              title="fake", quiet=True)
+
+  fake = types.ModuleType("fake_experiment")
+  fake.FINAL = "final"
+  fake.stages = lambda config, root: [Stage("final", fn=functools.partial(write, shift=config.shift),
+                                            params={"shift": config.shift})]
+  monkeypatch.setitem(sys.modules, "fake_experiment", fake)
+  monkeypatch.setitem(experiments.EXPERIMENTS, "fake", "fake_experiment")
+  base = ConfigDict({"experiment": {"name": "fake"}, "shift": 0.2})
+  stages = runner.sweep_stages(base, [{"name": "small", "shift": 0.2}, {"name": "large", "shift": 0.9}])
+  runner.run_stages(stages, tmp_path)
+  rows = runner.collate(stages, tmp_path)
+  assert (tmp_path / "large" / "final" / "predictions.csv").is_file()
+  preds = report.read_predictions(tmp_path / "large" / "final" / "predictions.csv")
+  _, scan = M.scan_scores(preds["probabilities"][:, 0], preds["study_id"])
+  _, y = M.scan_scores(preds["labels"][:, 0], preds["study_id"])
+  assert rows[1]["scan_auc_any"] == pytest.approx(M.roc_auc(y > 0.5, scan)) and rows[1]["delong_p"] is not None
