@@ -5,6 +5,8 @@
   python launch.py --config configs/quickstart.py --config.train.num_steps=100 ...
   python launch.py --config configs/quickstart.py --workdir W --mode export_features   # stage outputs per series
   python launch.py --config configs/quickstart.py --workdir W --mode export [--out DIR]  # model bundle (ich_jax.bundle)
+  python launch.py --config configs/rsna_cascade.py --workdir W        # an experiment: its stages, then its report
+  python launch.py --config configs/quickstart.py --sweep configs/quickstart_sweep.py --workdir W   # one run per entry
 
 Multi-host: start one process per host with the same flags plus
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -26,6 +28,10 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export_features", 
                           "checkpoint's per-slice features and predictions of every series (ich_jax.data.series), "
                           "or export: a self-contained model bundle for `python -m ich_jax.predict` (ich_jax.bundle).")
 _OUT = flags.DEFINE_string("out", None, "--mode export: the bundle folder (default <workdir>/bundle).")
+_SWEEP = flags.DEFINE_string(
+    "sweep", None, "Sweep file (path[:arg]) whose get_sweep(arg) lists dicts of config overrides: each entry "
+    "trains and evaluates (or runs the experiment) in WORKDIR/<name>, finished ones are skipped, then one table "
+    "(WORKDIR/sweep.md). See ich_jax/experiments/runner.py.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -61,7 +67,19 @@ def main(argv) -> None:
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  if _MODE.value == "train":
+  if _SWEEP.value or config.get("experiment") is not None:
+    # Several runs of the one loop, each in its own folder (ich_jax.experiments).
+    if _MODE.value != "train":
+      raise app.UsageError(f"--mode={_MODE.value}: sweeps and experiment configs run with --mode=train "
+                           "(finished stages are skipped; each stage folder is an ordinary run folder)")
+    from ich_jax import experiments
+    from ich_jax.experiments import runner
+
+    if _SWEEP.value:
+      runner.run_sweep(config, _SWEEP.value, workdir)
+    else:
+      experiments.run(config, workdir)
+  elif _MODE.value == "train":
     exp, state = loop.train(config, workdir)
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=config.train.num_steps)
   elif _MODE.value == "eval":

@@ -196,6 +196,28 @@ def read_meta(directory) -> dict:
 
 # --- Reading ------------------------------------------------------------------------
 
+# Per-series arrays of an export; every other .npy has one row per slice.
+_SERIES_ARRAYS = ("series_id", "study_id", "offsets")
+
+
+def read_export(directory) -> dict[str, np.ndarray]:
+  """An export folder back as per-slice rows, `write_export`'s input: ids repeated per slice, every .npy.
+
+  `slice_gap` comes along; `write_export` recomputes it from z.
+
+  Arrays are loaded whole (not memory-mapped): for combining exports
+  (ich_jax.data.stacking), not for training.
+  """
+  directory = pathlib.Path(directory)
+  read_meta(directory)
+  offsets = np.load(directory / "offsets.npy")
+  series_of_row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+  rows = {k: np.load(directory / f"{k}.npy")[series_of_row] for k in ("series_id", "study_id")}
+  for path in sorted(directory.glob("*.npy")):
+    if path.stem not in _SERIES_ARRAYS:
+      rows[path.stem] = np.load(path)
+  return rows
+
 
 class SeriesFeatureSource:
   """Random access to the series of one split exported by one or more runs: `len` series, `[i]` → example dict.

@@ -34,10 +34,12 @@ from ich_jax.train import loop, sharding
 _STAGED_KINDS = ("series_features", "base_maps")
 
 
-def export_features(config, workdir: str | pathlib.Path) -> list[pathlib.Path]:
-  """Writes each split's export; returns the folders (on every process)."""
+def export_features(config, workdir: str | pathlib.Path, *, exp=None, state=None,
+                    step: int | None = None) -> list[pathlib.Path]:
+  """Writes each split's export of `state` (default: the workdir's newest checkpoint); returns the folders."""
   workdir = pathlib.Path(workdir)
-  exp, state, step = loop.restore_for_eval(config, workdir)
+  if state is None:
+    exp, state, step = loop.restore_for_eval(config, workdir)
   if not hasattr(exp.task, "export"):
     raise ValueError(f"config task.name={config.task.name!r} has no export (its task defines no `export`)")
   export_config = config.get("export", {})

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from ich_jax import LABELS
+from ich_jax.models import gradcam
 
 _TASKS: dict[str, Callable[..., "Task"]] = {}
 
@@ -95,7 +96,7 @@ class MultilabelClassification(Task):
   target_keys = ("labels",)
 
   def __init__(self, label_weights=(2.0, 1.0, 1.0, 1.0, 1.0, 1.0), label_smoothing: float = 0.0,
-               mask_loss_weight: float = 0.0):
+               mask_loss_weight: float = 0.0, saliency_loss_weight: float = 0.0, saliency_class: str = "any"):
     if len(label_weights) != len(LABELS):
       raise ValueError(f"task.label_weights has {len(label_weights)} entries, expected {len(LABELS)} for {LABELS}")
     self.label_weights = tuple(float(w) for w in label_weights)
@@ -104,11 +105,31 @@ class MultilabelClassification(Task):
     # where blood is (mask max-pooled to that grid), beside the slice labels;
     # seed 000 (§2.1.5, Table 2) finds mask supervision beats slice labels alone.
     self.mask_loss_weight = float(mask_loss_weight)
-    if self.mask_loss_weight:
+    # > 0: strong labels as seed 000 §2.1.5 uses them. The Grad-CAM (seed 003
+    # eqs. 2–3) of class `saliency_class` on the last feature map is compared
+    # with the blood mask on that grid (models.gradcam.saliency_loss: soft Dice)
+    # and added to the classification loss; no extra layer, the reference
+    # networks keep their parameter counts.
+    self.saliency_loss_weight = float(saliency_loss_weight)
+    if saliency_class not in LABELS:
+      raise ValueError(f"config task.saliency_class={saliency_class!r}; expected one of {LABELS}")
+    self.saliency_index = LABELS.index(saliency_class)
+    if self.mask_loss_weight or self.saliency_loss_weight:
       self.target_keys = ("labels", "mask")
 
+  def _heads(self, model, image) -> dict[str, jax.Array]:
+    """Logits, and what the strong-label terms need: mask logits and/or the Grad-CAM, from one feature map."""
+    if not self.saliency_loss_weight:
+      return model_heads(model, image, with_mask=bool(self.mask_loss_weight))
+    fmap = model.features_map(image)
+    logits, cam = gradcam.logits_and_cam(model, fmap, self.saliency_index)
+    out = {"logits": logits, "cam": cam}
+    if self.mask_loss_weight:
+      out["mask_logits"] = model.mask_logits(fmap)
+    return out
+
   def loss(self, model, batch):
-    out = model_heads(model, batch["image"], with_mask=bool(self.mask_loss_weight))
+    out = self._heads(model, batch["image"])
     logits = out["logits"].astype(jnp.float32)
     labels = batch["labels"].astype(jnp.float32)
     if self.label_smoothing:
@@ -122,6 +143,14 @@ class MultilabelClassification(Task):
       mask_loss = optax.sigmoid_binary_cross_entropy(cell_logits, target).mean()
       metrics["mask_loss"] = mask_loss
       loss = loss + self.mask_loss_weight * mask_loss
+    if self.saliency_loss_weight:
+      cam, mask = out["cam"], batch["mask"]
+      if self.saliency_index:
+        # A subtype's CAM against that subtype's pixels (the label map keeps the higher index where two overlap).
+        mask = jnp.where(mask == self.saliency_index, mask, 0)
+      saliency = gradcam.saliency_loss(cam, coarse_mask(mask, cam.shape[1:]))
+      metrics["saliency_loss"] = saliency
+      loss = loss + self.saliency_loss_weight * saliency
     metrics["loss"] = loss
     return loss, metrics
 

@@ -1,0 +1,414 @@
+"""Experiments as ordered stages: runs of the one training loop and host steps, each skipped once finished.
+
+A `Stage` is one of
+  - a loop run: `config` (a whole training config) and `steps`, a subset of
+    ("train", "eval", "export") run in that order in `root/name` (loop.train,
+    evaluate.evaluate, export.export_features: what `launch.py --mode ...` runs);
+  - a nested experiment: `config` has an `experiment` field (a sweep over an
+    experiment config runs the whole experiment once per entry);
+  - a host step: `fn(workdir)` (combine exports, average predictions, write a
+    report), with `params` saying what it reads.
+
+`run_stages` runs them in list order. Each stage's folder gets `stage.json`
+{"name", "fingerprint", "status", ...}: status "running" while it runs, "done"
+after. The fingerprint hashes the stage's config, steps, params and the
+fingerprints of the stages it reads (`after`), so on a rerun
+  - a stage marked done with the same fingerprint is skipped;
+  - one marked running resumes (loop.train continues from its checkpoints;
+    exports and host steps rewrite their outputs atomically);
+  - stages whose fingerprint differs stop the run before anything runs, all
+    named: their folders hold another config's results or checkpoints (which
+    loop.train would resume). Delete those folders to run them again.
+
+A config whose `train.steps_per_epoch` is 0 gets `num_steps = train.epochs ×
+(training examples // batch size)`, counted when the stage starts (the
+training split of a later stage may only exist by then): a balanced epoch
+(config.data.sampling) counts the balanced set, a series dataset its series.
+
+Sweeps (`python launch.py --config C --sweep S --workdir W`): S is a Python
+file whose `get_sweep(arg)` returns a list of dicts of dotted config
+overrides, one run each (key "name" names its folder; otherwise the overrides
+do). `sweep_stages` makes the stages, `collate` the table over their
+evaluations.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import datetime
+import hashlib
+import importlib.util
+import json
+import logging
+import pathlib
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("ich_jax.experiments")
+
+STEPS = ("train", "eval", "export")
+MARKER = "stage.json"
+
+
+@dataclasses.dataclass
+class Stage:
+  name: str                                   # folder under the experiment root, "a/b" allowed
+  config: Any = None                          # a training config (loop run) or an experiment config
+  steps: tuple[str, ...] = ("train", "eval")
+  fn: Callable[[pathlib.Path], Any] | None = None
+  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  after: tuple[str, ...] = ()                 # names of the stages whose outputs this one reads
+
+  def __post_init__(self):
+    if (self.config is None) == (self.fn is None):
+      raise ValueError(f"stage {self.name!r}: give a config (a loop run) or a fn (a host step), not both or neither")
+    bad = [s for s in self.steps if s not in STEPS]
+    if bad:
+      raise ValueError(f"stage {self.name!r}: unknown steps {bad}; expected a subset of {STEPS}")
+
+
+# --- Fingerprints and markers ----------------------------------------------------------------
+
+
+def _jsonable(x):
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in sorted(x.items())}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (pathlib.Path, np.generic)):
+    return str(x) if isinstance(x, pathlib.Path) else x.item()
+  return x
+
+
+def fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
+  """sha256 of what the stage's outputs depend on: config, steps, params, the upstream stages' fingerprints."""
+  missing = [a for a in stage.after if a not in upstream]
+  if missing:
+    raise ValueError(f"stage {stage.name!r} reads {missing}, which do not come before it")
+  fn = getattr(stage.fn, "func", stage.fn)  # a functools.partial: its function (the arguments go in `params`)
+  what = {"config": _jsonable(stage.config), "steps": list(stage.steps) if stage.config is not None else [],
+          "fn": None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', '')}",
+          "params": _jsonable(dict(stage.params)), "after": {a: upstream[a] for a in stage.after}}
+  return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_marker(workdir) -> dict | None:
+  path = pathlib.Path(workdir) / MARKER
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_marker(workdir: pathlib.Path, entry: dict) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / (MARKER + ".tmp")
+  tmp.write_text(json.dumps(entry, indent=2))
+  tmp.replace(workdir / MARKER)
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- Running --------------------------------------------------------------------------------
+
+
+def resolve_steps(config):
+  """`config` with `train.num_steps` from `train.epochs` when `train.steps_per_epoch` is 0 (else unchanged)."""
+  if config.get("train") is None or config.train.get("steps_per_epoch", None) != 0:
+    return config
+  from ich_jax.data import pipeline
+  from ich_jax.train import loop
+
+  data = loop.input_module(config)
+  data.ensure_ready(config.dataset)
+  source = data.open_split(config.dataset, config.dataset.train_split)
+  sampler = pipeline.epoch_sampler(source, config.data, seed=config.seed) if data is pipeline else None
+  examples = sampler.length if sampler is not None else len(source)
+  per_epoch = max(1, examples // int(config.train.batch_size))
+  resolved = config.copy_and_resolve_references()
+  resolved.train.steps_per_epoch = per_epoch
+  resolved.train.num_steps = int(config.train.epochs) * per_epoch
+  log.info("%s: %d examples per epoch → %d steps × %d epochs", config.dataset.train_split, examples, per_epoch,
+           int(config.train.epochs))
+  return resolved
+
+
+def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str]) -> None:
+  import jax
+
+  from ich_jax.train import evaluate, export, loop
+
+  config = resolve_steps(config)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  exp = state = step = None
+  if "train" in steps:
+    exp, state = loop.train(config, workdir)
+    step = config.train.num_steps
+  if "eval" in steps:
+    evaluate.evaluate(config, workdir, exp=exp, state=state, step=step)
+  if "export" in steps:
+    export.export_features(config, workdir, exp=exp, state=state, step=step)
+
+
+def run_stage(stage: Stage, workdir: pathlib.Path) -> None:
+  import jax
+
+  if stage.fn is not None:
+    # Host steps read and write files: process 0 alone (run_stages syncs the others after it).
+    if jax.process_index() == 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+      stage.fn(workdir)
+  elif stage.config.get("experiment") is not None:
+    from ich_jax import experiments
+
+    experiments.run(stage.config, workdir)
+  else:
+    _run_loop(stage.config, workdir, stage.steps)
+
+
+def use_compile_cache(directory) -> None:
+  """Compiled programs saved under `directory` and reused: the folds, seeds and backbones of an experiment
+  compile the same train and predict programs again and again (the smoke cascade's CPU time halves).
+
+  A cache directory already set (JAX_COMPILATION_CACHE_DIR) is kept.
+  """
+  import jax
+
+  if jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = None,
+               compile_cache: bool = True) -> dict[str, str]:
+  """Runs `stages` in order under `root`, skipping finished ones; returns {name: fingerprint}.
+
+  `only`: names (or folder prefixes, "densenet121/") to run; the others are
+  not run but still fingerprinted (a later stage's fingerprint depends on them).
+  `compile_cache`: keep compiled programs in `root/compile_cache` (`use_compile_cache`).
+  """
+  import jax
+
+  from ich_jax.train import sharding
+
+  root = pathlib.Path(root)
+  if compile_cache:
+    use_compile_cache(root / "compile_cache")
+  names = [s.name for s in stages]
+  if len(set(names)) != len(names):
+    raise ValueError(f"stage names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+  prints: dict[str, str] = {}
+  for stage in stages:
+    prints[stage.name] = fingerprint(stage, prints)
+  selected = [only is None or any(s.name == o or s.name.startswith(o.rstrip("/") + "/") for o in only)
+              for s in stages]
+  markers = {s.name: read_marker(root / s.name) for s, chosen in zip(stages, selected) if chosen}
+  # Every stage that would mix two configurations is named before anything runs.
+  stale = [n for n, m in markers.items() if m is not None and m.get("fingerprint") != prints[n]]
+  if stale:
+    raise RuntimeError(
+        f"{len(stale)} stage(s) in {root} ran with another configuration or other inputs than now: "
+        f"{', '.join(repr(n) for n in stale)} (stage.json fingerprints differ); their results would mix the two. "
+        f"Delete {' '.join(str(root / n) for n in stale)} to run them again.")
+  main = jax.process_index() == 0
+  for i, stage in enumerate(stages):
+    if not selected[i]:
+      continue
+    workdir, fp, marker = root / stage.name, prints[stage.name], markers[stage.name]
+    if marker is not None and marker.get("status") == "done":
+      print(f"[{i + 1}/{len(stages)}] {stage.name}: done, skipped", flush=True)
+      continue
+    resumed = marker is not None
+    print(f"[{i + 1}/{len(stages)}] {stage.name}: {'resuming' if resumed else 'running'}", flush=True)
+    entry = {"name": stage.name, "fingerprint": fp, "status": "running", "started": _now(),
+             "steps": list(stage.steps) if stage.fn is None else ["host"], "after": list(stage.after)}
+    if main:
+      _write_marker(workdir, entry)
+    sharding.sync(f"stage {stage.name} start")
+    wall, cpu = time.perf_counter(), time.process_time()
+    run_stage(stage, workdir)
+    sharding.sync(f"stage {stage.name} end")
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"[{i + 1}/{len(stages)}] {stage.name}: done in {wall:.1f} s ({cpu:.1f} CPU-s)", flush=True)
+    if main:
+      _write_marker(workdir, {**entry, "status": "done", "finished": _now(), "wall_s": round(wall, 1),
+                              "cpu_s": round(cpu, 1)})
+  return prints
+
+
+def stage_config(template, dataset, seed: int, *, model=None, **fields):
+  """A loop config from an experiment's parts: `template` (data, model, task, optimizer, train, eval), its dataset
+  and seed; `model` ({"name", "options"}) replaces the template's model; `fields` set dataset fields (splits,
+  kind, exports)."""
+  config, dataset = template.copy_and_resolve_references(), dataset.copy_and_resolve_references()
+  with dataset.unlocked():
+    for key, value in fields.items():
+      dataset[key] = value
+  with config.unlocked():
+    config.seed = int(seed)
+    config.dataset = dataset
+    if model is not None:
+      config.model = {"name": model.name, "options": model.get("options", {})}
+  return config
+
+
+# --- Sweeps ---------------------------------------------------------------------------------
+
+
+def load_python(spec: str, function: str):
+  """`path[:arg]` of a Python file → `function(arg)` of it (the config-file convention, for sweep files)."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"{path}: no such file")
+  module_spec = importlib.util.spec_from_file_location(f"_ich_jax_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, function):
+    raise AttributeError(f"{path} defines no {function}(arg)")
+  return getattr(module, function)(arg or None)
+
+
+def override(config, overrides: Mapping[str, Any], *, what: str = "override"):
+  """A copy of `config` with dotted keys set ("data.recipe": ...); a key the config lacks is an error."""
+  out = copy.deepcopy(config)
+  for key, value in overrides.items():
+    parts = key.split(".")
+    target = out
+    for depth, part in enumerate(parts[:-1]):
+      if part not in target:
+        raise KeyError(f"{what}: the config has no field {'.'.join(parts[:depth + 1])!r} (in {key!r})")
+      target = target[part]
+    if parts[-1] not in target:
+      raise KeyError(f"{what}: the config has no field {key!r}")
+    target[parts[-1]] = value
+  return out
+
+
+def _entry_name(entry: Mapping[str, Any]) -> str:
+  if "name" in entry:
+    name = str(entry["name"])
+  else:
+    name = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in entry.items()) or "base"
+  if not re.fullmatch(r"[A-Za-z0-9_.=,+\-]+", name):
+    name = re.sub(r"[^A-Za-z0-9_.=,+\-]+", "_", name).strip("_")
+  return name
+
+
+def _short(value) -> str:
+  return json.dumps(_jsonable(value), separators=(",", ":")) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+def sweep_stages(base, entries: Sequence[Mapping[str, Any]]) -> list[Stage]:
+  """One stage per sweep entry: the base config with the entry's overrides (train and evaluate, or the experiment)."""
+  if not entries:
+    raise ValueError("the sweep has no entries")
+  stages = []
+  for i, entry in enumerate(entries):
+    name = _entry_name(entry)
+    overrides = {k: v for k, v in entry.items() if k != "name"}
+    config = override(base, overrides, what=f"sweep entry {i} ({name})")
+    stages.append(Stage(name, config, params={"overrides": overrides}))
+  return stages
+
+
+def evaluation_dir(stage: Stage, root) -> pathlib.Path:
+  """Where a stage's evaluation (metrics.json, predictions.csv) lies: its folder, or its experiment's final stage."""
+  workdir = pathlib.Path(root) / stage.name
+  if stage.config is not None and stage.config.get("experiment") is not None:
+    from ich_jax import experiments
+
+    final = experiments.final_stage(stage.config)
+    if final is None:
+      raise ValueError(f"experiment {stage.config.experiment.name!r} has no single final evaluation to collate")
+    workdir = workdir / final
+  return workdir
+
+
+def _ci(entry: Mapping) -> str:
+  lo, hi = entry.get("auc_ci") or (None, None)
+  auc = entry.get("auc")
+  if auc is None:
+    return "n/a"
+  return f"{auc:.3f}" if lo is None else f"{auc:.3f} [{lo:.3f}–{hi:.3f}]"
+
+
+def _f(x) -> str:
+  return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
+
+
+def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[dict]:
+  """Reads every stage's evaluation; writes `<root>/<out_name>.md` and `.csv`; returns the rows.
+
+  Columns: AUC(any) with its CI, weighted log-loss, sensitivity and
+  specificity at slice and scan level, and the scan-level DeLong test of
+  each row's AUC(any) against the first row's (same scans only).
+  """
+  from ich_jax.eval import metrics as M
+  from ich_jax.eval import report
+
+  root = pathlib.Path(root)
+  rows, first = [], None
+  for stage in stages:
+    d = evaluation_dir(stage, root)
+    m = json.loads((d / "metrics.json").read_text())
+    preds = report.read_predictions(d / "predictions.csv")
+    row = {"name": stage.name, "overrides": _short(dict(stage.params.get("overrides", {}))), "dir": str(d)}
+    for level in ("slice", "scan"):
+      any_ = m[level]["any"]
+      row.update({f"{level}_auc_any": any_["auc"], f"{level}_auc_any_ci": any_.get("auc_ci"),
+                  f"{level}_log_loss": m[level]["weighted_log_loss"],
+                  f"{level}_sensitivity_any": any_["sensitivity"], f"{level}_specificity_any": any_["specificity"]})
+    ids, scan_p = M.scan_scores(preds["probabilities"][:, 0], preds["study_id"])
+    _, scan_y = M.scan_scores(preds["labels"][:, 0], preds["study_id"])
+    if first is None:
+      first = (ids, scan_y, scan_p)
+      row.update(delta_scan_auc=None, delong_p=None)
+    elif len(ids) == len(first[0]) and (ids == first[0]).all():
+      t = M.delong_test(first[1] > 0.5, scan_p, first[2])
+      row.update(delta_scan_auc=t["auc_a"] - t["auc_b"], delong_p=t["p_value"])
+    else:
+      row.update(delta_scan_auc=None, delong_p=None)
+    rows.append(row)
+
+  header = ["Run", "Overrides", "Slice AUC(any) [95% CI]", "Scan AUC(any) [95% CI]", "Slice log-loss",
+            "Scan log-loss", "Scan sens.", "Scan spec.", f"Δ scan AUC vs {rows[0]['name']}", "DeLong p"]
+  table = [[r["name"], f"`{r['overrides']}`",
+            _ci({"auc": r["slice_auc_any"], "auc_ci": r["slice_auc_any_ci"]}),
+            _ci({"auc": r["scan_auc_any"], "auc_ci": r["scan_auc_any_ci"]}),
+            _f(r["slice_log_loss"]), _f(r["scan_log_loss"]), _f(r["scan_sensitivity_any"]),
+            _f(r["scan_specificity_any"]),
+            "—" if r["delta_scan_auc"] is None else f"{r['delta_scan_auc']:+.3f}",
+            "—" if r["delong_p"] is None else (f"{r['delong_p']:.4f}" if r["delong_p"] >= 1e-4 else "< 0.0001")]
+           for r in rows]
+  lines = [f"# Sweep: {len(rows)} runs", "",
+           "Each run's own report.md is in its folder. AUC intervals: the runs' bootstrap; DeLong p: two-sided, "
+           "scan level, against the first row.", "",
+           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(r) + " |" for r in table]
+  (root / f"{out_name}.md").write_text("\n".join(lines) + "\n")
+  with open(root / f"{out_name}.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows([{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
+  print("\n".join(lines), flush=True)
+  return rows
+
+
+def run_sweep(base, sweep_spec: str, root) -> list[dict]:
+  """`launch.py --sweep`: every entry of the sweep file run (or skipped when finished), then one table."""
+  entries = load_python(sweep_spec, "get_sweep")
+  stages = sweep_stages(base, entries)
+  run_stages(stages, root)
+  import jax
+
+  return collate(stages, root) if jax.process_index() == 0 else []

@@ -1,0 +1,37 @@
+"""Shared by the experiment tests: one compilation cache and JAX's rbg generator while they run.
+
+The experiments' stages compile the same train and predict programs for every
+fold and backbone: a persistent cache (what `runner.run_stages` turns on for
+an experiment's workdir) shared by this folder's tests makes each program
+compile once. rbg: eager initialisation compiles one random kernel per
+weight shape, a fifth as slow as with threefry; which generator draws the
+initial weights is not under test.
+"""
+import jax
+import pytest
+
+
+@pytest.fixture(scope="package", autouse=True)
+def shared_compile_cache(tmp_path_factory):
+  from jax._src import compilation_cache
+
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs,
+         jax.config.jax_default_prng_impl)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("compile_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_default_prng_impl", "rbg")
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  jax.config.update("jax_default_prng_impl", old[2])
+  compilation_cache.reset_cache()
+
+
+def run_smoke(config_module, data_dir: str, root):
+  """An experiment config's smoke variant, run to the end on the session's tiny dataset; (config, workdir)."""
+  from ich_jax import experiments
+
+  config = config_module.get_config("smoke")
+  config.dataset.data_dir = data_dir
+  experiments.run(config, root)
+  return config, root
