@@ -11,11 +11,12 @@ Per element the steps are dict -> dict. Evaluation (`preprocess`):
   -> to_channels (windows or clip_rescale, `image` becomes float32 [H, W, C])
   -> resize (to `image_size`)
 and then batching. Training: read -> augment (the HU slices, one warp for all
-of them; `ich_jax.data.augment`) -> `hu_example`, and the batch function
-`HostBatch` makes the channels and resizes straight into the batch. With
-`config.data.preprocess_on = "device"` the training batches stop at
-`hu_example` (plus each example's random map) and the jitted train step does
-the rest (`ich_jax.data.on_device`, `train_finish`).
+of them; `ich_jax.data.augment`) -> `hu_example`, and `HostBatch` makes the
+channels and resizes straight into the batch; `TrainBatch` runs these steps
+for a whole batch per grain element. With `config.data.preprocess_on =
+"device"` the training batches stop at `hu_example` (plus each example's
+random map) and the jitted train step does the rest (`ich_jax.data.on_device`,
+`train_finish`).
 
 Training order. The global stream is one index-shuffle of all records per
 epoch (a fresh permutation each epoch), repeated forever; step k's global

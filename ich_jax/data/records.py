@@ -35,7 +35,8 @@ def _fields(features) -> list[_Field] | None:
         return None
       plan.append((name, "text", None, ()))
       continue
-    if kind not in (tfds.features.Tensor, tfds.features.Scalar) or f.get_serialized_info().optional:
+    # Optional features may be absent from a record (TFDS then fills in defaults).
+    if kind not in (tfds.features.Tensor, tfds.features.Scalar) or getattr(f, "_optional", True):
       return None
     dtype = np.dtype(f.np_dtype)
     if dtype.kind not in "biuf" or dtype == np.uint64:  # uint64 travels bit-cast to int64 lists
