@@ -1,5 +1,7 @@
 """`ich_jax.data.records`: records decoded from their tf.train.Example bytes equal TFDS's decoding."""
 
+import pickle
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -102,3 +104,5 @@ def test_open_split_reads_the_records_tfds_decodes(tiny_data_dir):
   ids = [5, 0, 5]
   for got, i in zip(source.__getitems__(ids), ids):
     assert_same_record(got, reference[i])
+  # grain's worker processes get the source pickled.
+  assert_same_record(pickle.loads(pickle.dumps(source))[3], reference[3])
