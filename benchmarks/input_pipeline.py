@@ -249,7 +249,8 @@ def main(argv=None):
                       "slice i mod n; 0: not): grain's index shuffle costs ~100 us per element over 291 records "
                       "but ~4 us over 100,000, so this is the per-element cost of a real-sized split")
   p.add_argument("--malloc", choices=("launch", "glibc"), default="launch",
-                 help="launch: glibc malloc thresholds as launch.py sets them (ich_jax.host_malloc); glibc: its defaults")
+                 help="launch: glibc malloc thresholds as launch.py sets them (ich_jax.host_malloc); "
+                      "glibc: its defaults")
   p.add_argument("--profile", default=None, help="cProfile one 1-thread augmented run into this file")
   args = p.parse_args(argv)
   malloc = host_malloc.apply() if args.malloc == "launch" else False

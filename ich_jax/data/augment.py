@@ -207,8 +207,8 @@ def random_matrices(rngs, cfg: Any, shape: tuple[int, int]) -> np.ndarray:
   """`random_matrix` for a batch: [B, 3, 3], exactly the identity where random_matrix returns None.
 
   `rngs` yields each example's generator in turn. The same draws and bit for
-  bit the same maps as one `random_matrix` call per example, at ~1/4 of the
-  cost (docs/PERFORMANCE.md, Input pipeline).
+  bit the same maps as one `random_matrix` call per example, at about a
+  fifth of the cost (docs/PERFORMANCE.md, Input pipeline).
   """
   matrices = affine_matrix(stack_params([sample_params(rng, cfg, shape) for rng in rngs]), shape)
   matrices[is_identity(matrices)] = _EYE

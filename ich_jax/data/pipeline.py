@@ -758,10 +758,11 @@ class TrainBatch:
   Per example: `read_example`, the augmentation with the generator of its
   stream position (`StreamRng`: `_augment_hu` on the host; with preprocessing
   on the device the maps, drawn for the whole batch by `_draw_warps`),
-  `hu_example`; then `HostBatch`, or stacking with preprocessing on the device. The batches are those of the same steps as
-  per-element grain maps (`map`, `random_map`, `map`, `batch`), but grain's
-  per-element machinery and thread hand-offs happen once per batch
-  (docs/PERFORMANCE.md, Input pipeline).
+  `hu_example`; then `HostBatch`, or stacking with preprocessing on the
+  device. The batches are those of the same steps as per-element grain maps
+  (`map`, `random_map`, `map`, `batch`), but grain's per-element machinery
+  and thread hand-offs happen once per batch (docs/PERFORMANCE.md, Input
+  pipeline).
   """
 
   def __init__(self, source: SeriesSource, plan: _Plan, *, augment_seed: int):
