@@ -19,7 +19,7 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-from ich_jax import xla_flags
+from ich_jax import host_malloc, xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
@@ -57,6 +57,8 @@ def main(argv) -> None:
   logging.getLogger("ich_jax").setLevel(logging.INFO)
   # Before JAX starts a backend: XLA reads its flags once.
   xla_flags.apply()
+  # Input batches reuse freed memory instead of fresh pages (docs/PERFORMANCE.md, Input pipeline).
+  host_malloc.apply()
   _init_distributed()
   import jax
 

@@ -1,9 +1,10 @@
 """Input pipeline throughput: windowed 3-channel 256x256 slices per second per core.
 
   python benchmarks/input_pipeline.py [--studies 10] [--batches 40] [--batch-size 32] [--workdir DIR]
-                                      [--encodings none,zlib] [--records 100000] [--repeats 2]
+                                      [--encodings none,zlib] [--records 100000] [--repeats 2] [--malloc launch]
 
-Ours: a built ArrayRecord dataset read through `tfds.data_source` and the grain
+Ours: a built ArrayRecord dataset read through `tfds.data_source` (decoded by
+`ich_jax.data.records`, as `datasets.open_split` opens it) and the grain
 pipeline (`ich_jax.data.pipeline.train_iterator`, `default_data_config()` with
 recipe `windows.RSNA_3WINDOW`, image_size 256), augmentation on and off, with
 1 read thread and with the pipeline's default threads, in two modes:
@@ -30,6 +31,11 @@ same HU slices. `--encodings` adds builds of the same phantoms with `image` and
 `mask` stored another way (`none`: TFDS's default int64 varint lists, as the
 builders stored them before; `zlib`: zlib-compressed bytes) for the host rows.
 
+`--malloc launch` (the default) sets glibc's malloc thresholds as launch.py
+does (`ich_jax.host_malloc`); `--malloc glibc` leaves glibc's defaults.
+`[TFDS decode]` rows read the same records through TFDS's own per-feature
+decoding instead.
+
 Each figure is the best of `--repeats` runs. Per-core figures are CPU-time
 based: slices / process CPU seconds (all threads
 of this process), so they stay fair on a shared machine; wall-clock rates are
@@ -54,7 +60,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import ml_collections
 
 from data_builders.synthetic_ich import synthetic_ich
-from ich_jax.data import dicom, pipeline, windows
+from ich_jax import host_malloc
+from ich_jax.data import dicom, pipeline, records, windows
 
 RESOLUTION = 256
 
@@ -101,7 +108,10 @@ def _builder(data_dir: str, studies: int, cls=InputPipelineBench):
 
 
 def build(workdir: pathlib.Path, studies: int, cls=InputPipelineBench):
-  """Builds the ArrayRecord dataset (if needed) and writes its slices as DICOM; returns (source, files)."""
+  """Builds the ArrayRecord dataset (if needed) and writes its slices as DICOM; returns (source, files).
+
+  The source is the split as `datasets.open_split` opens it (`records.decoded_source`).
+  """
   import tensorflow_datasets as tfds
 
   builder = _builder(str(workdir / "tfds"), studies, cls)
@@ -110,7 +120,7 @@ def build(workdir: pathlib.Path, studies: int, cls=InputPipelineBench):
     tfds.display_progress_bar(False)
     builder.download_and_prepare()
   built_s = time.perf_counter() - t0
-  source = builder.as_data_source(split="train")
+  source = records.decoded_source(builder, "train")
   dicom_dir = workdir / "dicom"
   t0 = time.perf_counter()
   files = sorted(dicom_dir.rglob("*.dcm"))
@@ -238,8 +248,14 @@ def main(argv=None):
                  help="also time the 1-thread rows with the slices presented as this many records (record i = "
                       "slice i mod n; 0: not): grain's index shuffle costs ~100 us per element over 291 records "
                       "but ~4 us over 100,000, so this is the per-element cost of a real-sized split")
+  p.add_argument("--malloc", choices=("launch", "glibc"), default="launch",
+                 help="launch: glibc malloc thresholds as launch.py sets them (ich_jax.host_malloc); "
+                      "glibc: its defaults")
   p.add_argument("--profile", default=None, help="cProfile one 1-thread augmented run into this file")
   args = p.parse_args(argv)
+  malloc = host_malloc.apply() if args.malloc == "launch" else False
+  print(f"malloc: {'launch.py settings ' + os.environ.get('GLIBC_TUNABLES', '') if malloc else 'glibc defaults'}",
+        flush=True)
   encodings = [e for e in args.encodings.split(",") if e]
   unknown = set(encodings) - set(ENCODED)
   if unknown:
@@ -280,6 +296,10 @@ def main(argv=None):
         for augment in (False, True):
           run(f"{'on-device: host part' if on_device else 'host'} [{args.records:,} records]", many, 1, augment,
               on_device)
+      tfds_source = _builder(str(workdir / "tfds"), args.studies).as_data_source(split="train")
+      tfds_decoded = datasets.RecordSubset(tfds_source, many.rows)
+      for augment in (False, True):
+        run(f"on-device: host part [{args.records:,} records, TFDS decode]", tfds_decoded, 1, augment, True)
     for encoding in encodings:
       esource, _ = build(workdir, args.studies, ENCODED[encoding])
       for augment in (False, True):

@@ -57,19 +57,36 @@ def sample_params(rng: np.random.Generator, cfg: Any, shape: tuple[int, int]) ->
 
 
 def affine_matrix(params: AffineParams, shape: tuple[int, int]) -> np.ndarray:
-  """3x3 homogeneous forward map, input (row, col) -> output (row, col)."""
-  flip = np.diag([-1.0 if params.vflip else 1.0, -1.0 if params.hflip else 1.0])
+  """3x3 homogeneous forward map, input (row, col) -> output (row, col).
+
+  The fields of `params` may also be arrays over a batch ([B], shift [B, 2],
+  `stack_params`): the maps are then [B, 3, 3], each bit for bit the map of
+  its own parameters (the same numpy operations, broadcast).
+  """
+  flip = _matrix2(np.where(params.vflip, -1.0, 1.0), 0.0, 0.0, np.where(params.hflip, -1.0, 1.0))
   theta = np.deg2rad(params.rotation_deg)
   c, s = np.cos(theta), np.sin(theta)
   # (row, col) with row pointing down: this is counter-clockwise on screen.
-  rotation = np.array([[c, -s], [s, c]])
-  shear = np.array([[1.0, 0.0], [np.tan(np.deg2rad(params.shear_deg)), 1.0]])
-  linear = rotation @ shear @ (params.scale * np.eye(2)) @ flip
+  rotation = _matrix2(c, -s, s, c)
+  shear = _matrix2(1.0, 0.0, np.tan(np.deg2rad(params.shear_deg)), 1.0)
+  linear = rotation @ shear @ (np.asarray(params.scale)[..., None, None] * np.eye(2)) @ flip
   centre = (np.asarray(shape[:2], np.float64) - 1.0) / 2.0
-  out = np.eye(3)
-  out[:2, :2] = linear
-  out[:2, 2] = centre + np.asarray(params.shift, np.float64) - linear @ centre
+  out = np.broadcast_to(np.eye(3), linear.shape[:-2] + (3, 3)).copy()
+  out[..., :2, :2] = linear
+  out[..., :2, 2] = centre + np.asarray(params.shift, np.float64) - linear @ centre
   return out
+
+
+def _matrix2(a, b, c, d) -> np.ndarray:
+  """[[a, b], [c, d]] with the entries broadcast over a batch: [..., 2, 2] float64."""
+  a, b, c, d = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (a, b, c, d)))
+  return np.stack([np.stack([a, b], -1), np.stack([c, d], -1)], -2)
+
+
+def stack_params(params) -> AffineParams:
+  """Examples' AffineParams → one AffineParams of arrays over the batch (for `affine_matrix`)."""
+  return AffineParams(**{f.name: np.array([getattr(p, f.name) for p in params])
+                         for f in dataclasses.fields(AffineParams)})
 
 
 def _snap(x: np.ndarray) -> np.ndarray:
@@ -141,9 +158,12 @@ def _warp_nearest(mask: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def warped_spacing(pixel_spacing, matrix: np.ndarray) -> np.ndarray:
-  """Pixel spacing after the warp: divided by the map's scale, so physical areas stay right."""
-  scale = np.sqrt(abs(np.linalg.det(matrix[:2, :2])))
-  return (np.asarray(pixel_spacing) / scale).astype(np.float32)
+  """Pixel spacing after the warp: divided by the map's scale, so physical areas stay right.
+
+  Batches too: pixel_spacing [B, 2] and matrix [B, 3, 3].
+  """
+  scale = np.sqrt(abs(np.linalg.det(matrix[..., :2, :2])))
+  return (np.asarray(pixel_spacing) / np.asarray(scale)[..., None]).astype(np.float32)
 
 
 def apply_affine(example: dict, matrix: np.ndarray) -> dict:
@@ -172,13 +192,27 @@ def random_matrix(rng: np.random.Generator, cfg: Any, shape: tuple[int, int]) ->
   maps for the same stream position.
   """
   matrix = affine_matrix(sample_params(rng, cfg, shape), shape)
-  # np.allclose(matrix, I, rtol=0, atol=1e-12), at a tenth of its cost (per example, on the host).
-  if np.abs(matrix - _EYE).max() <= 1e-12:
-    return None
-  return matrix
+  return None if is_identity(matrix) else matrix
+
+
+def is_identity(matrix: np.ndarray) -> np.ndarray:
+  """Whether each [..., 3, 3] map is the identity: np.allclose(m, I, rtol=0, atol=1e-12), at a tenth of its cost."""
+  return np.abs(matrix - _EYE).max(axis=(-2, -1)) <= 1e-12
 
 
 _EYE = np.eye(3)
+
+
+def random_matrices(rngs, cfg: Any, shape: tuple[int, int]) -> np.ndarray:
+  """`random_matrix` for a batch: [B, 3, 3], exactly the identity where random_matrix returns None.
+
+  `rngs` yields each example's generator in turn. The same draws and bit for
+  bit the same maps as one `random_matrix` call per example, at about a
+  fifth of the cost (docs/PERFORMANCE.md, Input pipeline).
+  """
+  matrices = affine_matrix(stack_params([sample_params(rng, cfg, shape) for rng in rngs]), shape)
+  matrices[is_identity(matrices)] = _EYE
+  return matrices
 
 
 def augment(example: dict, rng: np.random.Generator, cfg: Any) -> dict:
@@ -200,9 +234,10 @@ def source_terms(matrix: np.ndarray | None, shape: tuple[int, int]) -> np.ndarra
   a·i + b·j + e lets XLA:CPU contract it into an FMA in one fused kernel and
   not in another, so a pixel's floor and its fraction could disagree by a whole
   pixel (measured: up to 311 HU off near integer coordinates).
+  `matrix` may be a batch [B, 3, 3] (terms [B, 2, H + W]).
   """
   h, w = shape
   inverse = np.eye(3) if matrix is None else _snap(np.linalg.inv(matrix))
-  rows = inverse[:2, 0:1] * np.arange(h) + inverse[:2, 2:3]
-  cols = inverse[:2, 1:2] * np.arange(w)
-  return np.concatenate([rows, cols], axis=1).astype(np.float32)
+  rows = inverse[..., :2, 0:1] * np.arange(h) + inverse[..., :2, 2:3]
+  cols = inverse[..., :2, 1:2] * np.arange(w)
+  return np.concatenate([rows, cols], axis=-1).astype(np.float32)

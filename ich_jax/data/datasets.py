@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from ich_jax.data import folds
+from ich_jax.data import folds, records
 
 # name → "module:Class" of its TFDS builder (imported only when used).
 BUILDERS = {
@@ -71,7 +71,8 @@ def open_split(config, split: str):
   for part in split.split("+"):
     if part.split("[")[0] not in b.info.splits:
       raise KeyError(f"dataset {config.name}/{config.config} has no split {part!r}; it has {list(b.info.splits)}")
-  source = b.as_data_source(split=split)
+  # The same records as b.as_data_source(split), decoded without TFDS's per-feature decode (ich_jax.data.records).
+  source = records.decoded_source(b, split)
   if fold is None:
     return source
   study_ids = read_field(metadata_source(b, split), "study_id")

@@ -11,11 +11,12 @@ Per element the steps are dict -> dict. Evaluation (`preprocess`):
   -> to_channels (windows or clip_rescale, `image` becomes float32 [H, W, C])
   -> resize (to `image_size`)
 and then batching. Training: read -> augment (the HU slices, one warp for all
-of them; `ich_jax.data.augment`) -> `hu_example`, and the batch function
-`HostBatch` makes the channels and resizes straight into the batch. With
-`config.data.preprocess_on = "device"` the training batches stop at
-`hu_example` (plus each example's random map) and the jitted train step does
-the rest (`ich_jax.data.on_device`, `train_finish`).
+of them; `ich_jax.data.augment`) -> `hu_example`, and `HostBatch` makes the
+channels and resizes straight into the batch; `TrainBatch` runs these steps
+for a whole batch per grain element. With `config.data.preprocess_on =
+"device"` the training batches stop at `hu_example` (plus each example's
+random map) and the jitted train step does the rest (`ich_jax.data.on_device`,
+`train_finish`).
 
 Training order. The global stream is one index-shuffle of all records per
 epoch (a fresh permutation each epoch), repeated forever; step k's global
@@ -412,19 +413,24 @@ def _augment_hu(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
   return out
 
 
-def _draw_warp(plan: _Plan, example: dict, rng: np.random.Generator) -> dict:
-  """`_augment_hu`'s random map, drawn the same way, handed on as `warp` for the on-device warp."""
-  shape = np.shape(example["image"])[:2]
-  matrix = augment_lib.random_matrix(rng, plan.augment, shape)
-  out = dict(example)
-  out["warp"] = augment_lib.source_terms(matrix, shape)
-  if matrix is not None and "pixel_spacing" in example:
-    out["pixel_spacing"] = augment_lib.warped_spacing(example["pixel_spacing"], matrix)
+def _draw_warps(plan: _Plan, examples: Sequence[dict], rngs) -> list[dict]:
+  """`_augment_hu`'s random maps, drawn the same way (`rngs`: each example's generator in turn), handed on as
+  `warp` for the on-device warp; one `augment.random_matrices` call for the batch."""
+  shape = np.shape(examples[0]["image"])[:2]
+  matrices = augment_lib.random_matrices(rngs, plan.augment, shape)
+  terms = augment_lib.source_terms(matrices, shape)
+  moved = ~augment_lib.is_identity(matrices)
+  out = [dict(e, warp=t) for e, t in zip(examples, terms)]
+  if "pixel_spacing" in examples[0] and moved.any():
+    spacing = augment_lib.warped_spacing(np.stack([e["pixel_spacing"] for e in examples]), matrices)
+    for e, s, m in zip(out, spacing, moved):
+      if m:
+        e["pixel_spacing"] = s
   return out
 
 
 def hu_example(example: dict, cfg) -> dict:
-  """read_example output (after `_augment_hu` or `_draw_warp`) → a training example before its channels.
+  """read_example output (after `_augment_hu` or `_draw_warps`) → a training example before its channels.
 
   `hu`: [H, W, K], the recipe's distinct offsets in sorted order, at the stored
   size (int16 as stored, float32 once warped on the host); no `image` (made
@@ -701,17 +707,90 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
   sampler = epoch_sampler(src, cfg, seed=seed)
 
   def to_examples(ds):
-    ds = sample_records(sampler, ds).map(functools.partial(_read, src, plan))
-    if plan.augment.enabled:
-      # The same seed either way: stream position p gets the same map on the host and on the device.
-      augment = _draw_warp if plan.on_device else _augment_hu
-      ds = ds.random_map(functools.partial(augment, plan), seed=derived_seed(seed, 1))
-    return ds.map(functools.partial(hu_example, cfg=plan))
+    # Grain hands on (stream position, record index) pairs; `TrainBatch` reads
+    # and augments a whole batch in one call.
+    return sample_records(sampler, ds).map_with_index(_position_and_record)
 
   return train_batches(len(src) if sampler is None else sampler.length, to_examples, cfg,
                        global_batch_size=global_batch_size, seed=seed,
                        process_index=process_index, process_count=process_count,
-                       batch_fn=None if plan.on_device else HostBatch(plan))
+                       batch_fn=TrainBatch(src, plan, augment_seed=derived_seed(seed, 1)))
+
+
+def _position_and_record(position: int, record: int) -> tuple[int, int]:
+  return int(position), int(record)
+
+
+class StreamRng:
+  """The generator grain's `random_map(fn, seed=seed)` gives the element at stream position `index`.
+
+  Grain (its RngPool) resets one Philox generator keyed by `seed` to the
+  counter [0, 0, 0, index] for every element; so does `at`, so augmentation
+  drawn here per batch is the augmentation a per-element `random_map` drew.
+  One instance per thread: `at` hands out the same generator each time.
+  """
+
+  def __init__(self, seed: int):
+    self._rng = np.random.Generator(np.random.Philox(seed))
+    self._state = self._rng.bit_generator.state
+
+  def at(self, index: int) -> np.random.Generator:
+    state = self._state
+    state["state"]["counter"] = np.array([0, 0, 0, index], dtype=np.uint64)
+    state["buffer"] = np.zeros(4, np.uint64)
+    state["buffer_pos"] = 4
+    state["has_uint32"] = 0
+    state["uinteger"] = 0
+    self._rng.bit_generator.state = state
+    return self._rng
+
+
+def _stack(values: Sequence[np.ndarray], shared_memory: bool) -> np.ndarray:
+  first = values[0]
+  if not shared_memory or first.dtype.hasobject or first.dtype.kind in "US":
+    return np.stack(values)
+  return np.stack(values, out=grain.multiprocessing.SharedMemoryArray((len(values),) + first.shape, first.dtype))
+
+
+class TrainBatch:
+  """The training pipeline's grain `batch_fn`: (stream position, record index) pairs → one batch.
+
+  Per example: `read_example`, the augmentation with the generator of its
+  stream position (`StreamRng`: `_augment_hu` on the host; with preprocessing
+  on the device the maps, drawn for the whole batch by `_draw_warps`),
+  `hu_example`; then `HostBatch`, or stacking with preprocessing on the
+  device. The batches are those of the same steps as per-element grain maps
+  (`map`, `random_map`, `map`, `batch`), but grain's per-element machinery
+  and thread hand-offs happen once per batch (docs/PERFORMANCE.md, Input
+  pipeline).
+  """
+
+  def __init__(self, source: SeriesSource, plan: _Plan, *, augment_seed: int):
+    self.source = source
+    self.plan = plan
+    self.augment_seed = int(augment_seed)
+    self.host = None if plan.on_device else HostBatch(plan)
+    self._shared_memory = False
+
+  def enable_shared_memory_output(self) -> None:
+    # grain asks for this under mp_prefetch: the batch then crosses processes without a copy.
+    self._shared_memory = True
+    if self.host is not None:
+      self.host.enable_shared_memory_output()
+
+  def __call__(self, items: Sequence[tuple[int, int]]) -> dict:
+    plan = self.plan
+    examples = [read_example(self.source, record, plan.offsets) for _, record in items]
+    if plan.augment.enabled:
+      rng = StreamRng(self.augment_seed)
+      if plan.on_device:
+        examples = _draw_warps(plan, examples, (rng.at(position) for position, _ in items))
+      else:
+        examples = [_augment_hu(plan, e, rng.at(position)) for (position, _), e in zip(items, examples)]
+    examples = [hu_example(e, plan) for e in examples]
+    if self.host is not None:
+      return self.host(examples)
+    return {k: _stack([e[k] for e in examples], self._shared_memory) for k in examples[0]}
 
 
 def train_iterator(source, cfg, *, global_batch_size: int, seed: int,

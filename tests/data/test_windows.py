@@ -180,3 +180,23 @@ def test_warp_matches_scipy_affine_transform():
     ref = ndimage.affine_transform(ex["mask"], inv[:2, :2], offset=inv[:2, 2], order=0, mode="grid-constant")
     # Nearest rounding can differ exactly at .5 ties; elsewhere identical.
     assert np.mean(out["mask"] != ref) < 0.01
+
+
+def test_batched_maps_are_the_per_example_maps_bit_for_bit():
+  # On-device preprocessing draws a batch's maps in one call; they must be the host's maps exactly.
+  cfg = _aug_cfg(rotation_deg=30.0, shift_frac=0.1, scale_range=(0.8, 1.2), shear_deg=5.0, hflip=True, vflip=True)
+  shape = (20, 30)
+  rngs = lambda: (np.random.default_rng([3, i]) for i in range(64))
+  batched = aug.random_matrices(rngs(), cfg, shape)
+  singles = [aug.random_matrix(rng, cfg, shape) for rng in rngs()]
+  assert batched.shape == (64, 3, 3) and all(m is not None for m in singles)
+  np.testing.assert_array_equal(batched, np.stack(singles))
+  np.testing.assert_array_equal(aug.source_terms(batched, shape), np.stack([aug.source_terms(m, shape) for m in singles]))
+  spacing = np.random.default_rng(1).uniform(0.4, 1.0, (64, 2)).astype(np.float32)
+  np.testing.assert_array_equal(aug.warped_spacing(spacing, batched),
+                                np.stack([aug.warped_spacing(s, m) for s, m in zip(spacing, singles)]))
+  # Identity maps (random_matrix: None) become exactly the identity, whose terms are the plain grid.
+  still = aug.random_matrices(rngs(), _aug_cfg(), shape)
+  assert all(aug.random_matrix(rng, _aug_cfg(), shape) is None for rng in rngs())
+  np.testing.assert_array_equal(still, np.broadcast_to(np.eye(3), (64, 3, 3)))
+  np.testing.assert_array_equal(aug.source_terms(still, shape)[0], aug.source_terms(None, shape))

@@ -503,12 +503,21 @@ def build(builder_cls, config, manual_dir, data_dir, workers: int = 1):
 
 
 def records(builder, split=None) -> list[dict]:
-  """All records of `split`, or of every non-empty split."""
+  """All records of `split`, or of every non-empty split.
+
+  Each is also read as the pipeline reads it (`ich_jax.data.records.decoded_source`,
+  what `datasets.open_split` returns) and must equal TFDS's decoding.
+  """
+  from ich_jax.data import records as records_lib
+  from tests.data.test_records import assert_same_record
+
   splits = [split] if split else [s for s, info in builder.info.splits.items() if info.num_examples]
   out = []
   for s in splits:
-    src = builder.as_data_source(s)
-    out += [src[i] for i in range(len(src))]
+    src, decoded = builder.as_data_source(s), records_lib.decoded_source(builder, s)
+    for i in range(len(src)):
+      out.append(src[i])
+      assert_same_record(decoded[i], out[-1])
   return out
 
 
