@@ -102,7 +102,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 class _Plan:
   """Plain, picklable view of `config.data` used inside workers."""
   image_size: int
-  recipe: tuple[tuple[int, float, float], ...]
+  recipe: tuple[tuple[int, float, float, str], ...]
   intensity: str
   clip_range: tuple[float, float]
   clip_out_range: tuple[float, float]
@@ -116,7 +116,7 @@ class _Plan:
 def _plan(cfg) -> _Plan:
   if isinstance(cfg, _Plan):
     return cfg
-  recipe = tuple((int(o), float(l), float(w)) for o, l, w in cfg.recipe)
+  recipe = windows.parse_recipe(cfg.recipe)
   if not recipe:
     raise ValueError("config.data.recipe is empty")
   if cfg.intensity not in INTENSITIES:
@@ -247,10 +247,12 @@ def to_channels(example: dict, cfg) -> dict:
   plan = _plan(cfg)
   out = dict(example)
   slices = out.pop("slices")
+  spacing = out.get("pixel_spacing")
   if plan.intensity == "window":
-    out["image"] = windows.apply_recipe(slices, plan.recipe)
+    out["image"] = windows.apply_recipe(slices, plan.recipe, spacing)
   else:
-    out["image"] = windows.apply_recipe_clip_rescale(slices, plan.recipe, plan.clip_range, plan.clip_out_range)
+    out["image"] = windows.apply_recipe_clip_rescale(slices, plan.recipe, plan.clip_range, plan.clip_out_range,
+                                                     spacing)
   return out
 
 

@@ -1,0 +1,105 @@
+"""Skull stripping: the brain mask of a head CT slice from Hounsfield units, by threshold and morphology.
+
+Seed 000 (§2.1.4) builds its fourth input channel by applying "a 3D U-net model
+developed in-house ... to strip the skull" to the brain-window image. That
+model is not public, so the mask here is classical, per slice, in HU:
+
+1. bone = HU ≥ `bone_hu`;
+2. the bone is closed with a disk of `close_mm`, which bridges the gaps a
+   slice through the skull base or a suture leaves in the ring, and the
+   cranial cavity is what the closed ring encloses (holes of it);
+3. brain = cavity pixels from `soft_hu` up to `dense_hu` (air in sinuses and
+   mastoid cells drops out, and so does the partial-volume rim of bone along
+   the inner table, 120–300 HU), opened with a disk of `open_mm` to cut the thin bridges to
+   orbital and nasal tissue that reach through the skull base; components
+   smaller than `keep_fraction` of the largest are dropped;
+4. the opening's lost rim is given back within the tissue (a conditional
+   dilation by `open_mm`), and holes are filled, so a bleed or a
+   calcification inside the brain is brain.
+
+Sizes are in millimetres, turned into pixels with the slice's pixel spacing,
+so one setting serves 0.4 mm (native 512) and 1.8 mm (128) slices. The mask
+covers everything inside the inner table: brain, CSF spaces, and extra-axial
+blood (epidural, subdural), which the stripped channel must keep.
+
+`brain_mask` is numpy/scipy, pure, one slice at a time; the channel recipe uses
+it through `ich_jax.data.windows` (op "skull_stripped"), and segmentation
+configs can train a small U-Net on its masks (`configs/skull_strip.py`).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import ndimage
+
+# Cortical bone and the diploë are several hundred HU; blood stays below ~100
+# and calcifications are filled back as holes in step 4.
+BONE_HU = 300.0
+# Above air and fat partial volume; CSF (0–15 HU) and its noise stay in.
+SOFT_HU = -30.0
+# Above acute blood (≤ ~100 HU); denser pixels inside the brain (calcifications) come back as holes.
+DENSE_HU = 120.0
+CLOSE_MM = 6.0
+OPEN_MM = 3.0
+KEEP_FRACTION = 0.1
+# Pixel spacing assumed when a slice comes without one (native head CT, ~0.45 mm).
+DEFAULT_SPACING_MM = 0.45
+
+
+@functools.lru_cache(maxsize=64)
+def disk(radius_px: int) -> np.ndarray:
+  """Boolean disk structuring element of `radius_px` (radius 0: the single pixel)."""
+  r = int(radius_px)
+  yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+  # "+ r" rounds the rim outwards: radius 1 is the 3×3 square, radius 2 a 5×5 without its corners.
+  return (yy * yy + xx * xx) <= r * r + r
+
+
+def _radius_px(mm: float, spacing_mm: float) -> int:
+  return max(0, int(round(mm / spacing_mm)))
+
+
+def _spacing(pixel_spacing) -> float:
+  if pixel_spacing is None:
+    return DEFAULT_SPACING_MM
+  sp = np.asarray(pixel_spacing, np.float64).ravel()
+  if sp.size not in (1, 2) or not np.isfinite(sp).all() or (sp <= 0).any():
+    raise ValueError(f"skull stripping: pixel_spacing={tuple(sp.tolist())} must be one or two positive mm values")
+  return float(sp.mean())
+
+
+def brain_mask(hu, pixel_spacing=None, *, bone_hu: float = BONE_HU, soft_hu: float = SOFT_HU,
+               dense_hu: float = DENSE_HU, close_mm: float = CLOSE_MM, open_mm: float = OPEN_MM,
+               keep_fraction: float = KEEP_FRACTION) -> np.ndarray:
+  """bool [H, W]: the intracranial contents of one slice (see the module docstring); all False if none."""
+  hu = np.asarray(hu, np.float32)
+  if hu.ndim != 2:
+    raise ValueError(f"brain_mask takes one slice [H, W]; got shape {hu.shape}")
+  spacing = _spacing(pixel_spacing)
+  bone = hu >= bone_hu
+  if not bone.any():
+    return np.zeros(hu.shape, bool)
+  # Pad so that closing near the frame edge does not glue the ring to it.
+  r_close = _radius_px(close_mm, spacing)
+  pad = r_close + 1
+  closed = ndimage.binary_closing(np.pad(bone, pad), disk(r_close))[pad:-pad, pad:-pad] if r_close else bone
+  cavity = ndimage.binary_fill_holes(closed) & ~closed
+  tissue = cavity & (hu >= soft_hu) & (hu < dense_hu)
+  if not tissue.any():
+    return np.zeros(hu.shape, bool)
+  se_open = disk(_radius_px(open_mm, spacing))
+  opened = ndimage.binary_opening(tissue, se_open)
+  labels, n = ndimage.label(opened)
+  if n == 0:
+    return np.zeros(hu.shape, bool)
+  sizes = ndimage.sum_labels(opened, labels, index=np.arange(1, n + 1))
+  keep = np.flatnonzero(sizes >= keep_fraction * sizes.max()) + 1
+  brain = np.isin(labels, keep)
+  brain = ndimage.binary_dilation(brain, se_open) & tissue
+  return ndimage.binary_fill_holes(brain)
+
+
+def strip(windowed, hu, pixel_spacing=None, **options) -> np.ndarray:
+  """A windowed channel [H, W] with everything outside `brain_mask(hu)` set to 0 (the window's floor, air)."""
+  return np.where(brain_mask(hu, pixel_spacing, **options), windowed, np.zeros_like(windowed))
