@@ -4,6 +4,7 @@
   python launch.py --config configs/quickstart.py:smoke --workdir W --mode eval
   python launch.py --config configs/quickstart.py --config.train.num_steps=100 ...
   python launch.py --config configs/quickstart.py --workdir W --mode export_features   # stage outputs per series
+  python launch.py --config configs/weighted_ensemble.py --workdir W   # a multi-stage experiment (ich_jax.experiments)
 
 Multi-host: start one process per host with the same flags plus
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -58,7 +59,14 @@ def main(argv) -> None:
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  if _MODE.value == "train":
+  if "experiment" in config:
+    # Several stages of the shared loop and one report; eval rewrites the report from the finished stages.
+    from ich_jax import experiments
+
+    if _MODE.value == "export_features":
+      raise app.UsageError("--mode export_features: an experiment config exports in its stages' steps")
+    experiments.run(config, workdir, report_only=_MODE.value == "eval")
+  elif _MODE.value == "train":
     exp, state = loop.train(config, workdir)
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=config.train.num_steps)
   elif _MODE.value == "eval":

@@ -53,6 +53,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.intensity = "window"
   c.clip_range = (-240.0, 240.0)      # seed 001, Image Preprocessing
   c.clip_out_range = (-3.0, 3.0)      # seed 001, Image Preprocessing
+  # True: each example also carries `brain_mask` (uint8 [H, W]), the slice's classical skull-stripping
+  # mask (ich_jax.data.skull_strip), the target of a skull-stripping U-Net (configs/skull_strip.py).
+  c.brain_mask = False
   # Loading: grain thread prefetch per process, and optional worker processes.
   c.read_threads = 8                   # threads, each building a whole batch
   c.prefetch_batches = 8               # batches buffered ahead (memory: B*H*W*C*4 bytes each)
@@ -107,6 +110,7 @@ class _Plan:
   clip_range: tuple[float, float]
   clip_out_range: tuple[float, float]
   augment: Any  # FrozenConfigDict
+  brain_mask: bool = False
 
   @property
   def offsets(self) -> tuple[int, ...]:
@@ -130,6 +134,7 @@ def _plan(cfg) -> _Plan:
       clip_range=tuple(float(x) for x in get("clip_range")),
       clip_out_range=tuple(float(x) for x in get("clip_out_range")),
       augment=ml_collections.FrozenConfigDict(cfg.augment),
+      brain_mask=bool(get("brain_mask")),
   )
 
 
@@ -248,6 +253,13 @@ def to_channels(example: dict, cfg) -> dict:
   out = dict(example)
   slices = out.pop("slices")
   spacing = out.get("pixel_spacing")
+  if plan.brain_mask:
+    if 0 not in slices:
+      raise ValueError(f"config data.brain_mask=True needs the slice itself (offset 0) in data.recipe; it reads "
+                       f"offsets {sorted(slices)}")
+    from ich_jax.data import skull_strip
+
+    out["brain_mask"] = skull_strip.brain_mask(slices[0], spacing).astype(np.uint8)
   if plan.intensity == "window":
     out["image"] = windows.apply_recipe(slices, plan.recipe, spacing)
   else:
@@ -278,8 +290,17 @@ def _nearest_rows(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64), in_size - 1)
 
 
+def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
+  """A label map [H, W] at image_size² by nearest neighbour, as `resize` does to `mask`."""
+  mask = np.asarray(mask)
+  h, w = mask.shape[:2]
+  if (h, w) == (image_size, image_size):
+    return mask
+  return mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
+
+
 def resize(example: dict, image_size: int) -> dict:
-  """Resizes `image` (bilinear) and `mask` (nearest) to image_size², adjusting `pixel_spacing`."""
+  """Resizes `image` (bilinear) and `mask` / `brain_mask` (nearest) to image_size², adjusting `pixel_spacing`."""
   image = example["image"]
   h, w = image.shape[:2]
   if (h, w) == (image_size, image_size):
@@ -292,9 +313,9 @@ def resize(example: dict, image_size: int) -> dict:
   # The weights are positive and sum to 1 up to rounding: clip the ulp overshoot
   # so windowed channels stay inside [0, 1].
   out["image"] = np.clip(resized, image.min(), image.max(), out=resized)
-  if "mask" in example:
-    mask = np.asarray(example["mask"])
-    out["mask"] = mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
+  for key in ("mask", "brain_mask"):
+    if key in example:
+      out[key] = resize_mask(example[key], image_size)
   if "pixel_spacing" in example:
     factor = np.array([h / image_size, w / image_size], np.float32)
     out["pixel_spacing"] = (np.asarray(example["pixel_spacing"], np.float32) * factor).astype(np.float32)
@@ -304,7 +325,7 @@ def resize(example: dict, image_size: int) -> dict:
 # The slice schema's dtypes. TFDS returns scalar features as Python int/float,
 # which numpy would widen to int64/float64; batches keep the declared types.
 SCHEMA_DTYPES = {
-    "labels": np.float32, "mask": np.uint8, "slice_index": np.int32, "z_position": np.float32,
+    "labels": np.float32, "mask": np.uint8, "brain_mask": np.uint8, "slice_index": np.int32, "z_position": np.float32,
     "pixel_spacing": np.float32, "slice_thickness": np.float32, "study_blood_ml": np.float32,
     "mimic": np.uint8, "record_index": np.int64,
 }

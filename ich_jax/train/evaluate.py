@@ -19,11 +19,21 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
   """Evaluates `state` (default: the workdir's newest checkpoint); process 0 writes and returns metrics."""
   workdir = pathlib.Path(workdir)
   if state is None:
-    exp, state, step = loop.restore_for_eval(config, workdir)
+    exp, state, step = loop.restore_for_eval(config, workdir, step)
   source = loop.input_module(config).open_split(config.dataset, config.dataset.eval_split)
   preds = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size)
   if jax.process_index() != 0:
     return None
+  target = getattr(exp.task, "target", "mask")
+  if target != "mask":
+    # Not hemorrhage (a skull-stripping U-Net): the predicted masks against their reference, nothing else.
+    metrics = {**report.mask_agreement(preds, target), "step": None if step is None else int(step),
+               "split": config.dataset.eval_split, "dataset": f"{config.dataset.name}/{config.dataset.config}"}
+    report.write_metrics(metrics, workdir / "metrics.json")
+    report.write_text(workdir / "report.md", report.format_mask_agreement(metrics, title=f"Evaluation of "
+                                                                            f"{workdir.name}, step {step}"))
+    print(report.format_mask_agreement(metrics), flush=True)
+    return metrics
   if config.eval.get("baseline", True):
     preds[report.BASELINE_COLUMN] = np.array([baseline.bright_fraction(source[int(i)]["image"])
                                               for i in preds["record_index"]])
