@@ -84,13 +84,15 @@ _STEPS: dict[tuple, Callable] = {}
 _MAX_STEPS = 16
 
 
-def _step_key(exp: Experiment, *parts) -> tuple:
+def _step_key(exp: Experiment, method: str, *parts) -> tuple:
   c = exp.config
-  # Where the initial weights come from does not change what compiles.
+  # Where the initial weights come from does not change what compiles. The task's method itself is in
+  # the key, so a step never outlives a change of the code it traced (a test's monkeypatched loss).
   model = {k: v for k, v in c.model.to_dict().items() if k != "init_from"}
   return (json.dumps(model, sort_keys=True, default=str), input_module(c).in_channels(c),
-          json.dumps(c.task.to_dict(), sort_keys=True, default=str), exp.mesh.devices.shape,
-          tuple(d.id for d in exp.mesh.devices.flat), *parts)
+          json.dumps(c.task.to_dict(), sort_keys=True, default=str), type(exp.task),
+          getattr(type(exp.task), method), exp.mesh.devices.shape, tuple(d.id for d in exp.mesh.devices.flat),
+          method, *parts)
 
 
 def _cached_step(key: tuple, build: Callable[[], Callable]) -> Callable:
@@ -117,7 +119,7 @@ def make_experiment(config) -> Experiment:
 def make_train_step(exp: Experiment):
   """jit(state, batch) → (state, metrics), data-parallel, donating the old state (one per distinct
   model, task, optimizer and mesh in a process)."""
-  key = _step_key(exp, "train", json.dumps(exp.config.optimizer.to_dict(), sort_keys=True, default=str),
+  key = _step_key(exp, "loss", json.dumps(exp.config.optimizer.to_dict(), sort_keys=True, default=str),
                   exp.total_steps)
   return _cached_step(key, lambda: _build_train_step(exp))
 

@@ -167,3 +167,11 @@ def test_equal_steps_compile_once_per_process(smoke_config):
   c = a.copy_and_resolve_references()
   c.task.label_smoothing = 0.1
   assert loop.make_predict_step(loop.make_experiment(c)) is not loop.make_predict_step(exp_a)
+  # A step never outlives the code it traced: a replaced loss gets a new step.
+  real = tasks.MultilabelClassification.loss
+  try:
+    tasks.MultilabelClassification.loss = lambda self, model, batch: real(self, model, batch)
+    fresh = loop.make_train_step(loop.make_experiment(a))
+  finally:
+    tasks.MultilabelClassification.loss = real
+  assert fresh is not loop.make_train_step(exp_a)
