@@ -270,6 +270,16 @@ def read_manifest(directory) -> dict:
   return manifest
 
 
+def window(entry: Mapping) -> dict | None:
+  """A member's sliding window {"patch", "stride"} (its task's, seed 002's patch U-Net), or None: whole slices."""
+  import ml_collections
+
+  from ich_jax.train import tasks
+
+  task = tasks.build(ml_collections.ConfigDict(entry["task"]))
+  return {"patch": task.patch, "stride": task.stride} if getattr(task, "patch", 0) else None
+
+
 def plan_of(data: Mapping):
   """A member's `data` entry → the pipeline plan preprocessing runs with (no augmentation)."""
   import ml_collections
@@ -385,19 +395,23 @@ class Bundle:
 
   def describe(self) -> list[dict]:
     return [{"name": m.name, "role": m.role, "model": m.entry["model"]["name"], "inputs": m.entry["inputs"],
-             "image_size": m.plan.image_size if m.plan else None} for m in self.members.values()]
+             "image_size": m.plan.image_size if m.plan else None, "window": window(m.entry)}
+            for m in self.members.values()]
 
   # --- The per-slice model call -----------------------------------------------------------------
 
   def slice_outputs(self, member: Member, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One slice-input member on one batch of preprocessed slices → its outputs (numpy).
 
-    The one place a slice model is called: whole-slice inference. A
-    sliding-window (patch) call replaces this method for models trained on
-    patches (issue 7); its contract is the task's `predict` outputs
-    (probabilities [B, 6]; segmentation also pred_mask [B, H, W]), plus
-    `features` [B, F] for classifiers feeding a sequence model and `maps`
-    [B, H, W] float16 for segmentation members feeding a weight model.
+    The one place a slice model is called, through its task: the task's
+    `predict` outputs (probabilities [B, 6]; segmentation also pred_mask
+    [B, H, W]), plus `features` [B, F] for classifiers feeding a sequence model
+    and `maps` [B, H, W] float16 for segmentation members feeding a weight
+    model. A segmentation member trained on windows (manifest task `patch` >
+    0, seed 002's patch U-Net) sees the slice as its training run's evaluation
+    did: windows of `patch` pixels every `stride`, averaged where they overlap
+    (`ich_jax.models.maps.sliding_window`, inside the jitted call), then the
+    task's closing/opening.
     """
     import jax
 
@@ -618,7 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['hash']}, "
             f"threshold {manifest['threshold']}")
       for e in manifest["members"]:
-        print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else ""))
+        w = window(e)
+        print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else "")
+              + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
       print(f"  outputs: {json.dumps(manifest['outputs'])}")
   except BundleError as e:
     print(f"error: {e}", file=sys.stderr)
