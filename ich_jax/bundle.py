@@ -1,6 +1,7 @@
 """Model bundles: trained models as one self-contained folder, and the engine that runs them on a study.
 
   python launch.py --config C --workdir W --mode export [--out DIR]          # write (ich_jax.train.export)
+  python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
   python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
   python -m ich_jax.bundle verify DIR                                        # hashes and members
 
@@ -309,18 +310,28 @@ class Member:
     return self.entry["role"]
 
   def jitted(self, method: str):
-    """jit(state, batch) → the task's `method` ("predict" or "export") outputs, built once per member."""
+    """jit(state, batch) → the task's `method` ("predict" or "export") outputs, built once per member and
+    shared by members of the same model and task (seed 000's five U-Nets compile once)."""
     if method not in self.fns:
-      import jax
-      from flax import nnx
+      key = (json.dumps(self.entry["model"], sort_keys=True), json.dumps(self.entry["task"], sort_keys=True), method)
+      if key not in _SHARED_FNS:
+        import jax
+        from flax import nnx
 
-      task_fn, graphdef = getattr(self.task, method), self.graphdef
+        task_fn, graphdef = getattr(self.task, method), self.graphdef
 
-      def fn(state, batch):
-        return task_fn(nnx.merge(graphdef, *state), batch)
+        def fn(state, batch):
+          return task_fn(nnx.merge(graphdef, *state), batch)
 
-      self.fns[method] = jax.jit(fn)
+        if len(_SHARED_FNS) >= 32:
+          _SHARED_FNS.pop(next(iter(_SHARED_FNS)))
+        _SHARED_FNS[key] = jax.jit(fn)
+      self.fns[method] = _SHARED_FNS[key]
     return self.fns[method]
+
+
+# Jitted member calls by (model, task, method): equal members trace the same program (see Member.jitted).
+_SHARED_FNS: dict[tuple, Any] = {}
 
 
 def _load_member(directory: pathlib.Path, entry: dict) -> Member:
@@ -620,6 +631,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   c.add_argument("--average", nargs="+", required=True, help="bundles whose per-slice probabilities are averaged")
   c.add_argument("--mask", help="a segmentation bundle whose mask (and volumes) the new bundle reports")
   c.add_argument("--threshold", type=float, help="operating threshold (default: the inputs' common one)")
+  e = sub.add_parser("export", help="the bundle of a run folder (an experiment's stage: W/ensemble_all, "
+                     "W/fold0/patch_unet), from its config.json and checkpoints")
+  e.add_argument("--run", required=True, help="a run folder with config.json and checkpoints/")
+  e.add_argument("--out", help="the bundle folder (default RUN/bundle)")
   v = sub.add_parser("verify", help="check a bundle's hashes and list its members")
   v.add_argument("bundle")
   args = parser.parse_args(argv)
@@ -627,6 +642,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "combine":
       path = combine(args.out, args.average, args.mask, threshold=args.threshold)
       print(f"Wrote {path} ({len(read_manifest(path)['members'])} members)")
+    elif args.command == "export":
+      from ich_jax.train import export, loop
+
+      export.export_bundle(loop.read_config(args.run), args.run, args.out)
     else:
       manifest = read_manifest(args.bundle)
       print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['hash']}, "
@@ -636,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else "")
               + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
       print(f"  outputs: {json.dumps(manifest['outputs'])}")
-  except BundleError as e:
+  except (BundleError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -24,6 +24,7 @@ def test_each_run_leaves_a_standard_workdir_and_only_strong_runs_learn_from_mask
       assert all(("saliency_loss" in row) == (a == "strong") for row in logged)
       config = json.loads((d / "config.json").read_text())
       assert config["data"]["sampling"]["mode"] == "balanced"
+      assert config["data"]["recipe"][3] == [0, 40, 80, "skull_stripped"]   # seed 000 §2.1.4's fourth channel
       assert config["task"]["saliency_loss_weight"] == (1.0 if a == "strong" else 0.0)
 
 

@@ -15,7 +15,7 @@ from ich_jax.data import pipeline
 from ich_jax.eval import ensemble_tables, report
 from ich_jax.eval import metrics as M
 from ich_jax.experiments import runner
-from ich_jax.train import export, loop
+from ich_jax.train import loop
 from tests.experiments.conftest import run_smoke
 
 
@@ -134,8 +134,10 @@ def test_the_exported_ensemble_predicts_what_its_evaluation_did(ensemble_run, tm
   bundle's own preprocessing: four windows, skull stripping), it gives the ensemble stage's predictions."""
   c, workdir = ensemble_run
   run = workdir / "ensemble_all"
-  out = export.export_bundle(loop.read_config(run), run, tmp_path / "bundle")
-  b = bundle_lib.load(out)
+  # An experiment's stage is exported by its folder (its config.json and checkpoints).
+  assert bundle_lib.main(["export", "--run", str(run), "--out", str(tmp_path / "bundle")]) == 0
+  assert bundle_lib.main(["export", "--run", str(tmp_path)]) == 1                 # no config.json: named, exit 1
+  b = bundle_lib.load(tmp_path / "bundle")
   roles = {m.name: m.role for m in b.members.values()}
   assert roles == {**{n: "segmentation" for n in weighted_ensemble.BASES}, "ensemble_all": "ensemble_weights"}
   assert b.outputs["mask"] == "ensemble_all" and b.outputs["probabilities"]["members"] == ["ensemble_all"]
