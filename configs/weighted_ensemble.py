@@ -115,6 +115,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # tiny's 12 training studies hold no subarachnoid slice, which Model 4 trains on: the smoke trains on
     # train+test so every base model has its lesion. A check of the code path, not a measurement.
     c.dataset.train_split = "train+test"
+    # Table 4 against a strong-vs-weak smoke run only when named (--config.experiment.strong_vs_weak=W),
+    # never against the full experiment's runs/strong_vs_weak (scans of another dataset build).
+    e.strong_vs_weak = ""
     c.data.read_threads = 2
     c.data.prefetch_batches = 2
     c.train.num_steps = 2

@@ -174,7 +174,7 @@ def format_markdown(t: dict, *, title: str, meta: str, max_difficult: int = 25) 
   lines += ["## Table 4: the final ensemble against the strong-vs-weak classifiers", ""]
   t4 = t["table4"]
   if not t4:
-    lines += ["No classifier runs configured (config experiment.compare_runs).", ""]
+    lines += ["No classifier runs configured (config experiment.strong_vs_weak, experiment.classifiers).", ""]
   else:
     rows = []
     for name, e in t4.items():

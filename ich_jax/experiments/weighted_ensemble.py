@@ -30,8 +30,11 @@ FINAL = "ensemble_all"   # the weight model on all five base models: the paper's
 
 
 def classifier_dirs(config) -> dict[str, pathlib.Path]:
-  """backbone → the strong-annotation run of the strong-vs-weak experiment that Table 4 reads."""
+  """backbone → the strong-annotation run of the strong-vs-weak experiment that Table 4 reads (none without
+  `config.experiment.strong_vs_weak`)."""
   e = config.experiment
+  if not e.strong_vs_weak:
+    return {}
   return {b: strong_vs_weak.run_dir(e.strong_vs_weak, b, "strong") for b in e.classifiers}
 
 

@@ -97,10 +97,17 @@ def test_the_patch_unet_bundle_predicts_by_sliding_window(patch_run, tmp_path):
   np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-6)
   # The same from maps.sliding_window around the bundle's own model, and not what the whole slice gives.
   member = b.members[entry["name"]]
-  model = nnx.merge(member.graphdef, *member.state)
   (x,) = images.values()
-  prob = lambda v: jax.nn.sigmoid(member.task.logits(model, v))
-  stitched = maps.close_open(maps.sliding_window(prob, x, 16, 8), member.task.closing, member.task.opening)
-  np.testing.assert_array_equal(got["pred_mask"], np.asarray(stitched[..., 0] >= 0.5).astype(np.uint8))
-  whole = maps.close_open(prob(x), member.task.closing, member.task.opening)
-  assert not np.allclose(np.asarray(whole), np.asarray(stitched), atol=1e-3)
+
+  @jax.jit
+  def reference(state, x):
+    model = nnx.merge(member.graphdef, *state)
+    prob = lambda v: jax.nn.sigmoid(member.task.logits(model, v))
+    post = lambda m: maps.close_open(m, member.task.closing, member.task.opening)
+    return post(maps.sliding_window(prob, x, 16, 8)), post(prob(x))
+
+  stitched, whole = (np.asarray(m) for m in reference(member.state, x[:16]))
+  np.testing.assert_array_equal(got["pred_mask"][:16], (stitched[..., 0] >= 0.5).astype(np.uint8))
+  np.testing.assert_allclose(got["probabilities"][:16, 0],
+                             np.asarray(maps.slice_score(stitched, member.task.slice_min_pixels))[:, 0], rtol=1e-6)
+  assert not np.allclose(whole, stitched, atol=1e-3)
