@@ -7,8 +7,8 @@ The argument is MODEL[:smoke], MODEL one of `unet` (default), `inception_unet`
 or `fpn`. Each trains on whole slices of the synthetic phantoms with the
 segmentation task; loss, windows and optimizer follow its paper where the
 paper fixes them, and step counts are sized for a few CPU hours. The papers'
-full pipelines (seed 002's patches and folds, seed 000's five-model ensemble)
-are issue 7's configs. Maps: `task.maps = "subtypes"` trains one map per
+full pipelines are configs/physionet_patch_unet.py (seed 002's patches and
+folds) and configs/weighted_ensemble.py (seed 000's five-model ensemble). Maps: `task.maps = "subtypes"` trains one map per
 subtype; then set `model.num_classes = 5`.
 """
 from ml_collections import ConfigDict
@@ -74,8 +74,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.optimizer.learning_rate = 1e-5    # seed 002 §6: Adam, 1e-5
     c.train.batch_size = 32             # seed 002 §6: mini-batch 32 (patch experiment)
   elif name == "inception_unet":
-    # Seed 000 §2.1.4: stroke 40/40, brain 40/80, bone 500/3000 (its fourth,
-    # skull-stripped channel arrives with issue 7's skull stripping).
+    # Seed 000 §2.1.4: stroke 40/40, brain 40/80, bone 500/3000; the paper's fourth,
+    # skull-stripped channel is windows.SEED000_4WINDOW (configs/weighted_ensemble.py).
     c.data.recipe = windows.SEED000_3WINDOW
     c.model.name = "inception_unet"
     c.task.loss = "dice"                # seed 000 §2.2.2: Dice loss

@@ -1,6 +1,7 @@
 """Model bundles: trained models as one self-contained folder, and the engine that runs them on a study.
 
   python launch.py --config C --workdir W --mode export [--out DIR]          # write (ich_jax.train.export)
+  python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
   python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
   python -m ich_jax.bundle verify DIR                                        # hashes and members
 
@@ -270,6 +271,16 @@ def read_manifest(directory) -> dict:
   return manifest
 
 
+def window(entry: Mapping) -> dict | None:
+  """A member's sliding window {"patch", "stride"} (its task's, seed 002's patch U-Net), or None: whole slices."""
+  import ml_collections
+
+  from ich_jax.train import tasks
+
+  task = tasks.build(ml_collections.ConfigDict(entry["task"]))
+  return {"patch": task.patch, "stride": task.stride} if getattr(task, "patch", 0) else None
+
+
 def plan_of(data: Mapping):
   """A member's `data` entry → the pipeline plan preprocessing runs with (no augmentation)."""
   import ml_collections
@@ -299,18 +310,28 @@ class Member:
     return self.entry["role"]
 
   def jitted(self, method: str):
-    """jit(state, batch) → the task's `method` ("predict" or "export") outputs, built once per member."""
+    """jit(state, batch) → the task's `method` ("predict" or "export") outputs, built once per member and
+    shared by members of the same model and task (seed 000's five U-Nets compile once)."""
     if method not in self.fns:
-      import jax
-      from flax import nnx
+      key = (json.dumps(self.entry["model"], sort_keys=True), json.dumps(self.entry["task"], sort_keys=True), method)
+      if key not in _SHARED_FNS:
+        import jax
+        from flax import nnx
 
-      task_fn, graphdef = getattr(self.task, method), self.graphdef
+        task_fn, graphdef = getattr(self.task, method), self.graphdef
 
-      def fn(state, batch):
-        return task_fn(nnx.merge(graphdef, *state), batch)
+        def fn(state, batch):
+          return task_fn(nnx.merge(graphdef, *state), batch)
 
-      self.fns[method] = jax.jit(fn)
+        if len(_SHARED_FNS) >= 32:
+          _SHARED_FNS.pop(next(iter(_SHARED_FNS)))
+        _SHARED_FNS[key] = jax.jit(fn)
+      self.fns[method] = _SHARED_FNS[key]
     return self.fns[method]
+
+
+# Jitted member calls by (model, task, method): equal members trace the same program (see Member.jitted).
+_SHARED_FNS: dict[tuple, Any] = {}
 
 
 def _load_member(directory: pathlib.Path, entry: dict) -> Member:
@@ -385,19 +406,23 @@ class Bundle:
 
   def describe(self) -> list[dict]:
     return [{"name": m.name, "role": m.role, "model": m.entry["model"]["name"], "inputs": m.entry["inputs"],
-             "image_size": m.plan.image_size if m.plan else None} for m in self.members.values()]
+             "image_size": m.plan.image_size if m.plan else None, "window": window(m.entry)}
+            for m in self.members.values()]
 
   # --- The per-slice model call -----------------------------------------------------------------
 
   def slice_outputs(self, member: Member, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One slice-input member on one batch of preprocessed slices → its outputs (numpy).
 
-    The one place a slice model is called: whole-slice inference. A
-    sliding-window (patch) call replaces this method for models trained on
-    patches (issue 7); its contract is the task's `predict` outputs
-    (probabilities [B, 6]; segmentation also pred_mask [B, H, W]), plus
-    `features` [B, F] for classifiers feeding a sequence model and `maps`
-    [B, H, W] float16 for segmentation members feeding a weight model.
+    The one place a slice model is called, through its task: the task's
+    `predict` outputs (probabilities [B, 6]; segmentation also pred_mask
+    [B, H, W]), plus `features` [B, F] for classifiers feeding a sequence model
+    and `maps` [B, H, W] float16 for segmentation members feeding a weight
+    model. A segmentation member trained on windows (manifest task `patch` >
+    0, seed 002's patch U-Net) sees the slice as its training run's evaluation
+    did: windows of `patch` pixels every `stride`, averaged where they overlap
+    (`ich_jax.models.maps.sliding_window`, inside the jitted call), then the
+    task's closing/opening.
     """
     import jax
 
@@ -606,6 +631,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   c.add_argument("--average", nargs="+", required=True, help="bundles whose per-slice probabilities are averaged")
   c.add_argument("--mask", help="a segmentation bundle whose mask (and volumes) the new bundle reports")
   c.add_argument("--threshold", type=float, help="operating threshold (default: the inputs' common one)")
+  e = sub.add_parser("export", help="the bundle of a run folder (an experiment's stage: W/ensemble_all, "
+                     "W/fold0/patch_unet), from its config.json and checkpoints")
+  e.add_argument("--run", required=True, help="a run folder with config.json and checkpoints/")
+  e.add_argument("--out", help="the bundle folder (default RUN/bundle)")
   v = sub.add_parser("verify", help="check a bundle's hashes and list its members")
   v.add_argument("bundle")
   args = parser.parse_args(argv)
@@ -613,14 +642,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "combine":
       path = combine(args.out, args.average, args.mask, threshold=args.threshold)
       print(f"Wrote {path} ({len(read_manifest(path)['members'])} members)")
+    elif args.command == "export":
+      from ich_jax.train import export, loop
+
+      export.export_bundle(loop.read_config(args.run), args.run, args.out)
     else:
       manifest = read_manifest(args.bundle)
       print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['hash']}, "
             f"threshold {manifest['threshold']}")
       for e in manifest["members"]:
-        print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else ""))
+        w = window(e)
+        print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else "")
+              + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
       print(f"  outputs: {json.dumps(manifest['outputs'])}")
-  except BundleError as e:
+  except (BundleError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -123,3 +123,23 @@ class RecordSubset:
     rows = [int(self.rows[int(i)]) for i in ids]
     getitems = getattr(self.source, "__getitems__", None)
     return getitems(rows) if getitems is not None else [self.source[r] for r in rows]
+
+
+def cv_round(config, num_folds: int, fold: int, pool: str = "train+validation+test") -> dict[str, str]:
+  """Split names (train, validation, test) of cross-validation round `fold` (seed 002 §6) on dataset `config`.
+
+  A dataset whose builder stores subject folds as splits (physionet_ct_ich: `fold0` …, named by its module's
+  `fold_splits`) uses them; any other is cross-validated over the studies of `pool` (`folds.cv_round`).
+  """
+  import sys
+
+  fold_splits = getattr(sys.modules[builder_class(config.name).__module__], "fold_splits", None)
+  if fold_splits is None:
+    return folds.cv_round(pool, num_folds, fold)
+  b = builder(config)
+  # Before the dataset is built (a stage builds it) its stored folds are not known; open_split checks the names.
+  stored = sum(1 for s in b.info.splits if s.startswith("fold")) if b.is_prepared() else num_folds
+  if stored != num_folds:
+    raise ValueError(f"dataset {config.name}/{config.config} stores {stored} folds, but experiment.cv.num_folds="
+                     f"{num_folds}: set it to {stored}")
+  return fold_splits(fold, num_folds)

@@ -20,7 +20,8 @@ arithmetic is the host pipeline's (`augment._warp_linear`, `windows`,
 `pipeline.resize`) in float32: windows agree with the host's within one ulp,
 warped HU within ~0.02 HU (float32 vs float64 sample coordinates), the mask
 exactly except where a coordinate rounds across a .5 tie. Evaluation batches
-are built on the host either way.
+are built on the host either way, and so are training batches whose inputs need
+skull stripping (scipy morphology: `windows.CHANNEL_OPS`, `config.data.brain_mask`).
 """
 from __future__ import annotations
 
@@ -90,9 +91,9 @@ def channels(hu: jax.Array, plan, offsets: Sequence[int]) -> jax.Array:
   """[B, H, W, K] HU planes (in `offsets` order) → [B, H, W, C] float32 channels of the plan's recipe."""
   planes = {int(o): hu[..., k] for k, o in enumerate(offsets)}
   if plan.intensity == "window":
-    out = [windows.apply_window(planes[int(o)], level, width) for o, level, width in plan.recipe]
+    out = [windows.apply_window(planes[int(o)], level, width) for o, level, width, _ in plan.recipe]
   else:
-    out = [windows.clip_rescale(planes[int(o)], *plan.clip_range, *plan.clip_out_range) for o, _, _ in plan.recipe]
+    out = [windows.clip_rescale(planes[int(o)], *plan.clip_range, *plan.clip_out_range) for o, _, _, _ in plan.recipe]
   return jnp.stack(out, axis=-1)
 
 

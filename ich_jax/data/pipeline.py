@@ -58,6 +58,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.intensity = "window"
   c.clip_range = (-240.0, 240.0)      # seed 001, Image Preprocessing
   c.clip_out_range = (-3.0, 3.0)      # seed 001, Image Preprocessing
+  # True: each example also carries `brain_mask` (uint8 [H, W]), the slice's classical skull-stripping
+  # mask (ich_jax.data.skull_strip), the target of a skull-stripping U-Net (configs/skull_strip.py).
+  c.brain_mask = False
   # Loading: grain thread prefetch per process, and optional worker processes.
   c.read_threads = 8                   # threads, each building a whole batch
   c.prefetch_batches = 8               # batches buffered ahead (memory: B*H*W*C*4 bytes each)
@@ -69,7 +72,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   # accelerator. "host": grain does it all (numpy). "auto": "device" unless
   # JAX's backend is the CPU, where XLA's gathers are slower than the numpy
   # warp (docs/PERFORMANCE.md, Input pipeline). Evaluation batches are built on
-  # the host either way.
+  # the host either way, and so are inputs that need skull stripping.
   c.preprocess_on = "auto"
   c.augment = ml_collections.ConfigDict()
   a = c.augment
@@ -116,12 +119,18 @@ def default_data_config() -> ml_collections.ConfigDict:
 class _Plan:
   """Plain, picklable view of `config.data` used inside workers."""
   image_size: int
-  recipe: tuple[tuple[int, float, float], ...]
+  recipe: tuple[tuple[int, float, float, str], ...]
   intensity: str
   clip_range: tuple[float, float]
   clip_out_range: tuple[float, float]
   augment: Any  # FrozenConfigDict
   on_device: bool = False
+  brain_mask: bool = False
+
+  @property
+  def stripped_offsets(self) -> tuple[int, ...]:
+    """The slice offsets whose brain mask a channel op needs (recipe entries with "skull_stripped")."""
+    return tuple(sorted({o for o, _, _, op in self.recipe if op == "skull_stripped"}))
 
   @property
   def offsets(self) -> tuple[int, ...]:
@@ -131,9 +140,12 @@ class _Plan:
 def _plan(cfg) -> _Plan:
   if isinstance(cfg, _Plan):
     return cfg
-  recipe = tuple((int(o), float(l), float(w)) for o, l, w in cfg.recipe)
+  recipe = windows.parse_recipe(cfg.recipe)
   if not recipe:
     raise ValueError("config.data.recipe is empty")
+  if cfg.get("brain_mask", False) and 0 not in windows.recipe_offsets(recipe):
+    raise ValueError(f"config data.brain_mask=True needs the slice itself (offset 0) in data.recipe; it reads "
+                     f"offsets {windows.recipe_offsets(recipe)}")
   if cfg.intensity not in INTENSITIES:
     raise ValueError(f"config.data.intensity={cfg.intensity!r}; expected one of {INTENSITIES}")
   defaults = default_data_config()
@@ -145,16 +157,24 @@ def _plan(cfg) -> _Plan:
       clip_range=tuple(float(x) for x in get("clip_range")),
       clip_out_range=tuple(float(x) for x in get("clip_out_range")),
       augment=ml_collections.FrozenConfigDict(cfg.augment),
-      on_device=_on_device(get("preprocess_on")),
+      on_device=_on_device(get("preprocess_on"), skull_stripping=any(op for *_, op in recipe) or
+                           bool(get("brain_mask"))),
+      brain_mask=bool(get("brain_mask")),
   )
 
 
 PREPROCESS_ON = ("host", "device", "auto")
 
 
-def _on_device(where: str) -> bool:
+def _on_device(where: str, skull_stripping: bool = False) -> bool:
   if where not in PREPROCESS_ON:
     raise ValueError(f"config data.preprocess_on={where!r}; expected one of {PREPROCESS_ON}")
+  # Skull stripping (ich_jax.data.skull_strip) is scipy morphology: such inputs are made on the host.
+  if skull_stripping:
+    if where == "device":
+      raise ValueError("config data.preprocess_on='device': skull stripping (a recipe channel op "
+                       "'skull_stripped', or data.brain_mask=True) runs on the host; set 'host' or 'auto'")
+    return False
   if where == "auto":
     import jax  # the backend decides; asked when a pipeline is planned, not at import
 
@@ -276,10 +296,16 @@ def to_channels(example: dict, cfg) -> dict:
   plan = _plan(cfg)
   out = dict(example)
   slices = out.pop("slices")
+  spacing = out.get("pixel_spacing")
+  if plan.brain_mask:
+    from ich_jax.data import skull_strip
+
+    out["brain_mask"] = skull_strip.brain_mask(slices[0], spacing).astype(np.uint8)
   if plan.intensity == "window":
-    out["image"] = windows.apply_recipe(slices, plan.recipe)
+    out["image"] = windows.apply_recipe(slices, plan.recipe, spacing)
   else:
-    out["image"] = windows.apply_recipe_clip_rescale(slices, plan.recipe, plan.clip_range, plan.clip_out_range)
+    out["image"] = windows.apply_recipe_clip_rescale(slices, plan.recipe, plan.clip_range, plan.clip_out_range,
+                                                     spacing)
   return out
 
 
@@ -332,17 +358,26 @@ def _nearest_rows(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64), in_size - 1)
 
 
+def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
+  """A label map [H, W] at image_size² by nearest neighbour, as `resize` does to `mask`."""
+  mask = np.asarray(mask)
+  h, w = mask.shape[:2]
+  if (h, w) == (image_size, image_size):
+    return mask
+  return mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
+
+
 def resize(example: dict, image_size: int) -> dict:
-  """Resizes `image` (bilinear) and `mask` (nearest) to image_size², adjusting `pixel_spacing`."""
+  """Resizes `image` (bilinear) and `mask` / `brain_mask` (nearest) to image_size², adjusting `pixel_spacing`."""
   image = example["image"]
   h, w = image.shape[:2]
   if (h, w) == (image_size, image_size):
     return example
   out = dict(example)
   out["image"] = _resize_image(image, image_size)
-  if "mask" in example:
-    mask = np.asarray(example["mask"])
-    out["mask"] = mask[_nearest_rows(h, image_size)][:, _nearest_rows(w, image_size)]
+  for key in ("mask", "brain_mask"):
+    if key in example:
+      out[key] = resize_mask(example[key], image_size)
   if "pixel_spacing" in example:
     out["pixel_spacing"] = _resized_spacing(example["pixel_spacing"], (h, w), image_size)
   return out
@@ -364,7 +399,7 @@ def _resized_spacing(pixel_spacing, shape: tuple[int, int], image_size: int) -> 
 # The slice schema's dtypes. TFDS returns scalar features as Python int/float,
 # which numpy would widen to int64/float64; batches keep the declared types.
 SCHEMA_DTYPES = {
-    "labels": np.float32, "mask": np.uint8, "slice_index": np.int32, "z_position": np.float32,
+    "labels": np.float32, "mask": np.uint8, "brain_mask": np.uint8, "slice_index": np.int32, "z_position": np.float32,
     "pixel_spacing": np.float32, "slice_thickness": np.float32, "study_blood_ml": np.float32,
     "mimic": np.uint8, "record_index": np.int64,
 }
@@ -435,7 +470,9 @@ def hu_example(example: dict, cfg) -> dict:
   `hu`: [H, W, K], the recipe's distinct offsets in sorted order, at the stored
   size (int16 as stored, float32 once warped on the host); no `image` (made
   from `hu` by `HostBatch`, or on the device by the train step);
-  `pixel_spacing` already as after the resize to `image_size`; `mask` as stored.
+  `pixel_spacing` already as after the resize to `image_size`; `mask` as stored;
+  with skull stripping, `brain` [H, W, K'] uint8 (the brain masks of the recipe's
+  stripped offsets, `_Plan.stripped_offsets`) and/or `brain_mask` [H, W], as stored.
   """
   plan = _plan(cfg)
   out = dict(example)
@@ -443,23 +480,40 @@ def hu_example(example: dict, cfg) -> dict:
   del out["image"]
   planes = [np.asarray(slices[o]) for o in plan.offsets]
   out["hu"] = planes[0][..., None] if len(planes) == 1 else np.stack(planes, axis=-1)
+  strip = plan.stripped_offsets
+  if strip or plan.brain_mask:
+    # Brain masks of the (warped) stored slices, at their own pixel spacing, as `to_channels` makes them.
+    from ich_jax.data import skull_strip
+
+    wanted = sorted(set(strip) | ({0} if plan.brain_mask else set()))
+    brains = {o: skull_strip.brain_mask(slices[o], out.get("pixel_spacing")).astype(np.uint8) for o in wanted}
+    if strip:
+      out["brain"] = brains[strip[0]][..., None] if len(strip) == 1 else np.stack([brains[o] for o in strip], -1)
+    if plan.brain_mask:
+      out["brain_mask"] = brains[0]
   shape = out["hu"].shape[:2]
   if "pixel_spacing" in out and shape != (plan.image_size, plan.image_size):
     out["pixel_spacing"] = _resized_spacing(out["pixel_spacing"], shape, plan.image_size)
   return _numpy_fields(out)
 
 
-def _channels_into(out: np.ndarray, hu: np.ndarray, plan: _Plan, plane: np.ndarray) -> None:
-  """`to_channels` + `resize` of one example's `hu`, written into out [S, S, C]; plane: [H, W] float32 scratch."""
+def _channels_into(out: np.ndarray, hu: np.ndarray, plan: _Plan, plane: np.ndarray,
+                   brain: np.ndarray | None = None) -> None:
+  """`to_channels` + `resize` of one example's `hu` (and `brain`), written into out [S, S, C]; plane: [H, W]
+  float32 scratch."""
   h, w = hu.shape[:2]
   resized = (h, w) != out.shape[:2]
   target = np.empty((h, w, out.shape[-1]), np.float32) if resized else out
-  for c, (offset, level, width) in enumerate(plan.recipe):
+  for c, (offset, level, width, op) in enumerate(plan.recipe):
     source = hu[..., plan.offsets.index(offset)]
     if plan.intensity == "window":
       windows.apply_window(source, level, width, out=plane)
     else:
       windows.clip_rescale(source, *plan.clip_range, *plan.clip_out_range, out=plane)
+    if op == "skull_stripped":
+      # Outside the brain: the channel's air value, as windows.apply_recipe(_clip_rescale) sets it.
+      plane[brain[..., plan.stripped_offsets.index(offset)] == 0] = (
+          0.0 if plan.intensity == "window" else plan.clip_out_range[0])
     target[..., c] = plane
   if resized:
     out[...] = _resize_image(target, out.shape[0])
@@ -490,11 +544,12 @@ class HostBatch:
              else np.empty(shape, np.float32))
     plane = np.empty(examples[0]["hu"].shape[:2], np.float32)
     for i, example in enumerate(examples):
-      _channels_into(image[i], example["hu"], plan, plane)
-    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "hu"}
-    if "mask" in batch and batch["mask"].shape[1:] != (size, size):
-      h, w = batch["mask"].shape[1:]
-      batch["mask"] = batch["mask"][:, _nearest_rows(h, size)][:, :, _nearest_rows(w, size)]
+      _channels_into(image[i], example["hu"], plan, plane, example.get("brain"))
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k not in ("hu", "brain")}
+    for key in ("mask", "brain_mask"):
+      if key in batch and batch[key].shape[1:] != (size, size):
+        h, w = batch[key].shape[1:]
+        batch[key] = batch[key][:, _nearest_rows(h, size)][:, :, _nearest_rows(w, size)]
     batch["image"] = image
     return batch
 

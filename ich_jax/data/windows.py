@@ -3,8 +3,10 @@
 A window is data, `(level, width)`. A channel recipe is data too: a sequence of
 `(slice_offset, level, width)` triples, one per output channel, where
 `slice_offset` is relative to the slice being classified (0 = this slice,
--1 = the one below it along z, ...). Configs carry recipes; code never hard-wires
-a window.
+-1 = the one below it along z, ...), optionally with a fourth entry naming a
+channel op applied after the window: `(0, 40, 80, "skull_stripped")` is seed
+000's brain window after skull stripping (`CHANNEL_OPS`). Configs carry
+recipes; code never hard-wires a window.
 
 `apply_window` and `clip_rescale` use only array methods, so they work on numpy
 and jax arrays alike; `apply_recipe` and `select_neighbours` are numpy.
@@ -16,7 +18,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-Recipe = Sequence[tuple[int, float, float]]
+Recipe = Sequence[tuple]
+
+# Channel ops (a recipe entry's optional 4th element): what happens to the windowed channel.
+# "skull_stripped": pixels outside the slice's brain mask (ich_jax.data.skull_strip) take the
+# channel's air value (seed 000 §2.1.4: "a brain window with skull stripping").
+CHANNEL_OPS = ("", "skull_stripped")
 
 # --- Named recipes -----------------------------------------------------------
 
@@ -31,11 +38,12 @@ RSNA_3WINDOW = ((0, 40, 80), (0, 80, 200), (0, 600, 2800))
 # a config change, not a code change.
 RSNA_NEIGHBOURS = ((-1, 40, 80), (0, 40, 80), (1, 40, 80))
 
-# Seed 000 (§2.1.4 "Pre-processing"): stroke 40/40, brain 40/80, bone 500/3000.
-# The paper's 4th channel is the brain window after skull stripping by a 3D
-# U-Net; that needs a skull-stripping step and arrives in a later issue (TODO:
-# add it as a channel op once a brain mask exists in the example dict).
+# Seed 000 (§2.1.4 "Pre-processing"): stroke window (width 40, level 40), brain
+# (width 80, level 40), bone (width 3000, level 500), and 4) the brain window
+# after skull stripping. The paper strips with an in-house 3D U-Net; here the
+# op uses the classical mask of ich_jax.data.skull_strip.
 SEED000_3WINDOW = ((0, 40, 40), (0, 40, 80), (0, 500, 3000))
+SEED000_4WINDOW = SEED000_3WINDOW + ((0, 40, 80, "skull_stripped"),)
 
 # Seed 001 (Image Preprocessing; hybrid 3D/2D Mask R-CNN on 5x512x512 input):
 # five consecutive slices s-2..s+2. With intensity "clip_rescale" only the
@@ -105,24 +113,56 @@ def clip_rescale(hu, lo: float = -240.0, hi: float = 240.0, out_lo: float = -3.0
 # --- Recipes -----------------------------------------------------------------
 
 
+def parse_recipe(recipe: Recipe) -> tuple[tuple[int, float, float, str], ...]:
+  """Recipe entries as (offset, level, width, op) with op "" where none is named; checks the op names."""
+  out = []
+  for entry in recipe:
+    entry = tuple(entry)
+    if len(entry) not in (3, 4):
+      raise ValueError(f"recipe entry {entry}: expected (slice_offset, level, width) or (..., op)")
+    op = str(entry[3]) if len(entry) == 4 else ""
+    if op not in CHANNEL_OPS:
+      raise ValueError(f"recipe entry {entry}: unknown channel op {op!r}; known: {CHANNEL_OPS[1:]}")
+    out.append((int(entry[0]), float(entry[1]), float(entry[2]), op))
+  return tuple(out)
+
+
 def recipe_offsets(recipe: Recipe) -> tuple[int, ...]:
   """The distinct slice offsets a recipe reads, sorted."""
-  return tuple(sorted({int(o) for o, _, _ in recipe}))
+  return tuple(sorted({int(entry[0]) for entry in recipe}))
 
 
-def apply_recipe(slices_by_offset: Mapping[int, np.ndarray], recipe: Recipe) -> np.ndarray:
-  """Builds the float32 [H, W, C] input, channel c = window c of slice s + offset c."""
-  if not recipe:
+def _channels(slices_by_offset: Mapping[int, np.ndarray], recipe: Recipe, intensity, air: float,
+              pixel_spacing) -> np.ndarray:
+  """Channel c = intensity(slice s + offset c, level c, width c), then its op; stacked [H, W, C]."""
+  entries = parse_recipe(recipe)
+  if not entries:
     raise ValueError("empty channel recipe")
+  masks: dict[int, np.ndarray] = {}
   channels = []
-  for offset, level, width in recipe:
-    if int(offset) not in slices_by_offset:
-      raise KeyError(
-          f"recipe channel {(offset, level, width)} needs slice offset {offset}, "
-          f"have offsets {sorted(slices_by_offset)}"
-      )
-    channels.append(apply_window(np.asarray(slices_by_offset[int(offset)]), level, width))
+  for offset, level, width, op in entries:
+    if offset not in slices_by_offset:
+      raise KeyError(f"recipe channel {(offset, level, width)} needs slice offset {offset}, "
+                     f"have offsets {sorted(slices_by_offset)}")
+    hu = np.asarray(slices_by_offset[offset])
+    channel = intensity(hu, level, width)
+    if op == "skull_stripped":
+      if offset not in masks:
+        from ich_jax.data import skull_strip  # scipy, only for recipes that strip
+
+        masks[offset] = skull_strip.brain_mask(hu, pixel_spacing)
+      channel = np.where(masks[offset], channel, np.float32(air))
+    channels.append(channel)
   return np.stack(channels, axis=-1)
+
+
+def apply_recipe(slices_by_offset: Mapping[int, np.ndarray], recipe: Recipe, pixel_spacing=None) -> np.ndarray:
+  """Builds the float32 [H, W, C] input, channel c = window c of slice s + offset c (then its op).
+
+  `pixel_spacing` (mm, row and column) sizes the skull-stripping morphology; without it
+  `skull_strip.DEFAULT_SPACING_MM` is assumed.
+  """
+  return _channels(slices_by_offset, recipe, apply_window, 0.0, pixel_spacing)
 
 
 def apply_recipe_clip_rescale(
@@ -130,16 +170,11 @@ def apply_recipe_clip_rescale(
     recipe: Recipe,
     clip_range: tuple[float, float] = (-240.0, 240.0),
     out_range: tuple[float, float] = (-3.0, 3.0),
+    pixel_spacing=None,
 ) -> np.ndarray:
   """As `apply_recipe`, but each channel is `clip_rescale` of its slice (level/width unused)."""
-  if not recipe:
-    raise ValueError("empty channel recipe")
-  channels = []
-  for offset, _, _ in recipe:
-    if int(offset) not in slices_by_offset:
-      raise KeyError(f"recipe needs slice offset {offset}, have offsets {sorted(slices_by_offset)}")
-    channels.append(clip_rescale(np.asarray(slices_by_offset[int(offset)]), *clip_range, *out_range))
-  return np.stack(channels, axis=-1)
+  return _channels(slices_by_offset, recipe, lambda hu, level, width: clip_rescale(hu, *clip_range, *out_range),
+                   out_range[0], pixel_spacing)
 
 
 def select_neighbours(available: Sequence[int], slice_index: int, offsets: Sequence[int]) -> dict[int, int]:

@@ -487,6 +487,34 @@ def volume_metrics(preds: Mapping[str, np.ndarray]) -> dict | None:
   return out
 
 
+def overlap_summary(pred: np.ndarray, ref: np.ndarray) -> dict:
+  """Dice and Jaccard per slice [N, H, W] over the slices whose reference is not empty (seed 002 scores only
+  those): mean, min, max and standard deviation, and the count."""
+  pred, ref = np.asarray(pred), np.asarray(ref)
+  scored = ref.reshape(len(ref), -1).any(1)
+  out = {"n_slices": int(scored.sum())}
+  for name, fn in (("dice", M.dice), ("jaccard", M.jaccard)):
+    v = fn(pred[scored], ref[scored], axis=(1, 2)) if scored.any() else np.zeros(0)
+    out[name] = {k: (float(f(v)) if v.size else math.nan)
+                 for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max), ("std", np.std))}
+  return out
+
+
+def mask_agreement(preds: Mapping[str, np.ndarray], key: str) -> dict:
+  """`pred_mask` against the reference map `preds[key]` (e.g. a skull-stripping model's brain masks)."""
+  if key not in preds or "pred_mask" not in preds:
+    raise ValueError(f"mask agreement needs predictions with 'pred_mask' and {key!r}; have {sorted(preds)}")
+  return {"reference": key, "n_slices_total": len(preds[key]), **overlap_summary(preds["pred_mask"], preds[key])}
+
+
+def format_mask_agreement(m: Mapping, *, title: str = "Mask agreement") -> str:
+  rows = [[name, _f3(m[name]["mean"]), _f3(m[name]["min"]), _f3(m[name]["max"]), _f3(m[name]["std"])]
+          for name in ("dice", "jaccard")]
+  return "\n".join([f"# {title}", "", (f"Predicted masks against `{m['reference']}` on the {m['n_slices']} of "
+                    f"{m['n_slices_total']} slices where it is not empty."), ""]
+                   + _md_table(["", "Mean", "Min", "Max", "SD"], rows) + [""])
+
+
 # --- Text --------------------------------------------------------------------------------
 
 
@@ -679,8 +707,10 @@ def write_metrics(m: Mapping, path: str | pathlib.Path) -> None:
   tmp.replace(path)
 
 
-def _write_text(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_suffix(".tmp")
+def write_text(path: pathlib.Path, text: str) -> None:
+  """Writes beside, then renames: a reader never sees half a file."""
+  path = pathlib.Path(path)
+  tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(text)
   tmp.replace(path)
 
@@ -751,5 +781,5 @@ def write_report(m: dict, preds: Mapping[str, np.ndarray], out_dir: str | pathli
       w.writerows([str(i), int(l), format(p, ".6g")] for i, l, p in zip(ids[hard], scan_label[hard], scan_prob[hard]))
   names = _figures(preds, compare, m, out_dir, table) if figures else []
   write_metrics(m, out_dir / "metrics.json")
-  _write_text(out_dir / "report.md", format_markdown(m, title=title, figures=names))
+  write_text(out_dir / "report.md", format_markdown(m, title=title, figures=names))
   return m

@@ -1,7 +1,8 @@
 """Experiments by name: a config with an `experiment` field runs as stages of the one loop.
 
 `config.experiment.name` picks a module here. Each defines
-  stages(config, root) -> list[runner.Stage]   the runs and host steps, in order;
+  stages(config, root) -> list[runner.Stage]   the runs and host steps, in order (written in Python, or
+                                               spelled out in the config: runner.planned_stages);
   FINAL                                        the stage whose folder holds the headline evaluation
                                                (metrics.json, predictions.csv), or None.
 `launch.py --config C --workdir W` runs them (`run`), skipping finished stages.
@@ -14,6 +15,8 @@ import pathlib
 EXPERIMENTS = {
     "rsna_cascade": "ich_jax.experiments.rsna_cascade",      # seed 003: 2D CNN → two GRU models → ensemble
     "strong_vs_weak": "ich_jax.experiments.strong_vs_weak",  # seed 000 §2.1: slice labels vs saliency supervision
+    "weighted_ensemble": "ich_jax.experiments.weighted_ensemble",        # seed 000 §2.2: five U-Nets, weight model
+    "physionet_patch_unet": "ich_jax.experiments.physionet_patch_unet",  # seed 002: thresholds, full / patch U-Net
 }
 
 

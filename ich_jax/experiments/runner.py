@@ -2,12 +2,16 @@
 
 A `Stage` is one of
   - a loop run: `config` (a whole training config) and `steps`, a subset of
-    ("train", "eval", "export") run in that order in `root/name` (loop.train,
-    evaluate.evaluate, export.export_features: what `launch.py --mode ...` runs);
+    ("train", "select_checkpoint", "eval", "export") run in that order in
+    `root/name` (loop.train; evaluate.select_checkpoint: the kept checkpoint of
+    best validation Jaccard, which eval and export then use; evaluate.evaluate;
+    export.export_features: what `launch.py --mode ...` runs);
   - a nested experiment: `config` has an `experiment` field (a sweep over an
     experiment config runs the whole experiment once per entry);
   - a host step: `fn(workdir)` (combine exports, average predictions, write a
-    report), with `params` saying what it reads.
+    report), with `params` saying what it reads. `always=True`: it runs on every
+    invocation (a report that also reads outside the experiment, such as other
+    experiments' runs, which may have appeared since).
 
 `run_stages` runs them in list order. Each stage's folder gets `stage.json`
 {"name", "fingerprint", "status", ...}: status "running" while it runs, "done"
@@ -25,6 +29,12 @@ A config whose `train.steps_per_epoch` is 0 gets `num_steps = train.epochs ×
 training split of a later stage may only exist by then): a balanced epoch
 (config.data.sampling) counts the balanced set, a series dataset its series.
 
+An experiment may also spell its stages out in its config (`planned_stages`):
+config.experiment.order names them, `stages.<name>` says each one's steps,
+template, overrides and links to earlier stages, `cv` repeats the per-fold ones
+once per cross-validation round (seed 000's weighted ensemble, seed 002's
+patch U-Net); every planned stage is a loop run or a host step of HOST_STEPS.
+
 Sweeps (`python launch.py --config C --sweep S --workdir W`): S is a Python
 file whose `get_sweep(arg)` returns a list of dicts of dotted config
 overrides, one run each (key "name" names its folder; otherwise the overrides
@@ -37,6 +47,7 @@ import copy
 import csv
 import dataclasses
 import datetime
+import functools
 import hashlib
 import importlib.util
 import json
@@ -51,7 +62,7 @@ import numpy as np
 
 log = logging.getLogger("ich_jax.experiments")
 
-STEPS = ("train", "eval", "export")
+STEPS = ("train", "select_checkpoint", "eval", "export")
 MARKER = "stage.json"
 
 
@@ -63,6 +74,7 @@ class Stage:
   fn: Callable[[pathlib.Path], Any] | None = None
   params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   after: tuple[str, ...] = ()                 # names of the stages whose outputs this one reads
+  always: bool = False                        # a host step run on every invocation (see the module docstring)
 
   def __post_init__(self):
     if (self.config is None) == (self.fn is None):
@@ -152,6 +164,9 @@ def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str]) -> None:
   if "train" in steps:
     exp, state = loop.train(config, workdir)
     step = config.train.num_steps
+  if "select_checkpoint" in steps:
+    exp = state = None
+    step = evaluate.select_checkpoint(config, workdir)
   if "eval" in steps:
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=step)
   if "export" in steps:
@@ -212,8 +227,11 @@ def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = No
   selected = [only is None or any(s.name == o or s.name.startswith(o.rstrip("/") + "/") for o in only)
               for s in stages]
   markers = {s.name: read_marker(root / s.name) for s, chosen in zip(stages, selected) if chosen}
-  # Every stage that would mix two configurations is named before anything runs.
-  stale = [n for n, m in markers.items() if m is not None and m.get("fingerprint") != prints[n]]
+  # Every stage that would mix two configurations is named before anything runs. A stage run every time
+  # rewrites its outputs, so it cannot mix two.
+  always = {s.name for s in stages if s.always}
+  stale = [n for n, m in markers.items()
+           if m is not None and m.get("fingerprint") != prints[n] and n not in always]
   if stale:
     raise RuntimeError(
         f"{len(stale)} stage(s) in {root} ran with another configuration or other inputs than now: "
@@ -224,10 +242,10 @@ def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = No
     if not selected[i]:
       continue
     workdir, fp, marker = root / stage.name, prints[stage.name], markers[stage.name]
-    if marker is not None and marker.get("status") == "done":
+    if marker is not None and marker.get("status") == "done" and not stage.always:
       print(f"[{i + 1}/{len(stages)}] {stage.name}: done, skipped", flush=True)
       continue
-    resumed = marker is not None
+    resumed = marker is not None and not stage.always
     print(f"[{i + 1}/{len(stages)}] {stage.name}: {'resuming' if resumed else 'running'}", flush=True)
     entry = {"name": stage.name, "fingerprint": fp, "status": "running", "started": _now(),
              "steps": list(stage.steps) if stage.fn is None else ["host"], "after": list(stage.after)}
@@ -259,6 +277,126 @@ def stage_config(template, dataset, seed: int, *, model=None, **fields):
     if model is not None:
       config.model = {"name": model.name, "options": model.get("options", {})}
   return config
+
+
+# --- Stages planned in the config ---------------------------------------------------------------
+#
+# config.experiment (the rest of the config is the base every planned stage starts from):
+#   order      stage names, in run order
+#   templates  name → overrides shared by several stages (shaped like the config)
+#   stages     name → spec:
+#     steps      loop steps (STEPS, in that order), or one host step of HOST_STEPS
+#     template   a template name, or ""
+#     overrides  merged over the base after the template (nested sections merge key by key)
+#     replace    config sections (dotted) that the template or overrides replace instead of merging
+#                (e.g. "task" when a stage trains another task)
+#     links      ((config path, stage name or names), ...): the path gets those stages' workdirs
+#                (`model.init_from`, `dataset.exports`), and the stage reads them (`Stage.after`);
+#                a per-fold stage links to the same round's copy of a per-fold stage
+#     per_fold   one copy per cross-validation round, `fold<k>/<name>`, with the round's splits
+#   cv         num_folds, folds (the rounds to run), pool (the splits a dataset without stored folds is
+#              cross-validated over; `ich_jax.data.datasets.cv_round`)
+
+# Host steps a planned stage may name: "module:function", called as function(workdir, config=stage config).
+HOST_STEPS = {
+    "threshold_baseline": "ich_jax.eval.threshold:run_stage",   # seed 002's grid-search baseline
+}
+
+
+def _plain(c) -> dict:
+  return c.to_dict() if hasattr(c, "to_dict") else dict(c)
+
+
+def merge(base: dict, overrides: Mapping, replace: Sequence[str] = (), prefix: str = "") -> dict:
+  """`base` (a plain nested dict, changed in place) with `overrides` merged in: nested mappings key by key,
+  anything else replaces; a dotted path in `replace` is replaced whole."""
+  for key, value in _plain(overrides).items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping) and isinstance(base.get(key), Mapping) and path not in replace:
+      merge(base[key], value, replace, prefix=f"{path}.")
+    else:
+      base[key] = json.loads(json.dumps(value, default=list)) if isinstance(value, (Mapping, list, tuple)) else value
+  return base
+
+
+def _set_path(d: dict, path: str, value, where: str) -> None:
+  *parents, last = path.split(".")
+  for p in parents:
+    if not isinstance(d.get(p), Mapping):
+      raise KeyError(f"{where}: {p!r} of link {path!r} is not a section of the stage's config")
+    d = d[p]
+  d[last] = value
+
+
+def _host_step(name: str) -> Callable:
+  module, fn = HOST_STEPS[name].split(":")
+  return getattr(importlib.import_module(module), fn)
+
+
+def planned_stages(config, root) -> list[Stage]:
+  """The stages `config.experiment` spells out (see above), in run order: loop runs and host steps."""
+  from ml_collections import ConfigDict
+
+  from ich_jax.data import datasets
+
+  root = pathlib.Path(root)
+  exp = config.experiment
+  base = {k: v for k, v in _plain(config).items() if k != "experiment"}
+  order = list(exp.order)
+  unknown = [n for n in order if n not in exp.stages]
+  if unknown:
+    raise KeyError(f"config experiment.order names {unknown}, which experiment.stages lacks")
+  per_fold = {n for n in order if exp.stages[n].get("per_fold", False)}
+  rounds = tuple(int(k) for k in exp.cv.folds) if per_fold else ()
+  if per_fold and not rounds:
+    raise ValueError(f"config experiment.cv.folds is empty, but stages {sorted(per_fold)} run per fold")
+
+  def key(name: str, fold: int | None) -> str:
+    return name if fold is None else f"fold{fold}/{name}"
+
+  out = []
+  for fold in (None,) + rounds:
+    for position, name in enumerate(order):
+      spec, where = exp.stages[name], f"config experiment.stages.{name}"
+      if (name in per_fold) != (fold is not None):
+        continue
+      cfg = json.loads(json.dumps(base, default=list))
+      replace = tuple(spec.get("replace", ()))
+      template = spec.get("template", "")
+      if template:
+        if template not in exp.templates:
+          raise KeyError(f"{where}.template={template!r} is not in config experiment.templates")
+        merge(cfg, exp.templates[template], replace)
+      merge(cfg, spec.get("overrides", {}), replace)
+      if fold is not None:
+        splits = datasets.cv_round(ConfigDict(cfg["dataset"]), int(exp.cv.num_folds), fold, exp.cv.pool)
+        cfg["dataset"].update(train_split=splits["train"], validation_split=splits["validation"],
+                              eval_split=splits["test"])
+      after = []
+      for path, targets in spec.get("links", ()):
+        names = (targets,) if isinstance(targets, str) else tuple(targets)
+        dirs = []
+        for target in names:
+          if target not in order[:position]:
+            raise KeyError(f"{where}.links: {target!r} is not a stage before {name!r}")
+          if target in per_fold and fold is None:
+            raise KeyError(f"{where}.links: {target!r} runs per fold and {name!r} does not")
+          after.append(key(target, fold if target in per_fold else None))
+          dirs.append(str((root / after[-1]).absolute()))
+        _set_path(cfg, path, dirs[0] if isinstance(targets, str) else tuple(dirs), where)
+      steps = tuple(spec.steps)
+      hosts = [st for st in steps if st in HOST_STEPS]
+      unknown = [st for st in steps if st not in HOST_STEPS and st not in STEPS]
+      if unknown or (hosts and len(steps) > 1):
+        raise KeyError(f"{where}.steps={steps}: expected loop steps among {STEPS} or one host step among "
+                       f"{sorted(HOST_STEPS)}")
+      stage_cfg = ConfigDict(cfg)
+      if hosts:
+        out.append(Stage(key(name, fold), fn=functools.partial(_host_step(hosts[0]), config=stage_cfg),
+                         params={"config": stage_cfg}, after=tuple(after)))
+      else:
+        out.append(Stage(key(name, fold), stage_cfg, steps=steps, after=tuple(after)))
+  return out
 
 
 # --- Sweeps ---------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ The stages under the workdir W, per backbone B (config.experiment.backbones) and
 Each B/A folder is an ordinary run folder (`launch.py` train + evaluate):
 checkpoints/, metrics.json, report.md and predictions.csv on the evaluated
 split, in the standard format (ich_jax.eval.report), for other experiments
-to read (e.g. issue 7's ensemble compared against these classifiers).
+to read (seed 000's weighted ensemble compares its Table 4 against the strong
+runs: `run_dir`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ from ich_jax.experiments.runner import Stage, stage_config
 
 FINAL = None
 ANNOTATIONS = ("weak", "strong")
+
+
+def run_dir(root, backbone: str, annotation: str) -> pathlib.Path:
+  """The run folder of one backbone and annotation under the experiment's workdir `root`."""
+  return pathlib.Path(root) / backbone / annotation
 
 
 def run_config(config, backbone: str, annotation: str):
@@ -58,7 +64,8 @@ def stages(config, root: pathlib.Path) -> list[Stage]:
                    f"(it has {sorted(config.backbones)})")
   if "strong" in annotations:
     _check_masks(config)
-  runs = [Stage(f"{b}/{a}", run_config(config, b, a), steps=("train", "eval")) for b in backbones for a in annotations]
+  runs = [Stage(str(run_dir("", b, a)), run_config(config, b, a), steps=("train", "eval"))
+          for b in backbones for a in annotations]
   return runs + [Stage("report", fn=functools.partial(write_report, root=root, config=config),
                        params={"backbones": backbones, "annotations": annotations},
                        after=tuple(s.name for s in runs))]
@@ -88,8 +95,8 @@ def table2(root: pathlib.Path, config) -> dict:
   n_boot, seed, threshold = int(ev.get("n_boot", 500)), int(ev.get("bootstrap_seed", 0)), float(ev.threshold)
   out: dict = {"slice": {}, "scan": {}}
   for b in e.backbones:
-    preds = {a: report.read_predictions(root / b / a / "predictions.csv") for a in e.annotations}
-    run_metrics = {a: tables.read_metrics(root / b / a) for a in e.annotations}
+    preds = {a: report.read_predictions(run_dir(root, b, a) / "predictions.csv") for a in e.annotations}
+    run_metrics = {a: tables.read_metrics(run_dir(root, b, a)) for a in e.annotations}
     if len(preds) == 2:
       preds["strong"] = report.align(preds["weak"], preds["strong"], names=(f"{b}/weak", f"{b}/strong"))
     for level in ("slice", "scan"):
@@ -111,7 +118,7 @@ def table2(root: pathlib.Path, config) -> dict:
 def write_report(workdir: pathlib.Path, *, root: pathlib.Path, config) -> None:
   t2 = table2(root, config)
   e = config.experiment
-  first = tables.read_metrics(root / e.backbones[0] / e.annotations[0])
+  first = tables.read_metrics(run_dir(root, e.backbones[0], e.annotations[0]))
   lines = ["# Seed 000 §2.1: weak (slice labels) vs strong (mask) annotation", "",
            (f"Dataset {first.get('dataset')}, evaluated on split {first.get('split')!r}: {first['n_slices']} slices "
             f"({first['n_positive_slices']} with blood), {first['n_scans']} scans ({first['n_positive_scans']} with "

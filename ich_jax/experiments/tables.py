@@ -12,7 +12,7 @@ from ich_jax.eval.report import _auc_ci as auc_ci  # {"auc", "auc_ci"} → "0.95
 from ich_jax.eval.report import _f3 as f3
 from ich_jax.eval.report import _md_table as md_table
 from ich_jax.eval.report import _p as p_value
-from ich_jax.eval.report import _write_text as write_text  # atomic: beside, then renamed
+from ich_jax.eval.report import write_text  # atomic: beside, then renamed
 
 __all__ = ["auc_ci", "f3", "md_table", "p_value", "read_metrics", "write_text"]
 

@@ -103,6 +103,14 @@ class InceptionUNet(nnx.Module):
                                for cout in reversed(widths[1:])])
     self.out = nnx.Conv(width, num_classes, (1, 1), dtype=dtype, rngs=rngs)
 
+  def load_pretrained(self, source: nnx.Module) -> None:
+    """The trainer's hook for `config.model.init_from` (seed 000 Model 2): the encoder of a subtype-pretrained
+    `inception_unet_encoder` run."""
+    if not isinstance(source, InceptionEncoderClassifier):
+      raise ValueError(f"inception_unet: init_from must be an inception_unet_encoder run, got a "
+                       f"{type(source).__name__}")
+    load_encoder(self, source)
+
   def __call__(self, x):
     skips, x = self.encoder(x)
     for up, block, skip in zip(self.up, self.up_blocks, reversed(skips)):

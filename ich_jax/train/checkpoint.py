@@ -27,6 +27,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  @property
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: Any, data_iterator=None) -> None:
     """Saves `state` (and each process's iterator position) as `step`, atomically."""
     items = {"state": ocp.args.StandardSave(state)}

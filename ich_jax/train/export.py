@@ -19,16 +19,14 @@ seed 000's ensemble weight model (`ich_jax.data.base_maps`).
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 
 import jax
-import ml_collections
 
 from ich_jax import LABELS, bundle
 from ich_jax.data import series
-from ich_jax.train import loop, sharding
+from ich_jax.train import evaluate, loop, sharding
 
 # dataset.kind of runs that read other runs' exports (their members' inputs).
 _STAGED_KINDS = ("series_features", "base_maps")
@@ -36,10 +34,11 @@ _STAGED_KINDS = ("series_features", "base_maps")
 
 def export_features(config, workdir: str | pathlib.Path, *, exp=None, state=None,
                     step: int | None = None) -> list[pathlib.Path]:
-  """Writes each split's export of `state` (default: the workdir's newest checkpoint); returns the folders."""
+  """Writes each split's export of `state` (default: the workdir's checkpoint `step`, else its newest); returns
+  the folders."""
   workdir = pathlib.Path(workdir)
   if state is None:
-    exp, state, step = loop.restore_for_eval(config, workdir)
+    exp, state, step = loop.restore_for_eval(config, workdir, step)
   if not hasattr(exp.task, "export"):
     raise ValueError(f"config task.name={config.task.name!r} has no export (its task defines no `export`)")
   export_config = config.get("export", {})
@@ -62,15 +61,6 @@ def export_features(config, workdir: str | pathlib.Path, *, exp=None, state=None
   return written
 
 
-def _run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The config a run was launched with (launch.py writes it to <workdir>/config.json)."""
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: missing; bundle export reads the config of every run named in "
-                            "config.dataset.exports from its workdir")
-  return ml_collections.ConfigDict(bundle.as_tuples(json.loads(path.read_text())))
-
-
 def _member_name(workdir: pathlib.Path, taken: set[str]) -> str:
   base = re.sub(r"[^A-Za-z0-9_.-]+", "_", workdir.name) or "model"
   name, k = base, 2
@@ -80,11 +70,15 @@ def _member_name(workdir: pathlib.Path, taken: set[str]) -> str:
 
 
 def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> pathlib.Path:
-  """Writes the model bundle of `workdir`'s newest checkpoint (default `<workdir>/bundle`); returns its path.
+  """Writes the model bundle of `workdir` (default `<workdir>/bundle`); returns its path.
 
   Members: this run, and recursively every run in its `config.dataset.exports`
-  (each once), inputs first. Outputs: the run's own probabilities; its mask if
-  it segments; Grad-CAM from the first classifier member.
+  (each once), inputs first; each at the checkpoint its run selected
+  (`evaluate.select_checkpoint`, seed 002's best validation Jaccard), else its
+  newest. A member keeps its run's task config, so a U-Net trained on windows
+  (`task.patch`, `task.stride`) predicts stitched, as its evaluation did.
+  Outputs: the run's own probabilities; its mask if it segments; Grad-CAM from
+  the first classifier member.
   """
   workdir = pathlib.Path(workdir)
   out = pathlib.Path(out) if out is not None else workdir / "bundle"
@@ -99,8 +93,8 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
       raise ValueError(f"config dataset.exports of {run} leads back to itself: {[str(c) for c in chain]}")
     inputs = []
     if cfg.dataset.get("kind", "slices") in _STAGED_KINDS:
-      inputs = [add(_run_config(pathlib.Path(w)), pathlib.Path(w), chain + (key,)) for w in cfg.dataset.exports]
-    exp, state, step = loop.restore_for_eval(cfg, run)
+      inputs = [add(loop.read_config(w), pathlib.Path(w), chain + (key,)) for w in cfg.dataset.exports]
+    exp, state, step = loop.restore_for_eval(cfg, run, evaluate.selected_step(run))
     data = loop.input_module(cfg)
     model = {"name": cfg.model.name, "num_classes": int(cfg.model.get("num_classes", len(LABELS))),
              "in_channels": int(data.in_channels(cfg)), "options": cfg.model.get("options", {})}

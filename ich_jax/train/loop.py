@@ -8,9 +8,10 @@ last checkpoint and ends with the same params as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ import optax
 from flax import nnx
 
 from ich_jax import LABELS, models
-from ich_jax.data import base_maps, pipeline, series
+from ich_jax.data import base_maps, patches, pipeline, series
 from ich_jax.train import checkpoint, optimizer, sharding, summary, tasks
 
 log = logging.getLogger("ich_jax.train")
@@ -63,15 +64,16 @@ class Experiment:
 
 def input_module(config):
   """The data module for `config.dataset.kind`: "slices" (default; ich_jax.data.pipeline),
-  "series_features" (ich_jax.data.series: whole series of exported stage-1 outputs) or
-  "base_maps" (ich_jax.data.base_maps: slices with exported base segmentation maps).
+  "series_features" (ich_jax.data.series: whole series of exported stage-1 outputs),
+  "base_maps" (ich_jax.data.base_maps: slices with exported base segmentation maps) or
+  "patches" (ich_jax.data.patches: windows of slices for training, whole slices for evaluation).
 
   Each provides ensure_ready(dataset_config), open_split(dataset_config, split),
   train_iterator(source, config.data, ...), eval_batches(source, config.data, ...)
   and in_channels(config), the model's input size; optionally train_finish(config)
   (None, or a jittable batch → batch with `host_keys(task_keys)`, see Experiment.finish).
   """
-  kinds = {"slices": pipeline, "series_features": series, "base_maps": base_maps}
+  kinds = {"slices": pipeline, "series_features": series, "base_maps": base_maps, "patches": patches}
   kind = config.dataset.get("kind", "slices")
   if kind not in kinds:
     raise ValueError(f"config dataset.kind={kind!r}; expected one of {sorted(kinds)}")
@@ -83,6 +85,32 @@ def _build_model(config) -> nnx.Module:
   return models.build(config.model.name, num_classes=int(config.model.get("num_classes", len(LABELS))),
                       in_channels=input_module(config).in_channels(config),
                       rngs=nnx.Rngs(config.seed), **config.model.get("options", {}))
+
+
+# Jitted steps by what they compile from. Stages of one experiment (ich_jax.experiments) build the same
+# model, task and optimizer several times (seed 000's five base U-Nets); each would trace and compile its
+# train step again (~15 s on a 2-core CPU for a smoke U-Net), so equal steps are built once per process.
+_STEPS: dict[tuple, Callable] = {}
+_MAX_STEPS = 16
+
+
+def _step_key(exp: Experiment, method: str, *parts) -> tuple:
+  c = exp.config
+  # Where the initial weights come from does not change what compiles. The task's method itself is in
+  # the key, so a step never outlives a change of the code it traced (a test's monkeypatched loss).
+  model = {k: v for k, v in c.model.to_dict().items() if k != "init_from"}
+  return (json.dumps(model, sort_keys=True, default=str), input_module(c).in_channels(c),
+          json.dumps(c.task.to_dict(), sort_keys=True, default=str), type(exp.task),
+          getattr(type(exp.task), method), exp.mesh.devices.shape, tuple(d.id for d in exp.mesh.devices.flat),
+          method, *parts)
+
+
+def _cached_step(key: tuple, build: Callable[[], Callable]) -> Callable:
+  if key not in _STEPS:
+    if len(_STEPS) >= _MAX_STEPS:
+      _STEPS.pop(next(iter(_STEPS)))
+    _STEPS[key] = build()
+  return _STEPS[key]
 
 
 def make_experiment(config) -> Experiment:
@@ -100,7 +128,21 @@ def make_experiment(config) -> Experiment:
 
 
 def make_train_step(exp: Experiment):
-  """jit(state, batch) → (state, metrics), data-parallel, donating the old state."""
+  """jit(state, batch) → (state, metrics), data-parallel, donating the old state (one per distinct
+  model, task, optimizer, on-device input finish and mesh in a process)."""
+  key = _step_key(exp, "loss", json.dumps(exp.config.optimizer.to_dict(), sort_keys=True, default=str),
+                  exp.total_steps, _finish_key(exp))
+  return _cached_step(key, lambda: _build_train_step(exp))
+
+
+def _finish_key(exp: Experiment) -> str | None:
+  # The on-device finish (warp, windows, resize) is traced into the train step: its data config is part of it.
+  if exp.finish is None:
+    return None
+  return json.dumps(exp.config.data.to_dict(), sort_keys=True, default=str)
+
+
+def _build_train_step(exp: Experiment):
   task, tx, graphdef, finish = exp.task, exp.tx, exp.graphdef_train, exp.finish
 
   def train_step(state, batch):
@@ -128,6 +170,10 @@ def make_train_step(exp: Experiment):
 
 def make_predict_step(exp: Experiment, method: str = "predict"):
   """jit(state, batch) → the task's predictions (`method`: "predict", or "export"), in eval mode."""
+  return _cached_step(_step_key(exp, method), lambda: _build_predict_step(exp, method))
+
+
+def _build_predict_step(exp: Experiment, method: str):
   task_fn, graphdef = getattr(exp.task, method), exp.graphdef_eval
 
   def predict_step(state, batch):
@@ -165,6 +211,8 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
     print(f"Resuming from step {start} of {exp.total_steps}", flush=True)
   else:
     state, start = exp.init_state(), 0
+    if config.model.get("init_from"):
+      state = load_pretrained(exp, state, config.model.init_from)
   writer = summary.SummaryWriter(workdir, enabled=is_main)
   step_fn = make_train_step(exp)
   data_sharding = sharding.batch_sharding(exp.mesh)
@@ -204,13 +252,52 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
   return exp, state
 
 
-def restore_for_eval(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict, int]:
-  """The experiment and the newest checkpointed state of a workdir."""
+def restore_for_eval(config, workdir: str | pathlib.Path, step: int | None = None) -> tuple[Experiment, dict, int]:
+  """The experiment and a checkpointed state of a workdir (`step`, default the newest)."""
   exp = make_experiment(config)
   ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
-  state, step = ckpt.restore(exp.abstract_state())
+  state, step = ckpt.restore(exp.abstract_state(), step=step)
   ckpt.close()
   return exp, state, step
+
+
+def checkpoint_steps(config, workdir: str | pathlib.Path) -> list[int]:
+  """The steps of a workdir's kept checkpoints, oldest first."""
+  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+  steps = ckpt.all_steps
+  ckpt.close()
+  return steps
+
+
+def read_config(workdir: str | pathlib.Path):
+  """The config a run was launched with (its workdir's config.json, written by launch.py and
+  ich_jax.experiments), JSON lists back as the tuples configs hold (model options such as `widths`)."""
+  from ml_collections import ConfigDict
+
+  from ich_jax import bundle
+
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no config.json; a run launched by launch.py or ich_jax.experiments has one")
+  return ConfigDict(bundle.as_tuples(json.loads(path.read_text())))
+
+
+def load_pretrained(exp: Experiment, state: dict, workdir: str | pathlib.Path) -> dict:
+  """`state` with the model's weights partly taken from another run (`config.model.init_from`): the model's
+  `load_pretrained(source_model)` decides which (seed 000 Model 2: the Inception U-Net takes the encoder of
+  a subtype-pretrained `inception_unet_encoder`). The optimizer starts afresh."""
+  model = nnx.merge(exp.graphdef_train, state["params"], state["model_state"])
+  if not hasattr(model, "load_pretrained"):
+    raise ValueError(f"config model.init_from={str(workdir)!r}: model {exp.config.model.name!r} defines no "
+                     "load_pretrained")
+  src_config = read_config(workdir)
+  src_exp, src_state, src_step = restore_for_eval(src_config, workdir)
+  source = nnx.merge(src_exp.graphdef_eval, src_state["params"], src_state["model_state"])
+  model.load_pretrained(source)
+  log.info("initialised from %s (step %d, model %s)", workdir, src_step, src_config.model.name)
+  _, params, model_state = nnx.split(model, nnx.Param, ...)
+  new = {"step": state["step"], "params": params, "model_state": model_state, "opt_state": exp.tx.init(params)}
+  return jax.device_put(new, sharding.replicated(exp.mesh))
 
 
 def predict_split(exp: Experiment, state: dict, source, *, batch_size: int, method: str = "predict",

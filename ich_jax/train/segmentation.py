@@ -26,6 +26,20 @@ Predictions (what `ich_jax.train.evaluate` and the report read):
     Probability maps are not returned: evaluation gathers every output of the
     split in host memory, and a float map per slice is 4× `mask` per map.
 
+Inference (`predict`, `export`). With `patch` > 0 the model sees windows of
+`patch` pixels every `stride` and the map is their average where they overlap
+(seed 002's patch U-Net; `ich_jax.models.maps.sliding_window`); 0 runs it on
+the whole slice. `closing` / `opening` > 1 post-process the map with seed
+002's closing then opening (square sizes in pixels; `maps.close_open`, on the
+probabilities, so thresholds 0.5–0.9 all see the paper's binary morphology).
+`slice_min_pixels` = k makes a slice's probability its k-th most probable
+pixel (1: the maximum, seed 000; seed 002's public code calls a slice
+positive from 20 × 20 pixels of a 640² mask on).
+
+Target (`target`): the batch field holding the reference label map, `mask`
+(hemorrhage) by default, or `brain_mask` (the pipeline's skull-stripping mask,
+`config.data.brain_mask = True`) to train a skull-stripping U-Net.
+
 Export (`--mode export_features`, `export`): the slice probabilities and the
 any-blood map of every slice, float16, the frozen base-model outputs that
 seed 000's weight model reads (`ich_jax.data.base_maps`, `ich_jax.train.ensemble`).
@@ -50,6 +64,7 @@ import jax.numpy as jnp
 import optax
 
 from ich_jax import LABELS
+from ich_jax.models import maps as maps_lib
 from ich_jax.train import tasks
 
 MAPS = {"any": 1, "subtypes": len(LABELS) - 1}
@@ -92,12 +107,14 @@ def bce_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, target).mean()
 
 
-def slice_probabilities(prob: jax.Array, maps: str) -> jax.Array:
-  """Per-pixel probabilities [B, H, W, K] → [B, 6] in LABELS order (max pixel per map; see the module doc)."""
-  per_map = prob.max(axis=(1, 2))
+def slice_probabilities(prob: jax.Array, maps: str, min_pixels: int = 1) -> jax.Array:
+  """Per-pixel probabilities [B, H, W, K] → [B, 6] in LABELS order (max pixel per map, or the
+  `min_pixels`-th largest; see the module doc)."""
+  per_map = maps_lib.slice_score(prob, min_pixels)
   if maps == "any":
     return jnp.repeat(per_map, len(LABELS), axis=1)
-  return jnp.concatenate([per_map.max(axis=1, keepdims=True), per_map], axis=1)
+  blood = maps_lib.slice_score(prob.max(axis=-1, keepdims=True), min_pixels)
+  return jnp.concatenate([blood, per_map], axis=1)
 
 
 def predicted_mask(prob: jax.Array, maps: str, threshold: float) -> jax.Array:
@@ -112,9 +129,12 @@ class Segmentation(tasks.Task):
   """Slice [B, H, W, C] → per-pixel logits [B, H, W, K]; Dice and/or BCE against the mask."""
 
   target_keys = ("mask",)
+  TARGETS = ("mask", "brain_mask")
 
   def __init__(self, loss: str = "dice", maps: str = "any", dice_over: str = "batch", dice_smooth: float = 1.0,
-               dice_ignore_empty: bool = False, threshold: float = 0.5):
+               dice_ignore_empty: bool = False, threshold: float = 0.5, target: str = "mask", patch: int = 0,
+               stride: int = 0, closing: int = 0, opening: int = 0, slice_min_pixels: int = 1,
+               max_patches: int = 0):
     if loss not in LOSSES:
       raise ValueError(f"config task.loss={loss!r}; expected one of {LOSSES}")
     if maps not in MAPS:
@@ -130,6 +150,20 @@ class Segmentation(tasks.Task):
     self.dice_ignore_empty = bool(dice_ignore_empty)
     # Seed 000 §2.2.3 thresholds pixel probabilities at 0.5; seed 002 Table 6 sweeps 0.5–0.9.
     self.threshold = float(threshold)
+    if target not in self.TARGETS:
+      raise ValueError(f"config task.target={target!r}; expected one of {self.TARGETS}")
+    if target == "brain_mask" and maps != "any":
+      raise ValueError("config task.target='brain_mask' is one map: set task.maps='any'")
+    self.target = target
+    self.target_keys = (target,)
+    self.patch, self.stride = int(patch), int(stride) or int(patch) // 2
+    self.max_patches = int(max_patches) or None
+    if self.patch < 0 or (self.patch and self.stride < 1):
+      raise ValueError(f"config task.patch={patch}, task.stride={stride}: need patch >= 0 and stride >= 1")
+    self.closing, self.opening = int(closing), int(opening)
+    self.slice_min_pixels = int(slice_min_pixels)
+    if self.slice_min_pixels < 1:
+      raise ValueError(f"config task.slice_min_pixels={slice_min_pixels}: need >= 1")
 
   def logits(self, model, image: jax.Array) -> jax.Array:
     out = model(image).astype(jnp.float32)
@@ -139,9 +173,19 @@ class Segmentation(tasks.Task):
                        f"{self.maps!r} needs [B, H, W, {want}] (set config.model.num_classes = {want})")
     return out
 
+  def probability_maps(self, model, image: jax.Array) -> jax.Array:
+    """[B, H, W, K] probabilities of whole slices: the model on the slice, or averaged windows (`patch`),
+    then the closing/opening post-processing."""
+    if self.patch:
+      prob = maps_lib.sliding_window(lambda x: jax.nn.sigmoid(self.logits(model, x)), image, self.patch,
+                                     self.stride, max_patches=self.max_patches)
+    else:
+      prob = jax.nn.sigmoid(self.logits(model, image))
+    return maps_lib.close_open(prob, self.closing, self.opening)
+
   def loss(self, model, batch):
     logits = self.logits(model, batch["image"])
-    target = targets(batch["mask"], self.maps)
+    target = targets(batch[self.target], self.maps)
     metrics, loss = {}, 0.0
     if "dice" in self.loss_name:
       metrics["dice_loss"] = dice_loss(logits, target, over=self.dice_over, smooth=self.dice_smooth,
@@ -157,8 +201,8 @@ class Segmentation(tasks.Task):
     return loss, metrics
 
   def predict(self, model, batch) -> dict[str, Any]:
-    prob = jax.nn.sigmoid(self.logits(model, batch["image"]))
-    return {"probabilities": slice_probabilities(prob, self.maps),
+    prob = self.probability_maps(model, batch["image"])
+    return {"probabilities": slice_probabilities(prob, self.maps, self.slice_min_pixels),
             "pred_mask": predicted_mask(prob, self.maps, self.threshold)}
 
   def export(self, model, batch) -> dict[str, Any]:
@@ -168,5 +212,6 @@ class Segmentation(tasks.Task):
     the five maps), the input seed 000 §2.2.3 gives its weight model; float16
     halves what the export gathers and stores (`ich_jax.data.series`).
     """
-    prob = jax.nn.sigmoid(self.logits(model, batch["image"]))
-    return {"probabilities": slice_probabilities(prob, self.maps), "maps": prob.max(axis=-1).astype(jnp.float16)}
+    prob = self.probability_maps(model, batch["image"])
+    return {"probabilities": slice_probabilities(prob, self.maps, self.slice_min_pixels),
+            "maps": prob.max(axis=-1).astype(jnp.float16)}

@@ -51,3 +51,23 @@ def test_fold_splits_of_a_built_dataset_partition_it_by_study(tiny_data_dir):
     held_out[len(held_out)]
   with pytest.raises(KeyError, match="has no split 'tune'"):
     datasets.open_split(cfg, "tune[fold=0/3]")
+
+
+def test_several_folds_and_a_cross_validation_round(tiny_data_dir):
+  assert folds.parse_split("train[fold=2,0/5]") == ("train", (True, (0, 2), 5))
+  with pytest.raises(ValueError, match="named twice"):
+    folds.parse_split("train[fold=1,1/5]")
+  ids = np.array([f"s{i % 11}" for i in range(40)])
+  np.testing.assert_array_equal(folds.fold_rows(ids, (True, (0, 2), 5)),
+                                np.union1d(folds.fold_rows(ids, (True, 0, 5)), folds.fold_rows(ids, (True, 2, 5))))
+  # Seed 002's round: test fold k, validation fold k+1, the other three train; together the whole pool.
+  r = folds.cv_round("train+test", 5, 4)
+  assert r == {"train": "train+test[fold=1,2,3/5]", "validation": "train+test[fold=0/5]", "test": "train+test[fold=4/5]"}
+  cfg = ConfigDict({"name": "synthetic_ich", "config": "tiny", "data_dir": tiny_data_dir})
+  parts = {k: {bytes(s["study_id"]) for s in (src[i] for i in range(len(src)))}
+           for k, src in ((k, datasets.open_split(cfg, v)) for k, v in r.items())}
+  assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["validation"])
+  pool = datasets.open_split(cfg, "train+test")
+  assert len(parts["train"] | parts["validation"] | parts["test"]) == len({bytes(pool[i]["study_id"]) for i in range(len(pool))})
+  with pytest.raises(ValueError, match="needs a test, a validation"):
+    folds.cv_round("train", 2, 0)

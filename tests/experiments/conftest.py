@@ -27,11 +27,22 @@ def shared_compile_cache(tmp_path_factory):
   compilation_cache.reset_cache()
 
 
-def run_smoke(config_module, data_dir: str, root):
-  """An experiment config's smoke variant, run to the end on the session's tiny dataset; (config, workdir)."""
-  from ich_jax import experiments
+@pytest.fixture(scope="package")
+def svw(tiny_data_dir, tmp_path_factory):
+  """configs/strong_vs_weak.py:smoke, run once for its own tests and for the weighted ensemble's Table 4."""
+  from configs import strong_vs_weak
 
-  config = config_module.get_config("smoke")
-  config.dataset.data_dir = data_dir
+  return run_smoke(strong_vs_weak, tiny_data_dir, tmp_path_factory.mktemp("svw"))
+
+
+def run_smoke(config_module, data_dir: str, root, overrides=None):
+  """An experiment config's smoke variant, run to the end on the session's tiny dataset; (config, workdir).
+
+  `overrides`: dotted config fields set before it runs ("experiment.strong_vs_weak": ...).
+  """
+  from ich_jax import experiments
+  from ich_jax.experiments import runner
+
+  config = runner.override(config_module.get_config("smoke"), {"dataset.data_dir": data_dir, **(overrides or {})})
   experiments.run(config, root)
   return config, root

@@ -97,4 +97,37 @@ def test_the_full_strong_vs_weak_constructs(tmp_path):
     assert (task.saliency_loss_weight > 0) == s.name.endswith("/strong")
     model = _model(s.config, pipeline.num_channels(s.config.data))
     assert hasattr(model, "features_map") and hasattr(model, "classify")  # what the saliency loss needs
+    assert pipeline.num_channels(s.config.data) == 4                       # seed 000 §2.1.4's four channels
   assert {s.config.model.name for s in stages[:-1]} == set(config.experiment.backbones)
+
+
+@pytest.mark.parametrize("module,arg", [("weighted_ensemble", ""), ("physionet_patch_unet", ""),
+                                        ("physionet_patch_unet", "physionet:paper_patches")])
+def test_the_full_segmentation_experiments_construct(module, arg, tmp_path):
+  import importlib
+
+  from ich_jax.train import loop
+
+  config = importlib.import_module(f"configs.{module}").get_config(arg)
+  stages = experiments.stages(config, tmp_path)
+  assert stages[-1].name == "report"
+  runs = [s for s in stages if s.config is not None]
+  for s in runs:
+    if s.name.endswith("/full_unet"):
+      # Seed 002 §6: the full-slice U-Net's mini-batch of 2, which only divides over one or two devices.
+      assert s.config.train.batch_size == 2
+      s.config.train.batch_size = 8
+    _common(s.config)
+    pipeline._plan(s.config.data)
+    _model(s.config, loop.input_module(s.config).in_channels(s.config))
+  if module == "weighted_ensemble":
+    # Seed 000 §2.2: five base models on the four-channel input, five weight models on their maps.
+    assert sum(s.config.model.name == "inception_unet" for s in runs) == 5
+    assert {pipeline.num_channels(s.config.data) for s in runs} == {4}
+    assert [len(s.config.dataset.exports) for s in runs if s.config.model.name == "ensemble_weights"] == [2, 3, 3, 3, 5]
+  else:
+    # Seed 002 §6: five rounds; the patch U-Net's windows are the data's and the stitching's.
+    assert len([s for s in stages if s.name.endswith("/threshold")]) == 5
+    patch = [s.config for s in runs if s.name.endswith("/patch_unet")]
+    assert len(patch) == 5 and {(c.task.patch, c.task.stride) for c in patch} == {
+        (c.data.patch.size, c.data.patch.stride) for c in patch} == {(160, 80) if arg else (32, 16)}

@@ -50,6 +50,17 @@ def test_finished_stages_are_skipped_interrupted_ones_rerun_and_changed_ones_ref
   assert log[-1] == "b/c" and not (tmp_path / "a").exists()
 
 
+def test_a_stage_marked_always_runs_every_time_and_is_never_stale(tmp_path):
+  # A report that also reads outside the experiment: rerun on every invocation, whatever its parameters now.
+  log = []
+  plan = lambda x: _plan(log) + [Stage("report", fn=_counting(log, "report"), params={"x": x}, after=("b/c",),
+                                       always=True)]
+  runner.run_stages(plan(1), tmp_path)
+  runner.run_stages(plan(2), tmp_path)
+  assert log == ["a", "b/c", "report", "report"]
+  assert runner.read_marker(tmp_path / "report")["status"] == "done"
+
+
 def test_plans_that_cannot_be_right_are_errors(tmp_path):
   with pytest.raises(ValueError, match="do not come before it"):
     runner.run_stages([Stage("b", fn=print, after=("a",)), Stage("a", fn=print)], tmp_path)

@@ -8,14 +8,8 @@ from ich_jax import experiments
 from ich_jax.eval import metrics as M
 from ich_jax.eval import report
 from ich_jax.experiments import strong_vs_weak
-from tests.experiments.conftest import run_smoke
 
 BACKBONES = ("densenet121", "inception_resnet_v2", "mobilenet_v2", "vgg19")
-
-
-@pytest.fixture(scope="module")
-def svw(tiny_data_dir, tmp_path_factory):
-  return run_smoke(svw_config, tiny_data_dir, tmp_path_factory.mktemp("svw"))
 
 
 def test_each_run_leaves_a_standard_workdir_and_only_strong_runs_learn_from_masks(svw):
@@ -30,6 +24,7 @@ def test_each_run_leaves_a_standard_workdir_and_only_strong_runs_learn_from_mask
       assert all(("saliency_loss" in row) == (a == "strong") for row in logged)
       config = json.loads((d / "config.json").read_text())
       assert config["data"]["sampling"]["mode"] == "balanced"
+      assert config["data"]["recipe"][3] == [0, 40, 80, "skull_stripped"]   # seed 000 §2.1.4's fourth channel
       assert config["task"]["saliency_loss_weight"] == (1.0 if a == "strong" else 0.0)
 
 

@@ -174,3 +174,30 @@ def test_diverged_loss_stops_without_checkpointing_nan(smoke_config, tmp_path, m
   with pytest.raises(FloatingPointError, match="loss is nan"):
     loop.train(smoke_config, tmp_path / "nan")
   assert not list((tmp_path / "nan" / "checkpoints").glob("[0-9]*"))
+
+
+def test_equal_steps_compile_once_per_process(smoke_config):
+  # Stages of an experiment (five base U-Nets) build the same step again; they share one jitted function,
+  # whatever their seed, data or initial weights, and a different optimizer or task gets its own.
+  a = smoke_config
+  b = a.copy_and_resolve_references()
+  b.seed, b.data.sampling.lesion = 7, "subdural"
+  b.model.init_from = "/elsewhere"
+  exp_a, exp_b = loop.make_experiment(a), loop.make_experiment(b)
+  assert loop.make_train_step(exp_a) is loop.make_train_step(exp_b)
+  assert loop.make_predict_step(exp_a) is loop.make_predict_step(exp_b)
+  assert loop.make_predict_step(exp_a, "export") is not loop.make_predict_step(exp_a)
+  c = a.copy_and_resolve_references()
+  c.optimizer.learning_rate = 0.5
+  assert loop.make_train_step(loop.make_experiment(c)) is not loop.make_train_step(exp_a)
+  c = a.copy_and_resolve_references()
+  c.task.label_smoothing = 0.1
+  assert loop.make_predict_step(loop.make_experiment(c)) is not loop.make_predict_step(exp_a)
+  # A step never outlives the code it traced: a replaced loss gets a new step.
+  real = tasks.MultilabelClassification.loss
+  try:
+    tasks.MultilabelClassification.loss = lambda self, model, batch: real(self, model, batch)
+    fresh = loop.make_train_step(loop.make_experiment(a))
+  finally:
+    tasks.MultilabelClassification.loss = real
+  assert fresh is not loop.make_train_step(exp_a)

@@ -167,3 +167,39 @@ def test_trains_and_evaluates_through_the_shared_loop(name, tiny_data_dir, tmp_p
   assert dice["n_slices"] > 0 and 0 <= dice["dice"] <= 1
   preds = np.load(tmp_path / "predictions.npz")
   assert preds["pred_mask"].shape == preds["mask"].shape == (len(preds["probabilities"]), 32, 32)
+
+
+def test_stitched_inference_post_processing_and_slice_score():
+  from ich_jax.models import maps
+
+  rng = np.random.default_rng(3)
+  image = jnp.asarray(rng.normal(size=(2, 24, 24, 1)), jnp.float32)
+  # A model whose output depends on where it is in its window: stitching must average the windows.
+  def model(x):
+    ramp = jnp.arange(x.shape[1], dtype=jnp.float32)[None, :, None, None] / x.shape[1]
+    return 4.0 * (x + ramp - 0.5)
+
+  task = seg.Segmentation(loss="bce", patch=8, stride=4, closing=3, opening=2, slice_min_pixels=5)
+  out = task.predict(model, {"image": image})
+  prob = maps.close_open(maps.sliding_window(lambda x: jax.nn.sigmoid(model(x)), image, 8, 4), 3, 2)
+  np.testing.assert_array_equal(out["pred_mask"], (np.asarray(prob)[..., 0] >= 0.5).astype(np.uint8))
+  fifth = np.sort(np.asarray(prob).reshape(2, -1), axis=1)[:, -5]
+  np.testing.assert_allclose(out["probabilities"], np.repeat(fifth[:, None], 6, axis=1), rtol=1e-6)
+  # Not what the whole-slice model gives: the windows are seen.
+  whole = seg.Segmentation(loss="bce").predict(model, {"image": image})
+  assert not np.array_equal(whole["pred_mask"], out["pred_mask"])
+  # The export carries the same post-processed map.
+  np.testing.assert_allclose(task.export(model, {"image": image})["maps"], np.asarray(prob)[..., 0], atol=1e-3)
+  with pytest.raises(ValueError, match="slice_min_pixels=0"):
+    seg.Segmentation(slice_min_pixels=0)
+
+
+def test_the_target_can_be_the_brain_mask():
+  task = seg.Segmentation(target="brain_mask", loss="dice")
+  assert task.batch_keys == ("image", "brain_mask")
+  brain = _square()[None].astype(np.uint8)
+  batch = {"image": jnp.zeros((1, 8, 8, 1)), "brain_mask": jnp.asarray(brain), "mask": jnp.zeros((1, 8, 8), jnp.uint8)}
+  loss, _ = task.loss(_fixed(_logits(brain[..., None])), batch)
+  assert float(loss) == pytest.approx(0.0, abs=1e-6)               # perfect on the brain, whatever `mask` says
+  with pytest.raises(ValueError, match="task.target='skull'"):
+    seg.Segmentation(target="skull")

@@ -1,0 +1,46 @@
+"""Seed 002: the threshold baseline, the full-slice U-Net and the patch U-Net, cross-validated; Tables 5 and 6.
+
+The stages are spelled out in the config (configs/physionet_patch_unet.py, `runner.planned_stages`); under
+the workdir W, for every cross-validation round k of `config.experiment.cv.folds`:
+
+  fold<k>/threshold   the grid-search baseline (host step `threshold_baseline`, ich_jax.eval.threshold)
+  fold<k>/full_unet   the U-Net on whole slices: train, keep the checkpoint of best validation Jaccard, evaluate
+  fold<k>/patch_unet  the U-Net on windows (dataset kind "patches"), evaluated stitched (sliding window)
+  report              W/report.md and W/tables.json: every round's held-out predictions pooled per method
+                      (ich_jax.eval.segmentation_tables: Dice on slices with blood, Tables 5 and 6, Dice per
+                      subtype, what each round chose)
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+
+from ich_jax.eval import report as R
+from ich_jax.eval import segmentation_tables as T
+from ich_jax.experiments import runner
+from ich_jax.experiments.runner import Stage
+
+FINAL = None   # the report pools the rounds: no single stage holds the headline evaluation
+
+
+def stages(config, root: pathlib.Path) -> list[Stage]:
+  planned = runner.planned_stages(config, root)
+  runs = []
+  for s in planned:
+    fold, _, method = s.name.partition("/")
+    runs.append((method, int(fold.removeprefix("fold")), str(root / s.name)))
+  return planned + [Stage("report", fn=functools.partial(write_report, root=root, config=config, runs=runs),
+                          params={"runs": runs}, after=tuple(s.name for s in planned))]
+
+
+def write_report(workdir: pathlib.Path, *, root: pathlib.Path, config, runs) -> str:
+  """W/report.md and W/tables.json from the rounds' predictions; returns the report."""
+  t = T.tables(runs, float(config.eval.threshold))
+  R.write_metrics(t, root / "tables.json")
+  cv = config.experiment.cv
+  folds = f"{cv.num_folds}-fold cross-validation by study, rounds {list(cv.folds)} run"
+  text = T.format_markdown(t, title="Seed 002: PhysioNet patch U-Net",
+                           dataset=f"{config.dataset.name}/{config.dataset.config}", folds=folds)
+  R.write_text(root / "report.md", text)
+  print(f"Report: {root / 'report.md'}", flush=True)
+  return text
