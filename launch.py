@@ -68,7 +68,10 @@ def main(argv) -> None:
   workdir = pathlib.Path(_WORKDIR.value)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    # config.json is the record of what was trained (bundle export --run and the experiments read it):
+    # evaluating or exporting with other overrides records them beside it, never over it.
+    name = "config.json" if _MODE.value == "train" else f"config.{_MODE.value}.json"
+    (workdir / name).write_text(config.to_json_best_effort(indent=2))
   if _SWEEP.value or config.get("experiment") is not None:
     # Several runs of the one loop, each in its own folder (ich_jax.experiments).
     if _MODE.value != "train":

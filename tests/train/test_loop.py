@@ -156,9 +156,14 @@ def test_quickstart_smoke_end_to_end_and_eval_reprints(tiny_data_dir, tmp_path):
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in rows)
   assert list(workdir.glob("events.out.tfevents.*"))
-  again = _launch(*common, "--mode=eval")
+  trained = (workdir / "config.json").read_text()
+  again = _launch(*common, "--mode=eval", "--config.train.keep_checkpoints=99")
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((workdir / "metrics.json").read_text()) == metrics
+  # The training record stays; the evaluation's overrides are recorded beside it.
+  assert (workdir / "config.json").read_text() == trained
+  assert json.loads(trained)["train"]["keep_checkpoints"] != 99
+  assert json.loads((workdir / "config.eval.json").read_text())["train"]["keep_checkpoints"] == 99
   table = run.stdout[run.stdout.index("Held-out"):]
   assert table.strip() in again.stdout
 
