@@ -6,7 +6,7 @@
 Hyper-parameters follow seed 003 (RSNA 2019 1st place) where it fixes them;
 the network and the step count are sized for 2 CPU cores.
 """
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from ich_jax.data import pipeline, windows
 
@@ -30,7 +30,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
   c.model = ConfigDict()
   c.model.name = "small_cnn"
-  c.model.options = ConfigDict({"widths": (16, 32, 64, 96), "stem_factor": 2})
+  # blood_map_stride: None = blood logits on the last (stride-16) feature map;
+  # a stage stride (4, 8) adds a light FPN decoder for a finer blood map.
+  c.model.options = ConfigDict({"widths": (16, 32, 64, 96), "stem_factor": 2,
+                                "blood_map_stride": config_dict.placeholder(int)})
 
   c.task = ConfigDict()
   c.task.name = "multilabel_classification"
@@ -38,6 +41,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # Strong labels (seed 000 §2.1.5): the phantoms have masks, so the quickstart
   # also learns where blood is; 0 trains on slice labels only (weak annotation).
   c.task.mask_loss_weight = 1.0
+  c.task.mask_loss = "bce"
 
   c.optimizer = ConfigDict()
   c.optimizer.name = "adam"

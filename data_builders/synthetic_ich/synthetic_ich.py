@@ -84,6 +84,7 @@ def _study_examples(task):
     if subtype_mask.any():  # most subtypes are absent: skip their (costly) downsampling
       mask[resample.any_downsample(subtype_mask, res)] = i + 1
   spacing = np.asarray(series.spacing[1:], np.float32) * factor
+  blood_ml = np.float32(ph.total_blood_ml)   # a pass over every mask voxel: once per study
   examples = []
   for s in range(hu.shape[0]):
     key = f"{series.series_uid}_{s:04d}"
@@ -98,7 +99,7 @@ def _study_examples(task):
         "z_position": np.float32(series.z_positions[s]),
         "pixel_spacing": spacing,
         "slice_thickness": np.float32(series.slice_thickness),
-        "study_blood_ml": np.float32(ph.total_blood_ml),
+        "study_blood_ml": blood_ml,
         "mimic": np.uint8(ph.mimic_slices[s]),
     }))
   return examples
@@ -166,6 +167,13 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
       SyntheticIchConfig(
           name="small", description="Small: the quickstart experiment.", resolution=128,
           patients=_SMALL_PATIENTS, phantom=_SMALL_PHANTOM, forced_bins=_SMALL_FORCED),
+      # Model selection without touching the quickstart's test split: 300 other
+      # patients (seed 1) drawn like small's test split, test split only
+      # (docs/QUICKSTART_EXPERIMENTS.md: `--config.dataset.config=small_dev --mode eval`).
+      SyntheticIchConfig(
+          name="small_dev", description="Development set for small: 300 other patients (seed 1), test split only.",
+          resolution=128, patients=(("test", 300),), phantom=_SMALL_PHANTOM,
+          forced_bins=(("test", "punctate", 4),), seed=1),
       # The same phantoms (same seeds) stored at 256 (≈0.9 mm pixels), for resolution ablations.
       SyntheticIchConfig(
           name="small256", description="small at 256×256.", resolution=256,

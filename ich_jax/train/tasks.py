@@ -96,7 +96,8 @@ class MultilabelClassification(Task):
   target_keys = ("labels",)
 
   def __init__(self, label_weights=(2.0, 1.0, 1.0, 1.0, 1.0, 1.0), label_smoothing: float = 0.0,
-               mask_loss_weight: float = 0.0, saliency_loss_weight: float = 0.0, saliency_class: str = "any"):
+               mask_loss_weight: float = 0.0, mask_loss: str = "bce", saliency_loss_weight: float = 0.0,
+               saliency_class: str = "any"):
     if len(label_weights) != len(LABELS):
       raise ValueError(f"task.label_weights has {len(label_weights)} entries, expected {len(LABELS)} for {LABELS}")
     self.label_weights = tuple(float(w) for w in label_weights)
@@ -105,6 +106,13 @@ class MultilabelClassification(Task):
     # where blood is (mask max-pooled to that grid), beside the slice labels;
     # seed 000 (§2.1.5, Table 2) finds mask supervision beats slice labels alone.
     self.mask_loss_weight = float(mask_loss_weight)
+    # "bce": mean per-cell BCE, which a bleed of one cell in 64 barely moves;
+    # "dice" adds nothing for blood-free slices but weighs every slice with
+    # blood alike, small or large (soft Dice per slice, slices with blood only);
+    # "dice+bce" both (BCE keeps teaching normal slices "no blood").
+    if mask_loss not in ("bce", "dice", "dice+bce"):
+      raise ValueError(f"config task.mask_loss={mask_loss!r}; expected 'bce', 'dice' or 'dice+bce'")
+    self.mask_loss = mask_loss
     # > 0: strong labels as seed 000 §2.1.5 uses them. The Grad-CAM (seed 003
     # eqs. 2–3) of class `saliency_class` on the last feature map is compared
     # with the blood mask on that grid (models.gradcam.saliency_loss: soft Dice)
@@ -140,7 +148,13 @@ class MultilabelClassification(Task):
     if self.mask_loss_weight:
       cell_logits = out["mask_logits"].astype(jnp.float32)
       target = coarse_mask(batch["mask"], cell_logits.shape[1:])
-      mask_loss = optax.sigmoid_binary_cross_entropy(cell_logits, target).mean()
+      mask_loss = 0.0
+      if "bce" in self.mask_loss:
+        mask_loss = optax.sigmoid_binary_cross_entropy(cell_logits, target).mean()
+      if "dice" in self.mask_loss:
+        from ich_jax.train import segmentation
+        mask_loss = mask_loss + segmentation.dice_loss(cell_logits[..., None], target[..., None], over="slice",
+                                                       ignore_empty=True)
       metrics["mask_loss"] = mask_loss
       loss = loss + self.mask_loss_weight * mask_loss
     if self.saliency_loss_weight:

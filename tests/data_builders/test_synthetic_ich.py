@@ -96,3 +96,16 @@ def test_small_test_split_has_its_punctate_floor_and_more_test_patients_keep_tra
   import dataclasses
   bigger = dataclasses.replace(small, patients=(*small.patients[:2], ("test", 130)))
   assert [t[1:4] for t in S.plan_studies(bigger)["train"]] == [t[1:4] for t in plan["train"]]
+
+
+def test_the_development_set_shares_no_phantom_with_small():
+  # small_dev selects quickstart variants; a phantom seed (hence a study) it shared with small's
+  # train or test split would leak into that choice.
+  from data_builders.synthetic_ich import synthetic_ich as S
+  configs = S.SyntheticIch.builder_configs
+  small = {t[3] for tasks in S.plan_studies(configs["small"]).values() for t in tasks}
+  dev = S.plan_studies(configs["small_dev"])
+  assert set(dev) == {"test"} and len({t[1] for t in dev["test"]}) == 300
+  dev_seeds = {t[3] for t in dev["test"]}
+  assert len(dev_seeds) == len(dev["test"]) and not dev_seeds & small
+  assert [t[4] for t in dev["test"][:4]] == ["punctate"] * 4
