@@ -31,7 +31,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.model = ConfigDict()
   c.model.name = "small_cnn"
   # blood_map_stride: None = blood logits on the last (stride-16) feature map;
-  # a stage stride (4, 8) adds a light FPN decoder for a finer blood map.
+  # a stage stride (2, 4 or 8) adds a light FPN decoder for a finer blood map.
+  # Kept off: stride 4 with mask_loss "dice+bce" was not better than seed noise
+  # on the development set (docs/QUICKSTART_EXPERIMENTS.md).
   c.model.options = ConfigDict({"widths": (16, 32, 64, 96), "stem_factor": 2,
                                 "blood_map_stride": config_dict.placeholder(int)})
 
@@ -41,7 +43,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # Strong labels (seed 000 §2.1.5): the phantoms have masks, so the quickstart
   # also learns where blood is; 0 trains on slice labels only (weak annotation).
   c.task.mask_loss_weight = 1.0
-  c.task.mask_loss = "bce"
+  c.task.mask_loss = "bce"                # "bce" | "dice" | "dice+bce" on the blood map
 
   c.optimizer = ConfigDict()
   c.optimizer.name = "adam"

@@ -152,7 +152,7 @@ class MultilabelClassification(Task):
       if "bce" in self.mask_loss:
         mask_loss = optax.sigmoid_binary_cross_entropy(cell_logits, target).mean()
       if "dice" in self.mask_loss:
-        from ich_jax.train import segmentation
+        from ich_jax.train import segmentation  # here: segmentation imports this module
         mask_loss = mask_loss + segmentation.dice_loss(cell_logits[..., None], target[..., None], over="slice",
                                                        ignore_empty=True)
       metrics["mask_loss"] = mask_loss
