@@ -91,17 +91,31 @@ def metadata_source(b, split: str):
   return b.as_data_source(split=split, decoders=skip or None)
 
 
-def read_field(source, key: str, chunk: int = 1024) -> np.ndarray:
-  """One field of every record of `source`, in record order."""
+class MissingField(KeyError):
+  """A record lacks a field a caller reads (`key`, `record`: its index)."""
+
+  def __init__(self, key: str, record: int, present):
+    super().__init__(f"record {record} has no field {key!r} (it has {sorted(present)})")
+    self.key, self.record = key, record
+
+
+def read_fields(source, keys, chunk: int = 1024) -> dict[str, np.ndarray]:
+  """Fields `keys` of every record of `source`, in record order, read in chunks (`__getitems__` if it has one)."""
   getitems = getattr(source, "__getitems__", None)
-  values = []
+  values: dict[str, list] = {k: [] for k in keys}
   for start in range(0, len(source), chunk):
     ids = list(range(start, min(len(source), start + chunk)))
     for i, rec in zip(ids, getitems(ids) if getitems is not None else [source[i] for i in ids]):
-      if key not in rec:
-        raise KeyError(f"record {i} has no field {key!r} (it has {sorted(rec)})")
-      values.append(rec[key])
-  return np.asarray(values)
+      for k in keys:
+        if k not in rec:
+          raise MissingField(k, i, rec)
+        values[k].append(np.asarray(rec[k]))
+  return {k: np.stack(v) if v else np.zeros((0,)) for k, v in values.items()}
+
+
+def read_field(source, key: str, chunk: int = 1024) -> np.ndarray:
+  """One field of every record of `source`, in record order."""
+  return read_fields(source, (key,), chunk)[key]
 
 
 class RecordSubset:

@@ -685,17 +685,7 @@ def _draw_balanced(labels, lesion, num_lesion, balance_subtypes, redraw, seed, e
 def _metadata(source, keys: Sequence[str]) -> dict[str, np.ndarray]:
   """`keys` of every record, in record order, from the cheapest source available."""
   src = as_series_source(source)
-  meta = src._metadata_source or src.source
-  getitems = getattr(meta, "__getitems__", None)
-  out: dict[str, list] = {k: [] for k in keys}
-  for start in range(0, len(src), 1024):
-    ids = list(range(start, min(len(src), start + 1024)))
-    for i, rec in zip(ids, getitems(ids) if getitems is not None else [meta[i] for i in ids]):
-      for k in keys:
-        if k not in rec:
-          raise KeyError(k, i)
-        out[k].append(np.asarray(rec[k]))
-  return {k: np.stack(v) if v else np.zeros((0,)) for k, v in out.items()}
+  return datasets.read_fields(src._metadata_source or src.source, keys)
 
 
 def epoch_sampler(source, cfg, *, seed: int = 0) -> EpochSampler | None:
@@ -713,8 +703,8 @@ def epoch_sampler(source, cfg, *, seed: int = 0) -> EpochSampler | None:
   small = repeat > 1 or lesion_kind == "small"
   try:
     meta = _metadata(source, ("labels",) + (("study_blood_ml",) if small else ()))
-  except KeyError as e:
-    key, i = e.args
+  except datasets.MissingField as e:
+    key, i = e.key, e.record
     why = (f"config data.small_bleed_repeat={repeat}" if repeat > 1 else
            f"config data.sampling.lesion={lesion_kind!r}")
     raise ValueError(f"{why} needs the field {key}, which record {i} of this dataset lacks"

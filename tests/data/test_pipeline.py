@@ -428,6 +428,12 @@ def test_balanced_subsets_leave_other_blood_out():
   src_no_edh = _labelled_source(subtypes=(2, 3))
   with pytest.raises(ValueError, match="no training slice is a lesion slice"):
     pipeline.epoch_sampler(src_no_edh, cfg, seed=0)
+  # A dataset without volumes (no masks) cannot pick small lesions: the record and field are named.
+  no_volume = [{k: v for k, v in r.items() if k != "study_blood_ml"} for r in src]
+  cfg.sampling.lesion = "small"
+  with pytest.raises(ValueError, match=r"sampling.lesion='small' needs the field study_blood_ml, which record 0 "
+                                       r"of this dataset lacks \(datasets without masks"):
+    pipeline.epoch_sampler(no_volume, cfg, seed=0)
 
 
 def test_balanced_stream_is_resumable_and_in_the_sampled_records():
