@@ -178,6 +178,10 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
       SyntheticIchConfig(
           name="small256", description="small at 256×256.", resolution=256,
           patients=_SMALL_PATIENTS, phantom=_SMALL_PHANTOM, forced_bins=_SMALL_FORCED),
+      # small_dev's phantoms at 256, the development set of small256.
+      SyntheticIchConfig(
+          name="small_dev256", description="small_dev at 256×256.", resolution=256,
+          patients=(("test", 300),), phantom=_SMALL_PHANTOM, forced_bins=(("test", "punctate", 4),), seed=1),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -109,3 +109,8 @@ def test_the_development_set_shares_no_phantom_with_small():
   dev_seeds = {t[3] for t in dev["test"]}
   assert len(dev_seeds) == len(dev["test"]) and not dev_seeds & small
   assert [t[4] for t in dev["test"][:4]] == ["punctate"] * 4
+  # small_dev256 is the same development patients at 256 px (small256's development set):
+  # the same phantom seeds and forced bins, so a resolution comparison sees the same studies.
+  dev256 = S.plan_studies(configs["small_dev256"])
+  assert [t[1:] for t in dev256["test"]] == [t[1:] for t in dev["test"]]
+  assert configs["small_dev256"].resolution == 256 and configs["small_dev256"].phantom == configs["small_dev"].phantom
