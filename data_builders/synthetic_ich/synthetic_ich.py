@@ -116,6 +116,12 @@ _SMALL_PHANTOM = (("matrix", 512), ("max_slices", 20), ("slice_thickness_mm", (2
                   ("size_bin_probs_by_subtype", SEED001_SIZE_MIX))
 
 
+# The development set (small_dev, and small_dev256 at 256 px): one definition, so both hold the same patients.
+_DEV_PATIENTS = (("test", 300),)
+_DEV_FORCED = (("test", "punctate", 4),)
+_DEV_SEED = 1
+
+
 def plan_studies(cfg: SyntheticIchConfig) -> dict[str, list[tuple]]:
   """Split → the studies to generate: (config, patient_id, study_number, seed, forced_bin).
 
@@ -172,8 +178,7 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
       # (docs/QUICKSTART_EXPERIMENTS.md: `--config.dataset.config=small_dev --mode eval`).
       SyntheticIchConfig(
           name="small_dev", description="Development set for small: 300 other patients (seed 1), test split only.",
-          resolution=128, patients=(("test", 300),), phantom=_SMALL_PHANTOM,
-          forced_bins=(("test", "punctate", 4),), seed=1),
+          resolution=128, patients=_DEV_PATIENTS, phantom=_SMALL_PHANTOM, forced_bins=_DEV_FORCED, seed=_DEV_SEED),
       # The same phantoms (same seeds) stored at 256 (≈0.9 mm pixels), for resolution ablations.
       SyntheticIchConfig(
           name="small256", description="small at 256×256.", resolution=256,
@@ -181,7 +186,7 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
       # small_dev's phantoms at 256, the development set of small256.
       SyntheticIchConfig(
           name="small_dev256", description="small_dev at 256×256.", resolution=256,
-          patients=(("test", 300),), phantom=_SMALL_PHANTOM, forced_bins=(("test", "punctate", 4),), seed=1),
+          patients=_DEV_PATIENTS, phantom=_SMALL_PHANTOM, forced_bins=_DEV_FORCED, seed=_DEV_SEED),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
