@@ -36,8 +36,10 @@ from collections.abc import Iterable
 MARKER = ".ich-jax-output.json"
 _TMP_TAG = ".ich-jax-tmp"
 _OLD_TAG = ".ich-jax-old"
-# Outputs written before the marker existed, recognised by their own format field (file, field, value).
-_LEGACY = (("manifest.json", "format", "ich-jax-bundle"), ("report.json", "format", "ich-jax-prediction"))
+# Outputs written before the marker existed, recognised by their own format field: (file, field, value, kind).
+_LEGACY = (("manifest.json", "format", "ich-jax-bundle", "bundle"),
+           ("report.json", "format", "ich-jax-prediction", "prediction"),
+           ("meta.json", "format", 1, "features"))
 
 
 class NotOurs(ValueError):
@@ -105,41 +107,55 @@ def write_text(path, text: str) -> pathlib.Path:
 # --- Whose folder is it ---------------------------------------------------------------------------
 
 
-def is_ours(directory) -> bool:
-  """True when `directory` carries ich-jax's marker (or is an output of an older ich-jax, by its format)."""
+def kind_of(directory) -> str | None:
+  """The kind of output ich-jax wrote in `directory` ("prediction", "bundle", ...), or None if it did not."""
   directory = pathlib.Path(directory)
-  if (directory / MARKER).is_file():
-    return True
-  for name, field, value in _LEGACY:
+  try:
+    return str(json.loads((directory / MARKER).read_text())["kind"])
+  except FileNotFoundError:
+    pass
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  for name, field, value, kind in _LEGACY:
     try:
       if json.loads((directory / name).read_text()).get(field) == value:
-        return True
+        return kind
     except (OSError, ValueError, AttributeError):
       continue
-  return False
+  return None
 
 
-def check_replaceable(directory) -> None:
-  """Raises NotOurs unless `directory` is absent, an empty folder, or a folder ich-jax wrote."""
+def is_ours(directory, kind: str | None = None) -> bool:
+  """True when ich-jax wrote `directory` (and, with `kind`, wrote that kind of output there)."""
+  found = kind_of(directory)
+  return found is not None and (kind is None or found == kind)
+
+
+def check_replaceable(directory, kind: str | None = None) -> None:
+  """Raises NotOurs unless `directory` is absent, an empty folder, or a folder ich-jax wrote (of `kind`)."""
   directory = pathlib.Path(directory)
   if not directory.exists() and not directory.is_symlink():
     return
   if directory.is_symlink() or not directory.is_dir():
     raise NotOurs(f"{directory}: exists and is not a folder ich-jax wrote (a file or a link); choose another "
                   "output path, or move it away yourself")
-  if is_ours(directory) or not any(directory.iterdir()):
+  found = kind_of(directory)
+  if (found is not None and (kind is None or found == kind)) or not any(directory.iterdir()):
     return
+  if found is not None:
+    raise NotOurs(f"{directory}: holds an ich-jax {found} output, not a {kind}; it is left alone: choose "
+                  "another output path")
   raise NotOurs(f"{directory}: exists, is not empty and was not written by ich-jax (no {MARKER}); it would be "
                 "replaced, so it is left alone: choose another output path, or move it away yourself")
 
 
-def check_output(output, *, inputs: Iterable = (), protected: Iterable = ()) -> pathlib.Path:
+def check_output(output, kind: str | None = None, *, inputs: Iterable = (), protected: Iterable = ()) -> pathlib.Path:
   """Refuses an output folder that would overwrite what it reads or what must survive.
 
   `inputs`: the output must not equal, lie inside, or contain any of them (a
   prediction written into the incoming folder would replace the studies).
   `protected` (workdirs, checkpoints): the output must not equal or contain
-  them (it may lie inside one, e.g. `<workdir>/bundle`). Then `check_replaceable`.
+  them (it may lie inside one, e.g. `<workdir>/bundle`). Then `check_replaceable(output, kind)`.
   Returns the output's absolute path.
   """
   out = pathlib.Path(output).absolute().resolve()
@@ -154,7 +170,7 @@ def check_output(output, *, inputs: Iterable = (), protected: Iterable = ()) -> 
     if out == p or out in p.parents:
       raise NotOurs(f"output {output} {'is' if out == p else 'contains'} {p}, which must not be replaced "
                     "(a run folder with checkpoints); choose a folder inside it or elsewhere")
-  check_replaceable(out)
+  check_replaceable(out, kind)
   return out
 
 
@@ -192,14 +208,15 @@ def _remove_leftovers(directory: pathlib.Path) -> None:
       shutil.rmtree(p, ignore_errors=True)
 
 
-def begin(directory, kind: str = "output", **info) -> pathlib.Path:
+def begin(directory, kind: str, **info) -> pathlib.Path:
   """A fresh hidden folder beside `directory` to write into, with ich-jax's marker in it.
 
   Refuses first (NotOurs) if `directory` holds something ich-jax did not
-  write, so no work is done towards an output that could not be committed.
+  write (or another kind of ich-jax output: a prediction never replaces a
+  bundle), so no work is done towards an output that could not be committed.
   """
   directory = pathlib.Path(directory)
-  check_replaceable(directory)
+  check_replaceable(directory, kind)
   directory.parent.mkdir(parents=True, exist_ok=True)
   _remove_leftovers(directory)
   tmp = _tmp_name(directory)
@@ -238,7 +255,7 @@ def commit(tmp, directory) -> pathlib.Path:
   if not directory.exists():
     tmp.rename(directory)
   else:
-    check_replaceable(directory)
+    check_replaceable(directory, kind_of(tmp))
     if _exchange(tmp, directory):
       old = tmp                                   # after the exchange, tmp names the old folder
     else:
@@ -257,10 +274,10 @@ def abandon(tmp) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove(directory) -> bool:
-  """Deletes `directory` only if ich-jax wrote it (its marker); returns whether it did."""
+def remove(directory, kind: str) -> bool:
+  """Deletes `directory` only if ich-jax wrote it as `kind`; returns whether it did."""
   directory = pathlib.Path(directory)
-  if directory.is_dir() and not directory.is_symlink() and (directory / MARKER).is_file():
+  if directory.is_dir() and not directory.is_symlink() and is_ours(directory, kind):
     shutil.rmtree(directory)
     return True
   return False

@@ -8,7 +8,8 @@
 A bundle is a folder:
 
   manifest.json          what the members are and how they combine (below), the label order, the operating
-                         threshold, the format version, the SHA-256 of every file and of the manifest itself
+                         threshold, the format version, the SHA-256 of every file a member loads (`files`),
+                         and a hash of the manifest's own content (`hash`: catches an accidental edit)
   params/<member>.npz    one member's variables as flat numpy arrays, keyed by their nnx state path
                          ("params/blocks/0/conv/kernel/value", "model_state/blocks/0/norm/mean/value", ...);
                          PRNG keys are stored as their key data (manifest: `key_arrays`, path → impl)
@@ -47,14 +48,19 @@ So a seed 003 cascade is three members (CNN → seq_gru_1 → seq_gru_2, probabi
 or a classifier beside a segmentation model are `combine` of single bundles.
 
 Loading (`load`) needs only ich_jax: models are rebuilt by name, variables filled from the arrays
-(every path and shape must match), hashes checked first. A bundle that was edited, truncated or is
-missing a file is refused with the file that differs.
+(every path and shape must match), hashes checked first and again on the bytes loaded. A bundle that
+was edited, truncated, is missing a file, or loads a file its manifest does not list is refused with
+the file that differs. A bundle's identity is the SHA-256 of manifest.json (`manifest_sha256`; it
+covers every file through their listed hashes): `verify` prints it, prediction reports record it, and
+`load(..., expected_sha256=...)` (predict's `--expect-sha256`) refuses any other bundle, even one whose
+manifest was edited and its `hash` recomputed.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import pathlib
 import sys
@@ -63,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from ich_jax import LABELS, atomic
+from ich_jax import LABELS, atomic, lock
 
 FORMAT = "ich-jax-bundle"
 VERSION = 1
@@ -214,9 +220,16 @@ def check_outputs(members: Sequence[Mapping], outputs: Mapping) -> None:
 
 
 def write(directory, members: Sequence[tuple[dict, dict]], outputs: Mapping, *, threshold: float,
-          meta: Mapping | None = None) -> pathlib.Path:
-  """Writes a bundle: `members` are (entry, arrays) in dependency order. Written beside, then renamed into place."""
+          meta: Mapping | None = None, inputs: Sequence = ()) -> pathlib.Path:
+  """Writes a bundle: `members` are (entry, arrays) in dependency order. Written beside, then swapped into place.
+
+  `directory` is refused (`atomic.NotOurs`) if it holds anything but an earlier
+  bundle, or is, holds or lies inside one of `inputs` (the run folders or
+  bundles it is made from; a run folder itself may hold it: `<workdir>/bundle`).
+  """
   directory = pathlib.Path(directory)
+  atomic.check_output(directory, "bundle", protected=[p for p in inputs if not _is_bundle(p)],
+                      inputs=[p for p in inputs if _is_bundle(p)])
   entries = [e for e, _ in members]
   outputs = {"probabilities": dict(outputs["probabilities"]), "mask": outputs.get("mask"),
              "gradcam": outputs.get("gradcam")}
@@ -224,33 +237,57 @@ def write(directory, members: Sequence[tuple[dict, dict]], outputs: Mapping, *, 
   threshold = float(threshold)
   if not 0.0 < threshold < 1.0:
     raise BundleError(f"threshold={threshold}: the operating threshold must lie in (0, 1)")
-  tmp = atomic.begin(directory)
-  (tmp / "params").mkdir()
-  files = {}
-  for entry, arrays in members:
-    path = tmp / entry["params"]
-    with open(path, "wb") as f:
-      np.savez(f, **arrays)
-    files[entry["params"]] = _sha256(path)
-  manifest = {"format": FORMAT, "version": VERSION, "labels": list(LABELS), "threshold": threshold,
-              "members": entries, "outputs": outputs, "files": files, "meta": _jsonable(meta or {})}
-  manifest["hash"] = _manifest_hash(manifest)
-  (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-  return atomic.commit(tmp, directory)
+  with lock.FolderLock(directory, beside=True, what="bundle"):
+    tmp = atomic.begin(directory, "bundle")
+    try:
+      (tmp / "params").mkdir()
+      files = {}
+      for entry, arrays in members:
+        path = tmp / entry["params"]
+        with open(path, "wb") as f:
+          np.savez(f, **arrays)
+        files[entry["params"]] = _sha256(path)
+      manifest = {"format": FORMAT, "version": VERSION, "labels": list(LABELS), "threshold": threshold,
+                  "members": entries, "outputs": outputs, "files": files, "meta": _jsonable(meta or {})}
+      manifest["hash"] = _manifest_hash(manifest)
+      (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    except BaseException:
+      atomic.abandon(tmp)
+      raise
+    return atomic.commit(tmp, directory)
+
+
+def _is_bundle(path) -> bool:
+  return (pathlib.Path(path) / MANIFEST).is_file()
 
 
 # --- Reading -------------------------------------------------------------------------------------
 
 
-def read_manifest(directory) -> dict:
-  """The manifest, after checking the format, the manifest's own hash and every listed file's hash."""
+def manifest_sha256(directory) -> str:
+  """The bundle's identity: SHA-256 of its manifest.json bytes, which list every file's SHA-256 (`verify` prints it)."""
+  return hashlib.sha256((pathlib.Path(directory) / MANIFEST).read_bytes()).hexdigest()
+
+
+def read_manifest(directory, *, expected_sha256: str | None = None) -> dict:
+  """The manifest, after checking the format, the manifest's own hash and every listed file's hash.
+
+  `expected_sha256`: the identity `bundle verify` printed (`manifest_sha256`);
+  a bundle whose manifest.json differs from it is refused, even if it was
+  edited consistently (its internal hash recomputed).
+  """
   directory = pathlib.Path(directory)
   path = directory / MANIFEST
   if not path.is_file():
     raise BundleError(f"{directory}: not a model bundle (no {MANIFEST}); write one with "
                       "`python launch.py --config C --workdir W --mode export`")
+  raw = path.read_bytes()
+  sha = hashlib.sha256(raw).hexdigest()
+  if expected_sha256 is not None and sha != expected_sha256.strip().lower():
+    raise BundleError(f"{path}: SHA-256 {sha} is not the expected {expected_sha256.strip()}: this is not the bundle "
+                      "that was verified (its manifest or a file it lists differs)")
   try:
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(raw)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise BundleError(f"{path}: not valid JSON ({e}); the bundle is damaged") from e
   if manifest.get("format") != FORMAT:
@@ -259,6 +296,10 @@ def read_manifest(directory) -> dict:
     raise BundleError(f"{path}: bundle version {manifest.get('version')!r}; this code reads version {VERSION}")
   if manifest.get("hash") != _manifest_hash(manifest):
     raise BundleError(f"{path}: the manifest's hash does not match its content: the manifest was edited or damaged")
+  for m in manifest["members"]:
+    if m.get("params") not in manifest["files"]:
+      raise BundleError(f"{path}: member {m.get('name')!r} loads {m.get('params')!r}, which the manifest's `files` "
+                        "does not list with a SHA-256: every file a bundle loads must be hashed")
   for name, digest in manifest["files"].items():
     f = directory / name
     if not f.is_file():
@@ -268,7 +309,16 @@ def read_manifest(directory) -> dict:
   if tuple(manifest["labels"]) != LABELS:
     raise BundleError(f"{path}: label order {manifest['labels']} differs from this code's {list(LABELS)}")
   check_outputs(manifest["members"], manifest["outputs"])
+  manifest["sha256"] = sha   # in memory only: the manifest file's own digest
   return manifest
+
+
+def _read_listed(directory: pathlib.Path, manifest: Mapping, name: str) -> bytes:
+  """A file's bytes, checked against the manifest's SHA-256 as they are read (no window to swap the file)."""
+  data = (directory / name).read_bytes()
+  if hashlib.sha256(data).hexdigest() != manifest["files"][name]:
+    raise BundleError(f"{directory / name}: SHA-256 differs from the manifest's: the file was modified or truncated")
+  return data
 
 
 def window(entry: Mapping) -> dict | None:
@@ -334,7 +384,7 @@ class Member:
 _SHARED_FNS: dict[tuple, Any] = {}
 
 
-def _load_member(directory: pathlib.Path, entry: dict) -> Member:
+def _load_member(directory: pathlib.Path, manifest: Mapping, entry: dict) -> Member:
   import ml_collections
   from flax import nnx
 
@@ -352,7 +402,7 @@ def _load_member(directory: pathlib.Path, entry: dict) -> Member:
   abstract.eval()
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   where = f"{directory / entry['params']} (member {entry['name']!r}, model {m['name']!r})"
-  with np.load(directory / entry["params"], allow_pickle=False) as z:
+  with np.load(io.BytesIO(_read_listed(directory, manifest, entry["params"])), allow_pickle=False) as z:
     arrays = {k: z[k] for k in z.files}
   state = unflatten_state({"params": params, "model_state": rest}, arrays, entry.get("key_arrays", {}), where)
   task = tasks.build(ml_collections.ConfigDict(entry["task"]))
@@ -378,7 +428,8 @@ class Bundle:
 
   @property
   def hash(self) -> str:
-    return self.manifest["hash"]
+    """The bundle's identity (`manifest_sha256`: what `bundle verify` prints and `--expect-sha256` pins)."""
+    return self.manifest["sha256"]
 
   @property
   def has_mask(self) -> bool:
@@ -574,11 +625,12 @@ class Bundle:
     return np.asarray(jax.device_get(cam))[:len(rows)]
 
 
-def load(directory) -> Bundle:
-  """Loads a bundle (hashes checked first); needs nothing but the folder and ich_jax."""
+def load(directory, *, expected_sha256: str | None = None) -> Bundle:
+  """Loads a bundle (hashes checked first, and again on the bytes loaded); needs nothing but the folder and
+  ich_jax. `expected_sha256`: refuse unless the manifest is the one `verify` printed (`read_manifest`)."""
   directory = pathlib.Path(directory)
-  manifest = read_manifest(directory)
-  members = {e["name"]: _load_member(directory, e) for e in manifest["members"]}
+  manifest = read_manifest(directory, expected_sha256=expected_sha256)
+  members = {e["name"]: _load_member(directory, manifest, e) for e in manifest["members"]}
   return Bundle(directory, manifest, members)
 
 
@@ -603,8 +655,8 @@ def combine(out, average: Sequence, mask=None, *, threshold: float | None = None
     for e in manifest["members"]:
       entry = {**e, "name": rename[e["name"]], "inputs": [rename[i] for i in e["inputs"]],
                "params": f"params/{rename[e['name']]}.npz",
-               "source": {**e.get("source", {}), "bundle": str(path.absolute()), "bundle_hash": manifest["hash"]}}
-      with np.load(path / e["params"], allow_pickle=False) as z:
+               "source": {**e.get("source", {}), "bundle": str(path.absolute()), "bundle_sha256": manifest["sha256"]}}
+      with np.load(io.BytesIO(_read_listed(path, manifest, e["params"])), allow_pickle=False) as z:
         members.append((entry, {key: z[key] for key in z.files}))
     o = manifest["outputs"]
     if path in [pathlib.Path(p) for p in average]:
@@ -615,12 +667,12 @@ def combine(out, average: Sequence, mask=None, *, threshold: float | None = None
       if o.get("mask") is None:
         raise BundleError(f"combine: --mask {path} predicts no mask (no segmentation member in its outputs)")
       outputs["mask"] = rename[o["mask"]]
-    seen[str(path)] = manifest["hash"]
+    seen[str(path)] = manifest["sha256"]
   if threshold is None:
     if len(thresholds) > 1:
       raise BundleError(f"combine: the bundles' thresholds differ {sorted(thresholds)}; pass --threshold")
     threshold = thresholds.pop()
-  return write(out, members, outputs, threshold=threshold, meta={"combined_from": seen})
+  return write(out, members, outputs, threshold=threshold, meta={"combined_from": seen}, inputs=sources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -635,8 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "W/fold0/patch_unet), from its config.json and checkpoints")
   e.add_argument("--run", required=True, help="a run folder with config.json and checkpoints/")
   e.add_argument("--out", help="the bundle folder (default RUN/bundle)")
-  v = sub.add_parser("verify", help="check a bundle's hashes and list its members")
+  v = sub.add_parser("verify", help="check a bundle's hashes, print its identity (SHA-256) and list its members")
   v.add_argument("bundle")
+  v.add_argument("--expect-sha256", metavar="SHA256", help="also fail unless the identity is this one")
   args = parser.parse_args(argv)
   try:
     if args.command == "combine":
@@ -647,15 +700,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
       export.export_bundle(loop.read_config(args.run), args.run, args.out)
     else:
-      manifest = read_manifest(args.bundle)
-      print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['hash']}, "
-            f"threshold {manifest['threshold']}")
+      manifest = read_manifest(args.bundle, expected_sha256=args.expect_sha256)
+      print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['sha256']} (pin it: "
+            f"predict --expect-sha256), threshold {manifest['threshold']}")
+      print(f"  files: {len(manifest['files'])} listed and hashed: "
+            + ", ".join(sorted(manifest["files"])))
       for e in manifest["members"]:
         w = window(e)
         print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else "")
               + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
       print(f"  outputs: {json.dumps(manifest['outputs'])}")
-  except (BundleError, FileNotFoundError) as e:
+  except (BundleError, FileNotFoundError, atomic.NotOurs, lock.Locked) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

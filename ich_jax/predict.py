@@ -28,7 +28,17 @@ each sub-folder (a DICOM study) or .nii/.nii.gz file, and OUT gets one folder
 per study plus summary.csv (one row per study: status ok or error, the error,
 the study probabilities). A study that fails is listed with its error and the
 others go on; the exit status is 1 if any failed. Without `--batch` a folder
-holding several studies is an error, not a guess.
+holding several studies is an error, not a guess. Output folders are named
+after the studies, made unique when two would collide (`s1/` and `s1.nii.gz`
+become `s1` and `s1.nii.gz`); the summary's `output` column names each.
+
+OUT is only ever replaced when ich-jax wrote it (a marker file in it): an
+existing folder of anything else is refused, as is an OUT that is, holds or
+lies inside the input or the bundle. One process writes an OUT at a time (a
+lock naming the holder's host and pid). With --batch, OUT itself is never
+replaced, only each study's folder in it; a study that fails loses the output
+an earlier run wrote for it. `--expect-sha256` pins the bundle to the one
+`python -m ich_jax.bundle verify` printed.
 
 Research software: not a medical device, not for clinical decisions.
 """
@@ -45,7 +55,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax import LABELS, SUBTYPES, atomic
+from ich_jax import LABELS, SUBTYPES, atomic, lock
 from ich_jax.data import study as study_lib
 
 SHORT = {"any": "ICH", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
@@ -197,7 +207,7 @@ def _markdown(report: Mapping) -> str:
            f"- Input: `{report['input']}` ({report['source']})",
            f"- Series: {s['description']!r} `{s['series_uid']}`, {s['num_slices']} slices, "
            f"{s['spacing_mm'][1]:.3g}×{s['spacing_mm'][2]:.3g} mm pixels, slice gap {s['spacing_mm'][0]:.3g} mm",
-           f"- Model bundle: `{report['bundle']['path']}` (sha256 {report['bundle']['hash'][:12]}…; "
+           f"- Model bundle: `{report['bundle']['path']}` (sha256 {report['bundle']['sha256'][:12]}…; "
            + ", ".join(f"{m['name']} = {m['role']} {m['model']}" for m in report["bundle"]["members"]) + ")",
            f"- Threshold: {report['threshold']} (a study is positive when its most suspicious slice reaches it)", ""]
   if s.get("selection"):
@@ -234,10 +244,21 @@ def _markdown(report: Mapping) -> str:
 
 
 def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> dict:
-  """Predicts one study into `out_dir` (written beside and renamed into place); returns the report."""
+  """Predicts one study into `out_dir` (written beside and swapped into place); returns the report.
+
+  Before anything is read, `out_dir` is refused (`atomic.NotOurs`) if it is,
+  holds or lies inside the input or the bundle, or is a folder ich-jax did
+  not write as a prediction; and (`lock.Locked`) while another process writes it.
+  """
+  out_dir = pathlib.Path(out_dir)
+  atomic.check_output(out_dir, "prediction", inputs=[input_path, bundle.directory])
+  with lock.FolderLock(out_dir, beside=True, what="prediction output"):
+    return _predict_study(bundle, input_path, out_dir, options)
+
+
+def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) -> dict:
   from ich_jax.eval import report as eval_report
 
-  out_dir = pathlib.Path(out_dir)
   clock = _Clock()
   clock.start("read")
   study = study_lib.read_study(input_path, min_slices=options.min_slices,
@@ -250,7 +271,6 @@ def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> 
   outputs = bundle.predict(images, study.z_positions, batch_size=options.batch_size, progress=progress)
   prob = outputs["probabilities"]
   rows = suspicious_slices(prob, min(options.overview_slices, study.num_slices))
-  mask_native = None
   tiles = label = None
   if not bundle.has_mask and options.overview_slices:
     # Grad-CAM is model work: computed here, drawn below.
@@ -265,11 +285,24 @@ def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> 
                        "num_slices": study.num_slices, "spacing_mm": list(study.spacing),
                        "slice_thickness_mm": study.slice_thickness, "matrix": list(study.hu.shape[1:]),
                        "selection": study.selection},
-            "bundle": {"path": str(bundle.directory.absolute()), "hash": bundle.hash, "members": bundle.describe()},
+            "bundle": {"path": str(bundle.directory.absolute()), "sha256": bundle.hash, "members": bundle.describe()},
             "threshold": bundle.threshold,
             "findings": study_findings(prob, bundle.threshold, subtypes_predicted=bundle.predicts_subtypes),
             "suspicious_slices": rows, "notes": notes}
-  tmp = atomic.begin(out_dir)
+  tmp = atomic.begin(out_dir, "prediction", input=str(pathlib.Path(input_path).absolute()))
+  try:
+    _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, label, clock, options)
+  except BaseException:
+    atomic.abandon(tmp)
+    raise
+  atomic.commit(tmp, out_dir)
+  return report
+
+
+def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, label, clock, options) -> None:
+  from ich_jax.eval import report as eval_report
+
+  prob = outputs["probabilities"]
   preds = {"study_id": np.full(study.num_slices, study.study_id), "series_id": np.full(study.num_slices, study.series_id),
            "slice_index": np.arange(study.num_slices), "z_position": study.z_positions, "probabilities": prob}
   extra = ["sop_uid" if study.source == "dicom" else "source_slice", "z_position"]
@@ -301,8 +334,6 @@ def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> 
   report["timings"] = clock.as_dict()
   (tmp / "report.md").write_text(_markdown(report))
   (tmp / "report.json").write_text(json.dumps(eval_report._jsonable(report), indent=2))
-  atomic.commit(tmp, out_dir)
-  return report
 
 
 # --- Many studies ------------------------------------------------------------------------------------------
@@ -332,6 +363,32 @@ def _study_name(entry: pathlib.Path) -> str:
   return name
 
 
+# Names a study's output folder must not take: the batch's own files.
+_RESERVED = {"summary.csv"}
+
+
+def output_names(entries: Sequence[pathlib.Path]) -> list[str]:
+  """One output folder name per study entry, unique (compared case-insensitively, for case-insensitive disks).
+
+  A study's name is its entry's without .nii/.nii.gz. Entries whose names
+  would collide (`s1/` and `s1.nii.gz`) are all named by their whole entry
+  name instead (`s1`, `s1.nii.gz`), and any name still taken gets `-2`, `-3`, …
+  """
+  stems = [_study_name(e) for e in entries]
+  counts: dict[str, int] = {}
+  for n in stems:
+    counts[n.lower()] = counts.get(n.lower(), 0) + 1
+  names, taken = [], set()
+  for entry, stem in zip(entries, stems):
+    base = entry.name if counts[stem.lower()] > 1 else stem
+    name, k = base, 2
+    while name.lower() in taken or name.lower() in _RESERVED:
+      name, k = f"{base}-{k}", k + 1
+    taken.add(name.lower())
+    names.append(name)
+  return names
+
+
 def _summary_row(name, entry, out, report=None, error=None, seconds=0.0) -> dict:
   row = dict.fromkeys(SUMMARY_COLUMNS, "")
   row.update(study=name, input=str(entry), output=str(out), seconds=f"{seconds:.3f}")
@@ -350,33 +407,49 @@ def _summary_row(name, entry, out, report=None, error=None, seconds=0.0) -> dict
 
 
 def _write_summary(path: pathlib.Path, rows: Sequence[Mapping]) -> None:
-  tmp = path.with_suffix(".tmp")
-  with open(tmp, "w", newline="") as f:
+  with atomic.open_write(path, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
     w.writeheader()
     w.writerows(rows)
-  tmp.replace(path)
+
+
+BATCH_KIND = "prediction-batch"
 
 
 def predict_batch(bundle, folder, out, options: Options = Options()) -> list[dict]:
-  """Every study in `folder` (see `study_entries`) into `out/<study>/`, and `out/summary.csv` after each."""
-  out = pathlib.Path(out)
+  """Every study in `folder` (see `study_entries`) into `out/<study>/`, and `out/summary.csv` after each.
+
+  `out` is never replaced: it is created (or must be empty, or an earlier batch
+  output of ich-jax's) and locked for this run; each study's folder in it is
+  replaced atomically. A study that fails in this run loses the output an
+  earlier run wrote for it (the summary says so), so no stale report stands
+  beside an error.
+  """
+  out = atomic.check_output(out, BATCH_KIND, inputs=[folder, bundle.directory])
   entries = study_entries(folder)
   out.mkdir(parents=True, exist_ok=True)
+  with lock.FolderLock(out, what="batch prediction output"):
+    if not atomic.is_ours(out, BATCH_KIND):
+      atomic.mark(out, BATCH_KIND)
+    return _predict_entries(bundle, entries, out, options)
+
+
+def _predict_entries(bundle, entries, out: pathlib.Path, options: Options) -> list[dict]:
   rows = []
   bar = None
   if options.progress:
     from tqdm import tqdm
     bar = tqdm(total=len(entries), desc="studies", unit="study", disable=None)
   single = dataclasses.replace(options, progress=False)
-  for entry in entries:
-    name = _study_name(entry)
+  for entry, name in zip(entries, output_names(entries)):
     start = time.perf_counter()
     try:
       report = predict_study(bundle, entry, out / name, single)
       rows.append(_summary_row(name, entry, out / name, report, seconds=time.perf_counter() - start))
     except Exception as e:  # one bad study must not stop the others; its error goes into the summary
       message = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+      if not isinstance(e, (atomic.NotOurs, lock.Locked)) and atomic.remove(out / name, "prediction"):
+        message += f" (the output an earlier run wrote in {out / name} was removed)"
       rows.append(_summary_row(name, entry, "", error=message, seconds=time.perf_counter() - start))
       print(f"error: {name}: {message}", file=sys.stderr, flush=True)
     _write_summary(out / "summary.csv", rows)
@@ -405,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--overview-slices", type=int, default=OVERVIEW_SLICES,
                       help="slices in overview.png (0: no overview)")
   parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+  parser.add_argument("--expect-sha256", metavar="SHA256",
+                      help="refuse the bundle unless its identity is this (what `python -m ich_jax.bundle verify` "
+                      "printed): pins the validated model")
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error(f"--batch-size {args.batch_size}: need >= 1")
@@ -419,8 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   xla_flags.apply()
   try:
+    # Refused before the bundle is compiled: an output that is the input, holds it, or is not ours.
+    atomic.check_output(args.output, BATCH_KIND if args.batch else "prediction", inputs=[args.input, args.model])
     start = time.perf_counter()
-    bundle = bundle_lib.load(args.model)
+    bundle = bundle_lib.load(args.model, expected_sha256=args.expect_sha256)
     bundle.warm_up(options.batch_size, gradcam_batch=OVERVIEW_SLICES if options.overview_slices else 0)
     print(f"Loaded {args.model} ({len(bundle.members)} member(s)) and compiled in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -431,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{pathlib.Path(args.output) / 'summary.csv'}", flush=True)
       return 1 if failed else 0
     report = predict_study(bundle, args.input, args.output, options)
-  except (study_lib.StudyError, bundle_lib.BundleError) as e:
+  except (study_lib.StudyError, bundle_lib.BundleError, atomic.NotOurs, lock.Locked) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 1
   f = report["findings"]

@@ -2,6 +2,7 @@
 real head slice, broken folders, batch mode, tampered bundles, ensembles of bundles."""
 import csv
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -120,8 +121,8 @@ def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a
   files = _write_study(tmp_path / "study", p)
   report = predict.predict_study(runs["pair"], tmp_path / "study", tmp_path / "out", OPTIONS)
   out = tmp_path / "out"
-  assert sorted(f.name for f in out.iterdir()) == ["mask.nii.gz", "overview.png", "predictions.csv", "report.json",
-                                                  "report.md"]
+  assert sorted(f.name for f in out.iterdir()) == [".ich-jax-output.json", "mask.nii.gz", "overview.png",
+                                                  "predictions.csv", "report.json", "report.md"]
   # The soft-tissue axial series, chosen over the bone kernel and the sagittal reformat, and why.
   chosen = pydicom.dcmread(files[0])
   assert report["series"]["series_uid"] == chosen.SeriesInstanceUID and report["series"]["num_slices"] == len(p.hu)
@@ -365,3 +366,111 @@ def test_seed003_cascade_exports_as_one_bundle_and_predicts_as_its_stages_were_t
   got = cascade.predict(cascade.preprocess(records), p.z_positions_mm, batch_size=8)
   np.testing.assert_allclose(got["probabilities"], stage, rtol=1e-5, atol=1e-6)
   assert not np.allclose(got["members"]["seq_gru_1"]["probabilities"], got["probabilities"], atol=1e-3)
+
+
+def test_outputs_that_would_delete_inputs_run_folders_or_others_files_are_refused(runs, tmp_path, capsys):
+  from ich_jax import atomic
+
+  incoming = tmp_path / "incoming"
+  files = _write_study(incoming / "s42", _phantom(11), decoys=False)
+  before = {f: f.read_bytes() for f in files}
+  model = str(runs["root"] / "cls_bundle")
+  args = ["--model", model, "--batch-size", "8", "--no-progress"]
+  # `--output` the incoming folder (it holds the study), the study itself, or inside it: refused, nothing touched.
+  for out, what in ((incoming, "contains the input"), (incoming / "s42", "is the input"),
+                    (incoming / "s42" / "out", "lies inside the input")):
+    assert predict.main([*args, "--input", str(incoming / "s42"), "--output", str(out)]) == 1
+    assert what in capsys.readouterr().err
+  assert all(f.read_bytes() == b for f, b in before.items()) and not (incoming / "s42" / "out").exists()
+  # A folder of someone else's files, and the bundle itself: refused.
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("keep")
+  assert predict.main([*args, "--input", str(incoming / "s42"), "--output", str(tmp_path / "mine")]) == 1
+  assert "was not written by ich-jax" in capsys.readouterr().err
+  assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+  assert predict.main([*args, "--input", str(incoming / "s42"), "--output", model]) == 1
+  assert f"is the input {pathlib.Path(model).resolve()}" in capsys.readouterr().err
+  # An earlier prediction is ours: replaced whole, with the marker.
+  for _ in range(2):
+    assert predict.main([*args, "--input", str(incoming / "s42"), "--output", str(tmp_path / "out")]) == 0
+  assert atomic.kind_of(tmp_path / "out") == "prediction" and (tmp_path / "out" / "report.json").is_file()
+  # `launch.py --mode export --out <the workdir>` would replace the checkpoints: refused before reading them.
+  checkpoints = sorted(p.name for p in (runs["cls"] / "checkpoints").iterdir())
+  for out in (runs["cls"], runs["root"]):
+    with pytest.raises(atomic.NotOurs, match="must not be replaced"):
+      export.export_bundle(runs["cls_config"], runs["cls"], out)
+  assert sorted(p.name for p in (runs["cls"] / "checkpoints").iterdir()) == checkpoints
+  with pytest.raises(atomic.NotOurs, match="was not written by ich-jax"):
+    bundle_lib.combine(tmp_path / "mine", average=[model])
+
+
+def test_batch_names_are_unique_a_failed_study_loses_its_old_report_and_one_writer_at_a_time(runs, tmp_path, capsys):
+  from ich_jax import atomic, lock
+
+  studies = tmp_path / "studies"
+  files = _write_study(studies / "s1", _phantom(12), decoys=False)
+  p = _phantom(13)
+  nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
+           studies / "s1.nii.gz")
+  out = tmp_path / "out"
+  rows = predict.predict_batch(runs["cls_bundle"], studies, out, OPTIONS)
+  assert [(r["study"], r["status"], r["output"]) for r in rows] == [
+      ("s1", "ok", str(out / "s1")), ("s1.nii.gz", "ok", str(out / "s1.nii.gz"))]
+  reports = {n: json.loads((out / n / "report.json").read_text()) for n in ("s1", "s1.nii.gz")}
+  assert reports["s1"]["source"] == "dicom" and reports["s1.nii.gz"]["source"] == "nifti"
+  assert [r["study"] for r in _csv(out / "summary.csv")] == ["s1", "s1.nii.gz"]
+  # s1's transfer breaks: this run's error, and no report of the earlier run left standing beside it.
+  files[3].write_bytes(files[3].read_bytes()[:-400])
+  rows = predict.predict_batch(runs["cls_bundle"], studies, out, OPTIONS)
+  assert rows[0]["status"] == "error" and "earlier run wrote" in rows[0]["error"] and not (out / "s1").exists()
+  assert rows[1]["status"] == "ok" and (out / "s1.nii.gz" / "report.json").is_file()
+  capsys.readouterr()
+  # A second batch into the same output while one runs: refused, naming this process.
+  with lock.FolderLock(out):
+    with pytest.raises(lock.Locked, match=f"pid {os.getpid()}"):
+      predict.predict_batch(runs["cls_bundle"], studies, out, OPTIONS)
+  # A batch root of someone else's files is refused before any study is written.
+  (tmp_path / "theirs").mkdir()
+  (tmp_path / "theirs" / "s1").mkdir()
+  with pytest.raises(atomic.NotOurs):
+    predict.predict_batch(runs["cls_bundle"], studies, tmp_path / "theirs", OPTIONS)
+  assert list((tmp_path / "theirs").iterdir()) == [tmp_path / "theirs" / "s1"]
+
+
+def test_output_names_disambiguate_collisions():
+  entries = [pathlib.Path(n) for n in ("S1", "s1.nii.gz", "s2.nii", "s2.nii.gz", "s3", "summary.csv")]
+  assert predict.output_names(entries) == ["S1", "s1.nii.gz", "s2.nii", "s2.nii.gz", "s3", "summary.csv-2"]
+
+
+def test_every_loaded_file_is_listed_and_the_bundle_identity_can_be_pinned(runs, tmp_path, capsys):
+  src = runs["root"] / "cls_bundle"
+  identity = bundle_lib.manifest_sha256(src)
+  assert bundle_lib.main(["verify", str(src)]) == 0
+  assert f"sha256 {identity}" in capsys.readouterr().out
+  assert runs["cls_bundle"].hash == identity
+  # An edit that recomputes the manifest's internal hash loads as a bundle, but not as the verified one.
+  edited = tmp_path / "edited"
+  shutil.copytree(src, edited)
+  manifest = json.loads((edited / "manifest.json").read_text())
+  manifest["threshold"] = 0.01
+  manifest["hash"] = bundle_lib._manifest_hash(manifest)
+  (edited / "manifest.json").write_text(json.dumps(manifest))
+  assert bundle_lib.read_manifest(edited)["threshold"] == 0.01
+  with pytest.raises(bundle_lib.BundleError, match=f"is not the expected {identity}"):
+    bundle_lib.load(edited, expected_sha256=identity)
+  assert bundle_lib.main(["verify", str(edited), "--expect-sha256", identity]) == 1
+  study = tmp_path / "study"
+  _write_study(study, _phantom(14), decoys=False)
+  assert predict.main(["--model", str(edited), "--expect-sha256", identity, "--input", str(study), "--output",
+                       str(tmp_path / "out"), "--no-progress"]) == 1
+  assert "is not the expected" in capsys.readouterr().err and not (tmp_path / "out").exists()
+  # A member whose params file the manifest does not list with a hash: refused, even if consistent otherwise.
+  unlisted = tmp_path / "unlisted"
+  shutil.copytree(src, unlisted)
+  manifest = json.loads((unlisted / "manifest.json").read_text())
+  params = manifest["members"][0]["params"]
+  del manifest["files"][params]
+  manifest["hash"] = bundle_lib._manifest_hash(manifest)
+  (unlisted / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(bundle_lib.BundleError, match=f"loads '{params}', which the manifest's `files` does not list"):
+    bundle_lib.load(unlisted)

@@ -176,7 +176,7 @@ def write_export(directory, rows: Mapping[str, np.ndarray], meta: Mapping | None
           "feature_dim": int(arrays["features"].shape[1]) if "features" in arrays else 0,
           "map_size": list(arrays["maps"].shape[1:]) if "maps" in arrays else None, **(meta or {})}
 
-  tmp = atomic.begin(directory)
+  tmp = atomic.begin(directory, "features")
   for key, value in arrays.items():
     np.save(tmp / f"{key}.npy", value, allow_pickle=False)
   (tmp / "meta.json").write_text(json.dumps(info, indent=2))

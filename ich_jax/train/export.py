@@ -24,7 +24,7 @@ import re
 
 import jax
 
-from ich_jax import LABELS, bundle
+from ich_jax import LABELS, atomic, bundle
 from ich_jax.data import series
 from ich_jax.train import evaluate, loop, sharding
 
@@ -82,6 +82,8 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
   """
   workdir = pathlib.Path(workdir)
   out = pathlib.Path(out) if out is not None else workdir / "bundle"
+  # Before any checkpoint is read: `--out` equal to (or holding) the run folder would replace its checkpoints.
+  atomic.check_output(out, "bundle", protected=[workdir])
   members: list[tuple[dict, dict]] = []
   names: dict[pathlib.Path, str] = {}
 
@@ -116,7 +118,8 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
              "gradcam": classifiers[0] if classifiers else None}
   if jax.process_index() == 0:
     bundle.write(out, members, outputs, threshold=float(config.eval.threshold),
-                 meta={"exported_from": str(workdir.absolute()), "model": config.model.name, "task": config.task.name})
+                 meta={"exported_from": str(workdir.absolute()), "model": config.model.name, "task": config.task.name},
+                 inputs=list(names))
     print(f"Exported bundle ({len(members)} member{'s' if len(members) > 1 else ''}: "
           f"{', '.join(e['name'] for e, _ in members)}) to {out}", flush=True)
   sharding.sync("export bundle")
