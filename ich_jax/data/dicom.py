@@ -70,11 +70,15 @@ _NOT_DICOM_SUFFIXES = frozenset({
     ".zip", ".tar", ".png", ".jpg", ".jpeg", ".npy", ".npz", ".py",
 })
 _DICOMDIR = pydicom.uid.MediaStorageDirectoryStorage
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 
 
 class DicomError(ValueError):
     """A DICOM file or series that cannot be read as one CT volume."""
+
+
+class RescaleMissing(DicomError):
+    """A slice without RescaleSlope/RescaleIntercept, and no intercept assumed (``rescale_of``)."""
 
 
 # --------------------------------------------------------------------------
@@ -429,7 +433,7 @@ def rescale_of(ds: Dataset, *, assume_intercept: float | None = None) -> Rescale
             raise DicomError(f"{path}: {keyword} is not a finite number: {raw!r}")
         values[keyword] = value
     if missing and assume_intercept is None:
-        raise DicomError(f"{path}: missing required tag {' and '.join(missing)} (Type 1 in the CT Image module; "
+        raise RescaleMissing(f"{path}: missing required tag {' and '.join(missing)} (Type 1 in the CT Image module; "
                          "without it the stored values are not HU)")
     slope = values.get("RescaleSlope", 1.0)
     if slope == 0:
@@ -681,7 +685,7 @@ def _read_all(paths, **kwargs) -> Iterable[tuple[pathlib.Path, Dataset]]:
             # A DICOMDIR indexes the folder; it is not a slice.
             if ds.get("file_meta", {}).get("MediaStorageSOPClassUID") != _DICOMDIR:
                 yield path, ds
-        elif path.suffix.lower() in _DICOM_SUFFIXES:
+        elif path.suffix.lower() in DICOM_SUFFIXES:
             raise DicomError(f"{path}: corrupt DICOM file: no 'DICM' preamble and no DICOM tag at byte 0")
 
 

@@ -210,3 +210,30 @@ def test_real_config_through_the_registry_and_manual_dir(fx, tmp_path):
   rec = src[0]
   assert rec["image"].shape == (256, 256) and rec["labels"].shape == (6,)
   assert len(src) == sum(1 for img in fx.images.values() if img.labels is not None and img.path.name not in fx.bad)
+
+
+def test_a_series_mixing_matrix_sizes_is_skipped_naming_each_file_and_the_sizes(tmp_path):
+  """Resizing each slice to the stored size on its own would stack two fields of view as one volume: the
+  series is refused (as prediction refuses it), the series beside it is built."""
+  root, train = tmp_path / "m", tmp_path / "m" / "stage_2_train"
+  rows, written = [], {}
+  for series, shapes in (("ID_mixed", [(16, 16)] * 3 + [(12, 16)]), ("ID_whole", [(16, 16)] * 3)):
+    for k, shape in enumerate(shapes):
+      sop = f"ID_{series[3:]}{k:03d}"
+      with common.quiet():
+        (path,) = dicom.write_series(np.full((1, *shape), 30.0), (5, 1, 1), train, sop_uids=[sop],
+                                     series_uid=series, study_uid=f"{series}_st", patient_id=f"{series}_p",
+                                     z_positions=[5.0 * k], file_names=lambda i, uid: f"{uid}.dcm")
+      fixtures.strip_to_rsna(path)
+      written[sop] = (series, path)
+      rows += _rows(sop)
+  (root / "stage_2_train.csv").write_text("ID,Label\n" + "".join(f"{r},{v}\n" for r, v in rows))
+  b = build(root, tmp_path / "d")
+  skipped = {item["file"]: item["reason"] for item in fixtures.report(b)["skipped"]}
+  mixed = {sop: path for sop, (series, path) in written.items() if series == "ID_mixed"}
+  assert set(skipped) == {str(p) for p in mixed.values()}
+  sizes = (f"16x16: 3 slices, e.g. {mixed['ID_mixed000']}; 12x16: 1 slice, e.g. {mixed['ID_mixed003']}")
+  assert skipped[str(mixed["ID_mixed003"])] == (f"Rows/Columns 12x16, but series ID_mixed mixes matrix sizes "
+                                                f"({sizes}): series not built")
+  assert skipped[str(mixed["ID_mixed000"])].startswith("Rows/Columns 16x16, but series ID_mixed mixes")
+  assert sorted(text(r["sop_uid"]) for r in fixtures.records(b)) == ["ID_whole000", "ID_whole001", "ID_whole002"]
