@@ -249,13 +249,15 @@ def measure_hu(hu: np.ndarray) -> tuple[float, float]:
   Air is the AIR_PERCENTILE-th percentile of the voxels inside the field of
   view above PADDING_BELOW_HU; brain is the median of the voxels
   SOFT_TISSUE_ABOVE_AIR_HU above that air. nan where no voxel qualifies. Exact
-  (a histogram of the int16 values), and linear in the voxels.
+  (a histogram of the int16 values), linear in the voxels.
   """
   hu = np.asarray(hu)
   if hu.dtype != np.int16:
     raise ValueError(f"measure_hu takes an int16 [S, H, W] volume, got {hu.dtype} {hu.shape}")
-  values = hu[:, field_of_view(hu.shape[1:])]
-  counts = np.bincount((values.ravel().astype(np.int32) + 32768), minlength=65536)
+  fov = field_of_view(hu.shape[1:])
+  counts = np.zeros(65536, np.int64)
+  for image in hu:   # slice by slice: bincount's intp copy of a whole study would take 8 bytes a voxel
+    counts += np.bincount(image[fov].view(np.uint16) ^ np.uint16(0x8000), minlength=65536)   # int16 + 32768
   counts[:int(PADDING_BELOW_HU) + 32768 + 1] = 0
   if not counts.any():
     return float("nan"), float("nan")
@@ -281,14 +283,18 @@ def _check_hu(study: Study, require_hu: bool) -> None:
     return
   a, b = AIR_HU_RANGE, BRAIN_HU_RANGE
   lo, hi = SOFT_TISSUE_ABOVE_AIR_HU
-  measured = (f"air inside the field of view reads {air:+.0f} HU (percentile {AIR_PERCENTILE:g}; expected "
-              f"{a[0]:g} to {a[1]:g}) and brain {brain:+.0f} HU (median of the voxels {lo:g}-{hi:g} HU above that "
+  measured = (f"air inside the field of view reads {_hu(air)} (percentile {AIR_PERCENTILE:g}; expected "
+              f"{a[0]:g} to {a[1]:g}) and brain {_hu(brain)} (median of the voxels {lo:g}-{hi:g} HU above that "
               f"air; expected {b[0]:g} to {b[1]:g})")
   where = "the file's scl_slope/scl_inter" if study.source == "nifti" else "RescaleSlope/RescaleIntercept"
   if require_hu:
     raise StudyError(f"{study.path}: values are not HU of a head CT: {measured}; check {where}, or pass "
                      "--allow-implausible-hu to predict anyway")
   study.notes.append(f"values may not be HU: {measured}; predicted anyway (--allow-implausible-hu)")
+
+
+def _hu(value: float) -> str:
+  return "nothing (no voxel qualifies)" if np.isnan(value) else f"{value:+.0f} HU"
 
 
 # --- Completeness ----------------------------------------------------------------------------------------------
@@ -317,7 +323,8 @@ def completeness(z_positions, gap_mm: float, *, headers=(), dropped=(), min_cove
                    f"slices of it, dropped ({listed}{more})")
   missing = _missing_instance_numbers(headers)
   if missing:
-    reasons.append(f"InstanceNumber {_ranges(missing)} missing ({len(missing)} slice{'s' * (len(missing) > 1)})")
+    listed = ", ".join(str(n) for n in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    reasons.append(f"InstanceNumber {listed} missing ({len(missing)} slice{'s' * (len(missing) > 1)})")
   expected = _common_int(headers, "ImagesInAcquisition")
   if expected is not None and expected > len(z):
     reasons.append(f"ImagesInAcquisition is {expected} but the series has {len(z)} slices")
@@ -357,13 +364,3 @@ def _missing_instance_numbers(headers) -> list[int] | None:
   step = int(np.diff(numbers).min())
   return sorted(set(range(numbers[0], numbers[-1] + 1, step)) - set(numbers))
 
-
-def _ranges(numbers) -> str:
-  """[3, 4, 5, 9] → "3-5, 9"."""
-  out, start = [], None
-  for i, n in enumerate(numbers):
-    start = n if start is None else start
-    if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
-      out.append(f"{start}" if start == n else f"{start}-{n}")
-      start = None
-  return ", ".join(out)

@@ -134,7 +134,7 @@ def test_instance_number_gaps_and_images_in_acquisition(head, tmp_path):
     paths[i].unlink()
   c = study_lib.read_study(tmp_path / "gap", allow_uneven_spacing=True).completeness
   assert c["missing_instance_numbers"] == [8, 9]
-  assert c["reasons"] == ["InstanceNumber 8-9 missing (2 slices)"]
+  assert c["reasons"] == ["InstanceNumber 8, 9 missing (2 slices)"]
 
   # The last slice never arrived: no gap in the numbers, but the header says how many the acquisition made.
   paths = _write(tmp_path / "short", head, extra_tags={"ImagesInAcquisition": 20})
