@@ -562,6 +562,25 @@ def order_slices(slices: Sequence[SliceHeader]) -> OrderedSeries:
   return OrderedSeries(kept, z, gap, thickness, rejected, notes)
 
 
+def mixed_matrix(slices: Sequence[SliceHeader]) -> list[tuple[str, str]]:
+  """(file, reason) for every slice of a series whose slices differ in Rows/Columns; [] when they agree.
+
+  Resizing each slice to the stored size on its own would stack different
+  fields of view as one volume, with one pixel spacing; `dicom.load_series`
+  (prediction) refuses such a series, so a build skips it, naming the sizes.
+  """
+  sizes = collections.Counter((s.rows, s.cols) for s in slices)
+  if len(sizes) < 2:
+    return []
+  example = {}
+  for s in slices:
+    example.setdefault((s.rows, s.cols), s.path)
+  summary = "; ".join(f"{r}x{c}: {n} slice{'s' * (n > 1)}, e.g. {example[(r, c)]}"
+                      for (r, c), n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])))
+  return [(s.path, f"Rows/Columns {s.rows}x{s.cols}, but series {s.series_uid} mixes matrix sizes ({summary}): "
+                   "series not built") for s in slices]
+
+
 def read_pixels(path, hu_fn: Callable = dicom.to_hu):
   """`hu_fn(dataset)` of one file (default: HU, float32); DicomError naming the file and transfer syntax on failure."""
   with quiet():

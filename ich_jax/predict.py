@@ -16,8 +16,11 @@ bundle's jit-compiled models (`ich_jax.bundle`). OUT receives
                     (NIfTI stored index), z_position, prob_any … prob_subdural, and blood_ml with a mask; the
                     format `python -m ich_jax.eval` reads
   report.json       study-level probability and decision per class with the threshold, volumes, the series used
-                    and why, the bundle (hash, members), timings (read, preprocess, model, write) in seconds
-  report.md         the same for people
+                    and why, the bundle (hash, members), timings (read, preprocess, model, write) in seconds;
+                    status "ok", or "incomplete" when the series may lack slices (unreadable files beside it,
+                    InstanceNumber gaps, fewer slices than ImagesInAcquisition, a z coverage too short for a
+                    head), with the reasons in "completeness"
+  report.md         the same for people (an incomplete study says INCOMPLETE at the top)
   mask.nii.gz       bundles with a segmentation member: the predicted blood mask on the input's voxel grid
                     (0 = none; 1–5 = the LABELS index of the subtype when the model segments subtypes, else 1)
   overview.png      the most suspicious slices in the brain window with the Grad-CAM (classifier bundles) or
@@ -25,12 +28,13 @@ bundle's jit-compiled models (`ich_jax.bundle`). OUT receives
 
 Batch mode is explicit (`--batch`): then `--input` holds one study per entry,
 each sub-folder (a DICOM study) or .nii/.nii.gz file, and OUT gets one folder
-per study plus summary.csv (one row per study: status ok or error, the error,
-the study probabilities). A study that fails is listed with its error and the
-others go on; the exit status is 1 if any failed. Without `--batch` a folder
-holding several studies is an error, not a guess. Output folders are named
-after the studies, made unique when two would collide (`s1/` and `s1.nii.gz`
-become `s1` and `s1.nii.gz`); the summary's `output` column names each.
+per study plus summary.csv (one row per study: status ok, incomplete or
+error, the error, the study probabilities). A study that fails is listed with
+its error and the others go on; the exit status is 1 if any failed. Without
+`--batch` a folder holding several studies is an error, not a guess. Output
+folders are named after the studies, made unique when two would collide
+(`s1/` and `s1.nii.gz` become `s1` and `s1.nii.gz`); the summary's `output`
+column names each.
 
 OUT is only ever replaced when ich-jax wrote it (a marker file in it): an
 existing folder of anything else is refused, as is an OUT that is, holds or
@@ -74,6 +78,11 @@ class Options:
   preferred_thickness_mm: float = 5.0
   allow_uneven_spacing: bool = False
   require_hu: bool = True
+  assume_intercept: float | None = None      # read DICOM slices without RescaleSlope/RescaleIntercept with it
+  min_coverage_mm: float = study_lib.MIN_COVERAGE_MM          # a shorter z coverage is an incomplete head ...
+  coverage_max_gap_mm: float = study_lib.COVERAGE_MAX_GAP_MM  # ... at slice gaps up to this
+  strict: bool = False                       # an incomplete study is an error, not a report marked incomplete
+  max_study_gb: float | None = None          # refuse a study whose prediction needs more (None: half the RAM)
   overview_slices: int = OVERVIEW_SLICES
   progress: bool = True
 
@@ -168,6 +177,39 @@ def suspicious_slices(prob: np.ndarray, k: int) -> list[int]:
   return [int(i) for i in order[:k]]
 
 
+def study_memory_bytes(slices: int, rows: int, cols: int, bundle) -> int:
+  """The memory predicting a study of this size holds at its peak, estimated from the headers alone: the HU
+  volume (int16), the mask on the study's grid and its NIfTI copy (uint8, segmenting bundles), and each
+  member plan's float32 inputs, twice (stacked from per-slice arrays)."""
+  voxels = slices * rows * cols
+  total = 2 * voxels + (2 * voxels if bundle.has_mask else 0)
+  for plan in {m.plan for m in bundle.members.values() if m.plan is not None}:
+    total += 2 * slices * plan.image_size ** 2 * len(plan.recipe) * 4
+  return total
+
+
+def memory_budget_gb(options: Options) -> float:
+  """`options.max_study_gb`, or half this machine's physical memory."""
+  if options.max_study_gb is not None:
+    return float(options.max_study_gb)
+  import os
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 1e9
+
+
+def _size_check(bundle, options: Options):
+  budget = memory_budget_gb(options)
+
+  def check(slices: int, rows: int, cols: int) -> None:
+    need = study_memory_bytes(slices, rows, cols, bundle) / 1e9
+    if need > budget:
+      raise study_lib.StudyError(
+          f"too large to predict in memory: {slices} slices of {rows}x{cols} need about {need:.2f} GB, over the "
+          f"budget of {budget:.2f} GB (--max-study-gb; default half the machine's memory); refused before reading "
+          "its pixels")
+
+  return check
+
+
 # --- Writing ----------------------------------------------------------------------------------------------
 
 
@@ -210,6 +252,9 @@ def _markdown(report: Mapping) -> str:
            f"- Model bundle: `{report['bundle']['path']}` (sha256 {report['bundle']['sha256'][:12]}…; "
            + ", ".join(f"{m['name']} = {m['role']} {m['model']}" for m in report["bundle"]["members"]) + ")",
            f"- Threshold: {report['threshold']} (a study is positive when its most suspicious slice reaches it)", ""]
+  if report["status"] == "incomplete":   # first, above the findings it qualifies
+    lines[4:4] = ["**INCOMPLETE SERIES**: slices may be missing; the findings below cover only the slices present.",
+                  "", *(f"- {r}" for r in report["completeness"]["reasons"]), ""]
   if s.get("selection"):
     lines += ["Series choice: " + s["selection"]["reason"], ""]
   lines += ["## Findings", "", "| | probability | decision | most suspicious slice |", "|---|---|---|---|"]
@@ -263,7 +308,10 @@ def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) 
   clock.start("read")
   study = study_lib.read_study(input_path, min_slices=options.min_slices,
                                preferred_thickness_mm=options.preferred_thickness_mm,
-                               allow_uneven_spacing=options.allow_uneven_spacing, require_hu=options.require_hu)
+                               allow_uneven_spacing=options.allow_uneven_spacing, require_hu=options.require_hu,
+                               assume_intercept=options.assume_intercept, min_coverage_mm=options.min_coverage_mm,
+                               coverage_max_gap_mm=options.coverage_max_gap_mm, require_complete=options.strict,
+                               check_size=_size_check(bundle, options))
   clock.start("preprocess")
   images = bundle.preprocess(study.records())
   clock.start("model")
@@ -281,10 +329,12 @@ def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) 
     notes.append(f"no Grad-CAM overlay: {bundle.gradcam_error}")
   report = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "disclaimer": DISCLAIMER,
             "input": str(pathlib.Path(input_path).absolute()), "source": study.source, "study_id": study.study_id,
+            "status": "ok" if study.completeness["status"] == "complete" else "incomplete",
+            "completeness": study.completeness,
             "series": {"series_uid": study.series_id, "description": study.description,
                        "num_slices": study.num_slices, "spacing_mm": list(study.spacing),
                        "slice_thickness_mm": study.slice_thickness, "matrix": list(study.hu.shape[1:]),
-                       "selection": study.selection},
+                       "selection": study.selection, "hu_check": study.hu_check},
             "bundle": {"path": str(bundle.directory.absolute()), "sha256": bundle.hash, "members": bundle.describe()},
             "threshold": bundle.threshold,
             "findings": study_findings(prob, bundle.threshold, subtypes_predicted=bundle.predicts_subtypes),
@@ -395,7 +445,7 @@ def _summary_row(name, entry, out, report=None, error=None, seconds=0.0) -> dict
   if error is not None:
     row.update(status="error", error=error)
     return row
-  row.update(status="ok", study_id=report["study_id"], series_uid=report["series"]["series_uid"],
+  row.update(status=report["status"], study_id=report["study_id"], series_uid=report["series"]["series_uid"],
              num_slices=report["series"]["num_slices"])
   for n in LABELS:
     f = report["findings"][n]
@@ -474,7 +524,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="among acceptable series, prefer this SliceThickness (mm)")
   parser.add_argument("--allow-uneven-spacing", action="store_true",
                       help="predict on series whose slice gaps vary (volumes use the median gap)")
-  parser.add_argument("--allow-non-hu", action="store_true", help="accept NIfTI volumes whose values are not HU")
+  parser.add_argument("--allow-implausible-hu", "--allow-non-hu", dest="allow_non_hu", action="store_true",
+                      help="predict on studies whose air and brain do not read where HU puts them (noted)")
+  parser.add_argument("--assume-rescale-intercept", type=float, default=None, metavar="HU",
+                      help="read DICOM slices without RescaleSlope/RescaleIntercept with slope 1 and this intercept "
+                           "(e.g. -1024; noted) instead of refusing them")
+  parser.add_argument("--strict", action="store_true",
+                      help="an incomplete series (missing slices, short z coverage) is an error, not a report "
+                           "marked incomplete")
+  parser.add_argument("--max-study-gb", type=float, default=None, metavar="GB",
+                      help="refuse, before reading its pixels, a study whose prediction would hold more memory than "
+                           "this (default: half the machine's memory)")
   parser.add_argument("--overview-slices", type=int, default=OVERVIEW_SLICES,
                       help="slices in overview.png (0: no overview)")
   parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -488,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"--overview-slices {args.overview_slices}: need 0..{OVERVIEW_SLICES}")
   options = Options(batch_size=args.batch_size, min_slices=args.min_slices,
                     preferred_thickness_mm=args.preferred_thickness, allow_uneven_spacing=args.allow_uneven_spacing,
-                    require_hu=not args.allow_non_hu, overview_slices=args.overview_slices,
+                    require_hu=not args.allow_non_hu, assume_intercept=args.assume_rescale_intercept,
+                    strict=args.strict, max_study_gb=args.max_study_gb, overview_slices=args.overview_slices,
                     progress=not args.no_progress)
   from ich_jax import bundle as bundle_lib
   from ich_jax import xla_flags
@@ -504,8 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     if args.batch:
       rows = predict_batch(bundle, args.input, args.output, options)
-      failed = [r for r in rows if r["status"] != "ok"]
-      print(f"{len(rows) - len(failed)} of {len(rows)} studies predicted; summary: "
+      failed = [r for r in rows if r["status"] == "error"]
+      incomplete = sum(r["status"] == "incomplete" for r in rows)
+      print(f"{len(rows) - len(failed)} of {len(rows)} studies predicted ({incomplete} incomplete); summary: "
             f"{pathlib.Path(args.output) / 'summary.csv'}", flush=True)
       return 1 if failed else 0
     report = predict_study(bundle, args.input, args.output, options)
@@ -516,8 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   positives = [SHORT[n] for n in LABELS if f[n]["positive"]]
   print(f"{report['study_id']}: ICH probability {f['any']['probability']:.3f} "
         f"({'POSITIVE' if f['any']['positive'] else 'negative'} at {report['threshold']})"
-        + (f"; positive: {', '.join(positives)}" if positives else "") + f". Report: {args.output}/report.md",
-        flush=True)
+        + (f"; positive: {', '.join(positives)}" if positives else "")
+        + ("; INCOMPLETE series: " + "; ".join(report["completeness"]["reasons"])
+           if report["status"] == "incomplete" else "") + f". Report: {args.output}/report.md", flush=True)
   return 0
 
 

@@ -1,6 +1,7 @@
 """Export → bundle → predict on studies as a scanner writes them: phantom DICOM with decoy series, NIfTI, a
 real head slice, broken folders, batch mode, tampered bundles, ensembles of bundles."""
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -30,8 +31,9 @@ SPEC = phantom.PhantomSpec(matrix=128, pixel_spacing_mm=(1.7, 1.9), slice_thickn
 OPTIONS = predict.Options(batch_size=8, progress=False)
 
 
-def _phantom(seed):
-  return phantom.make_phantom(seed, SPEC)
+def _phantom(seed, slices=10):
+  """10 slices cover 45 mm, less than a head (the study is incomplete); 18 cover 85 mm."""
+  return phantom.make_phantom(seed, dataclasses.replace(SPEC, max_slices=slices))
 
 
 def _write_study(folder, p, *, decoys=True, **kw):
@@ -235,10 +237,10 @@ def test_folders_that_are_no_ct_study_fail_naming_folder_and_reason(tmp_path):
 
 def test_batch_mode_reports_a_broken_study_and_predicts_the_others(runs, tmp_path, capsys):
   studies = tmp_path / "studies"
-  _write_study(studies / "alpha", _phantom(6), decoys=False)
+  _write_study(studies / "alpha", _phantom(6, slices=18), decoys=False)
   broken = _write_study(studies / "broken", _phantom(9), decoys=False)
   broken[4].write_bytes(broken[4].read_bytes()[:-500])   # a slice cut short in transfer
-  p = _phantom(7)
+  p = _phantom(7, slices=18)
   nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
            studies / "gamma.nii.gz")
   code = predict.main(["--model", str(runs["root"] / "cls_bundle"), "--input", str(studies), "--output",
@@ -254,6 +256,30 @@ def test_batch_mode_reports_a_broken_study_and_predicts_the_others(runs, tmp_pat
     assert int(summary[name]["positive_any"]) == report["findings"]["any"]["positive"]
   assert not (tmp_path / "out" / "broken").exists()
   assert "error: broken:" in capsys.readouterr().err
+
+
+def test_an_incomplete_study_is_reported_incomplete_and_strict_makes_it_an_error(runs, tmp_path):
+  studies = tmp_path / "studies"
+  _write_study(studies / "short", _phantom(11), decoys=False)   # 45 mm of a head: slices missing at both ends
+  code = predict.main(["--model", str(runs["root"] / "cls_bundle"), "--input", str(studies), "--output",
+                       str(tmp_path / "out"), "--batch", "--no-progress", "--overview-slices", "0"])
+  assert code == 0   # predicted, and said to be incomplete
+  reason = "z coverage 45.0 mm (10 slices, 5 mm slice gap) is under the 80 mm a head needs"
+  (row,) = _csv(tmp_path / "out" / "summary.csv")
+  assert (row["status"], row["error"]) == ("incomplete", "")
+  report = json.loads((tmp_path / "out" / "short" / "report.json").read_text())
+  assert report["status"] == "incomplete" and report["completeness"]["reasons"] == [reason]
+  assert float(row["prob_any"]) == report["findings"]["any"]["probability"]
+  md = (tmp_path / "out" / "short" / "report.md").read_text()
+  assert f"**INCOMPLETE SERIES**: slices may be missing; the findings below cover only the slices present.\n\n- {reason}" in md
+  assert md.index("INCOMPLETE") < md.index("## Findings")
+
+  code = predict.main(["--model", str(runs["root"] / "cls_bundle"), "--input", str(studies), "--output",
+                       str(tmp_path / "strict"), "--batch", "--no-progress", "--overview-slices", "0", "--strict"])
+  assert code == 1
+  (row,) = _csv(tmp_path / "strict" / "summary.csv")
+  assert row["status"] == "error" and "short: incomplete series" in row["error"] and reason in row["error"]
+  assert not (tmp_path / "strict" / "short").exists()
 
 
 def test_tampered_or_incomplete_bundles_are_refused(runs, tmp_path):
@@ -408,8 +434,8 @@ def test_batch_names_are_unique_a_failed_study_loses_its_old_report_and_one_writ
   from ich_jax import atomic, lock
 
   studies = tmp_path / "studies"
-  files = _write_study(studies / "s1", _phantom(12), decoys=False)
-  p = _phantom(13)
+  files = _write_study(studies / "s1", _phantom(12, slices=18), decoys=False)
+  p = _phantom(13, slices=18)
   nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
            studies / "s1.nii.gz")
   out = tmp_path / "out"
@@ -474,3 +500,22 @@ def test_every_loaded_file_is_listed_and_the_bundle_identity_can_be_pinned(runs,
   (unlisted / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(bundle_lib.BundleError, match=f"loads '{params}', which the manifest's `files` does not list"):
     bundle_lib.load(unlisted)
+
+
+def test_a_study_too_large_for_memory_is_refused_before_its_pixels_are_read(runs, tmp_path):
+  bundle = runs["cls_bundle"]
+  studies = tmp_path / "studies"
+  _write_study(studies / "a_small", _phantom(15, slices=18), decoys=False)
+  big = _write_study(studies / "b_large", _phantom(16, slices=24), decoys=False)
+  big[5].write_bytes(big[5].read_bytes()[:-2000])    # its pixels would fail to decode, were they read
+  p = _phantom(17, slices=24)
+  nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
+           studies / "c_large.nii.gz")
+  small, large = (predict.study_memory_bytes(n, 128, 128, bundle) for n in (18, 24))
+  assert small < large
+  options = dataclasses.replace(OPTIONS, max_study_gb=(small + large) / 2 / 1e9)
+  rows = predict.predict_batch(bundle, studies, tmp_path / "out", options)
+  assert [r["status"] for r in rows] == ["ok", "error", "error"]
+  for row, name in zip(rows[1:], ("b_large", "c_large.nii.gz")):
+    assert f"{name}: too large to predict in memory: 24 slices of 128x128 need about {large / 1e9:.2f} GB" \
+        in row["error"] and "refused before reading its pixels" in row["error"]

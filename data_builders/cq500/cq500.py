@@ -14,8 +14,10 @@ Layout, labels and quirks: ../shared/reference/datasets.md (CQ500, BHX). The bui
   non-contrast, soft tissue, thickness closest to `preferred_thickness_mm`);
   the choice and the reasons for it are recorded per study in the report's
   `selection` section (and in each scan example);
-* sorts the chosen series along the slice normal and stores HU (pydicom's
-  modality LUT);
+* sorts the chosen series along the slice normal and stores HU
+  (`ich_jax.data.dicom.to_hu`, prediction's reader); a slice without
+  RescaleSlope/RescaleIntercept is skipped and listed, never kept as stored
+  values, and a series mixing matrix sizes is skipped (each file listed);
 * joins BHX boxes (every `*.csv` with the BHX columns under `manual_dir/bhx/`)
   to slices by SOPInstanceUID: `boxes` [K, 4] (row0, col0, row1, col1 in stored
   pixels), `box_labels` [K] (subtype index 1–5 as in `mask`, 6 = Chronic, 0 =
@@ -225,17 +227,20 @@ def _patient_result(task: PatientTask) -> common.Result:
   ordered = common.order_slices(headers)
   out.skipped += ordered.rejected
   out.notes += ordered.notes
+  mixed = common.mixed_matrix(ordered.slices)
+  if mixed:
+    out.skipped += mixed
+    return out
   description = next(c["description"] for c in selection.to_dict()["candidates"]
                      if c["series_uid"] == selection.series_uid)
   examples, shapes = [], {}
   for index, (h, z) in enumerate(zip(ordered.slices, ordered.z)):
     try:
-      hu, rescaled = common.read_pixels(h.path, lambda ds: (dicom.to_hu(ds), "RescaleIntercept" in ds))
+      # dicom.to_hu refuses a slice without RescaleSlope/RescaleIntercept: its stored values are not HU.
+      hu = common.read_pixels(h.path)
     except dicom.DicomError as e:
       out.skipped.append((h.path, common.reason(e, h.path)))
       continue
-    if not rescaled:
-      out.notes.append((h.path, "no RescaleSlope/RescaleIntercept: stored values taken as HU"))
     fit = common.Fit(hu.shape, cfg.resolution)
     shapes[h.sop_uid] = hu.shape
     examples.append((index, {

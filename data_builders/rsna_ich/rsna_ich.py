@@ -13,7 +13,12 @@ Layout, labels and quirks: ../shared/reference/datasets.md (RSNA). The build
 * groups slices by SeriesInstanceUID and sorts them along the slice normal
   (ImagePositionPatient projected on cross(row, column) of
   ImageOrientationPatient), so file names and gantry tilt do not matter;
-* converts to HU with the 12-bit intercept quirk (`rsna_hu`);
+* converts to HU with `ich_jax.data.dicom.slice_hu`, the reader prediction
+  uses: the 12-bit intercept quirk corrected (and counted in the report), a
+  slice without RescaleSlope/RescaleIntercept skipped, never kept as stored
+  values;
+* skips a series whose slices differ in Rows/Columns (each file listed with
+  the sizes): its slices are not one volume, and prediction refuses it too;
 * skips, and lists in `build_report.json`, every file that cannot be read
   (the one corrupt image, ID_6431af929, among them);
 * splits `stage_2_train` by patient (PatientID) into `train` / `validation`,
@@ -30,7 +35,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import math
 import pathlib
 import re
 
@@ -135,38 +139,6 @@ def check_join(labels: dict, images: dict, csv_path, image_dir) -> None:
                    f"{len(no_labels)} images without labels):\n  " + "\n  ".join(lines))
 
 
-# --- HU -------------------------------------------------------------------------------
-
-
-def has_12bit_quirk(ds) -> bool:
-  """datasets.md (RSNA, "Quirk, 12-bit images"): BitsStored 12, unsigned, RescaleIntercept > -100."""
-  return (int(ds.get("BitsStored", 0) or 0) == 12 and int(ds.get("PixelRepresentation", 1)) == 0
-          and common.first_value(ds.get("RescaleIntercept")) > -100)
-
-
-def rsna_hu(ds) -> tuple[np.ndarray, bool]:
-  """HU (float32) of one RSNA slice and whether the 12-bit quirk was corrected.
-
-  Quirk (datasets.md): such images store values offset by -1000 modulo 4096;
-  add 1000 to the raw pixels, wrap values >= 4096 (subtract 4096), and use
-  intercept -1000. Every other image is pydicom's modality LUT, unchanged.
-  RescaleSlope/RescaleIntercept are required: without them the stored values
-  are not HU and a silent identity LUT would shift every slice by ~1000 HU.
-  """
-  for keyword in ("RescaleSlope", "RescaleIntercept"):
-    value = ds.get(keyword)
-    if value is None or value == "":
-      raise dicom.DicomError(f"{ds.filename}: missing required tag {keyword}")
-    if math.isnan(common.first_value(value)):
-      raise dicom.DicomError(f"{ds.filename}: {keyword} is not numeric: {value!r}")
-  if not has_12bit_quirk(ds):
-    return dicom.to_hu(ds), False
-  raw = ds.pixel_array.astype(np.int32) + 1000
-  raw[raw >= 4096] -= 4096
-  slope = common.first_value(ds.get("RescaleSlope"))
-  return (raw * slope - 1000.0).astype(np.float32), True
-
-
 # --- Worker tasks ---------------------------------------------------------------------
 
 
@@ -183,11 +155,11 @@ def _series_result(task: SeriesTask) -> common.Result:
   examples, quirk = [], 0
   for index, h, z, labels in task.slices:
     try:
-      hu, corrected = common.read_pixels(h.path, rsna_hu)
+      hu, rescale = common.read_pixels(h.path, dicom.slice_hu)
     except dicom.DicomError as e:
       out.skipped.append((h.path, common.reason(e, h.path)))
       continue
-    quirk += corrected
+    quirk += rescale.quirk_12bit
     fit = common.Fit(hu.shape, cfg.resolution)
     examples.append((index, {
         "image": fit.image(hu),
@@ -332,6 +304,11 @@ class RsnaIch(common.IngestBuilder):
     for path, message in ordered.notes:
       self.report.note(path, message)
     if not ordered.slices:
+      return None
+    mixed = common.mixed_matrix(ordered.slices)
+    for path, reason in mixed:
+      self.report.skip(path, reason)
+    if mixed:
       return None
     rows = [(i, h, float(z), None if labels is None else labels[pathlib.Path(h.path).stem])
             for i, (h, z) in enumerate(zip(ordered.slices, ordered.z))]

@@ -9,7 +9,11 @@ Conventions used by every caller:
     SliceThickness: overlapping reconstructions have thickness > gap, and the
     RSNA 1st-place sequence model calls this gap "slice thickness".
   * HU is the modality LUT (RescaleSlope/RescaleIntercept) applied to the
-    stored values, exactly as ``pydicom.pixels.apply_modality_lut`` does.
+    stored values, exactly as ``pydicom.pixels.apply_modality_lut`` does, with
+    two exceptions (``rescale_of``): a slice without the tags is refused (they
+    are Type 1 for CT; the stored values of an unsigned series read ~1024 HU
+    too high without them) unless the caller assumes an intercept, and RSNA's
+    12-bit intercept quirk (datasets.md) is corrected for every caller.
 
 Series *selection* (CQ500 patients hold thin/thick, plain/contrast, bone/soft
 series) is not done here: ``scan_series`` lists a folder's series from headers
@@ -29,7 +33,6 @@ import numpy as np
 import pydicom
 import pydicom.uid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import apply_modality_lut
 from pydicom.valuerep import format_number_as_ds
 
 PathLike = str | os.PathLike
@@ -55,17 +58,27 @@ ORIENTATION_TOLERANCE = 1e-4
 # Brain window (level 40, width 80): the default display window of head CT.
 BRAIN_WINDOW = (40.0, 80.0)
 
+# datasets.md (RSNA, "Quirk, 12-bit images"): an unsigned 12-bit slice whose
+# RescaleIntercept is above this stores its values offset by -1000 modulo 4096.
+QUIRK_12BIT_INTERCEPT_ABOVE = -100.0
+QUIRK_12BIT_INTERCEPT = -1000.0
+RESCALE_TAGS = ("RescaleSlope", "RescaleIntercept")
+
 # Never DICOM: skipped without opening. Anything else is recognised by content.
 _NOT_DICOM_SUFFIXES = frozenset({
     ".txt", ".csv", ".json", ".xml", ".md", ".html", ".pdf", ".nii", ".gz",
     ".zip", ".tar", ".png", ".jpg", ".jpeg", ".npy", ".npz", ".py",
 })
 _DICOMDIR = pydicom.uid.MediaStorageDirectoryStorage
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 
 
 class DicomError(ValueError):
     """A DICOM file or series that cannot be read as one CT volume."""
+
+
+class RescaleMissing(DicomError):
+    """A slice without RescaleSlope/RescaleIntercept, and no intercept assumed (``rescale_of``)."""
 
 
 # --------------------------------------------------------------------------
@@ -347,6 +360,7 @@ class Series:
     orientation: np.ndarray  # [6]
     positions: np.ndarray  # [S, 3] ImagePositionPatient
     series_description: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)  # HU conversions worth knowing (quirk, assumed intercept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,9 +381,108 @@ def read_header(path: PathLike) -> Dataset:
     return ds
 
 
-def to_hu(ds: Dataset) -> np.ndarray:
-    """One slice in HU (float32): the modality LUT applied to the stored values."""
-    return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+@dataclasses.dataclass(frozen=True)
+class Rescale:
+    """How one slice's stored values become HU: ``stored * slope + intercept``.
+
+    quirk_12bit: RSNA's 12-bit quirk was found, so the stored values are first
+      shifted by +1000 modulo 4096 and ``intercept`` is -1000 (not the tag's).
+    assumed: the Rescale tags the slice lacked, replaced by slope 1 and the
+      caller's ``assume_intercept``.
+    """
+
+    slope: float
+    intercept: float
+    quirk_12bit: bool = False
+    assumed: tuple[str, ...] = ()
+
+
+def has_12bit_quirk(ds: Dataset) -> bool:
+    """datasets.md (RSNA, "Quirk, 12-bit images"): BitsStored 12, unsigned, RescaleIntercept > -100."""
+    intercept = _number(ds.get("RescaleIntercept"))
+    return (int(ds.get("BitsStored", 0) or 0) == 12 and int(ds.get("PixelRepresentation", 1)) == 0
+            and intercept is not None and intercept > QUIRK_12BIT_INTERCEPT_ABOVE)
+
+
+def rescale_of(ds: Dataset, *, assume_intercept: float | None = None) -> Rescale:
+    """The modality LUT of one slice, from its header.
+
+    RescaleSlope and RescaleIntercept are Type 1 in the CT Image module: an
+    anonymiser that strips them leaves stored values, which for the common
+    unsigned storage (intercept -1024) read every voxel ~1024 HU too high.
+    So a missing tag is an error naming the file and the tag, unless
+    ``assume_intercept`` is given: then a missing slope is 1 and a missing
+    intercept is that value, and ``Rescale.assumed`` says which were assumed.
+
+    Raises:
+      DicomError: a Rescale tag missing (and nothing assumed), not numeric, or
+        a zero slope.
+    """
+    path = _where(ds)
+    values, missing = {}, []
+    for keyword in RESCALE_TAGS:
+        try:
+            raw = ds.get(keyword)
+        except ValueError as e:  # pydicom converts DS on access and raises on "n/a"
+            raise DicomError(f"{path}: {keyword} is not a number: {e}") from e
+        if raw is None or raw == "":
+            missing.append(keyword)
+            continue
+        value = _number(raw)
+        if value is None or not np.isfinite(value):
+            raise DicomError(f"{path}: {keyword} is not a finite number: {raw!r}")
+        values[keyword] = value
+    if missing and assume_intercept is None:
+        raise RescaleMissing(f"{path}: missing required tag {' and '.join(missing)} (Type 1 in the CT Image module; "
+                         "without it the stored values are not HU)")
+    slope = values.get("RescaleSlope", 1.0)
+    if slope == 0:
+        raise DicomError(f"{path}: RescaleSlope is 0")
+    if has_12bit_quirk(ds):
+        return Rescale(slope, QUIRK_12BIT_INTERCEPT, quirk_12bit=True, assumed=tuple(missing))
+    intercept = values.get("RescaleIntercept", assume_intercept)
+    return Rescale(slope, float(intercept), assumed=tuple(missing))
+
+
+def apply_rescale(stored: np.ndarray, rescale: Rescale) -> np.ndarray:
+    """Stored values → HU (float32) by ``rescale``; the 12-bit quirk's wrap first (datasets.md, RSNA)."""
+    stored = np.asarray(stored)
+    if rescale.quirk_12bit:
+        # The raw values are HU + 1000 - 1000 modulo 4096: add 1000 back, wrap what passes 4096.
+        raw = stored.astype(np.int32) + 1000
+        raw[raw >= 4096] -= 4096
+        stored = raw
+    return (stored.astype(np.float64) * rescale.slope + rescale.intercept).astype(np.float32)
+
+
+def slice_hu(ds: Dataset, *, assume_intercept: float | None = None) -> tuple[np.ndarray, Rescale]:
+    """One slice in HU (float32) and the Rescale that made it (see ``rescale_of``)."""
+    # The CT Image IOD has no Modality LUT module: slope and intercept are the whole LUT.
+    rescale = rescale_of(ds, assume_intercept=assume_intercept)
+    return apply_rescale(ds.pixel_array, rescale), rescale
+
+
+def to_hu(ds: Dataset, *, assume_intercept: float | None = None) -> np.ndarray:
+    """One slice in HU (float32): the modality LUT applied to the stored values (``slice_hu``)."""
+    return slice_hu(ds, assume_intercept=assume_intercept)[0]
+
+
+def _number(value) -> float | None:
+    """A DS/IS tag's value as a float (the first of a multi-valued one); None if absent or not numeric."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if not len(value):
+            return None
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _where(ds: Dataset) -> str:
+    return str(getattr(ds, "filename", None) or "<dataset>")
 
 
 def scan_series(directory: PathLike | Iterable[PathLike]) -> dict[str, SeriesHeader]:
@@ -380,20 +493,24 @@ def scan_series(directory: PathLike | Iterable[PathLike]) -> dict[str, SeriesHea
             for uid, items in groups.items()}
 
 
-def load_series(directory: PathLike | Iterable[PathLike], *, series_uid: str | None = None) -> Series:
+def load_series(directory: PathLike | Iterable[PathLike], *, series_uid: str | None = None,
+                assume_intercept: float | None = None) -> Series:
     """Reads one CT series from a folder (recursively) or from a list of files.
 
     Files are recognised by content, not name: a 'DICM' preamble, or a raw
     dataset starting with a group 0002/0008 tag. Files named ``*.dcm`` that are
     neither are errors; other non-DICOM files (CSV, README, .DS_Store) are
     ignored. Slices are sorted by position along the normal, whatever the file
-    names or on-disk order.
+    names or on-disk order. HU as ``slice_hu`` gives it: RSNA's 12-bit quirk
+    corrected, and a slice without RescaleSlope/RescaleIntercept refused
+    unless ``assume_intercept`` is given (``Series.notes`` then says so).
 
     Raises:
       DicomError: naming the file, tag and value: no DICOM files; several series
-        and no ``series_uid``; ``series_uid`` absent; a required tag missing; a
-        corrupt file; mixed Rows/Columns, orientation or PixelSpacing; two
-        slices at the same position.
+        and no ``series_uid``; ``series_uid`` absent; a required tag missing
+        (RescaleSlope/RescaleIntercept included); a corrupt file; mixed
+        Rows/Columns, orientation or PixelSpacing; two slices at the same
+        position.
     """
     candidates = _dicom_candidates(directory)
     # Pixel data is deferred (read when decoded), so a folder holding several
@@ -410,7 +527,7 @@ def load_series(directory: PathLike | Iterable[PathLike], *, series_uid: str | N
     elif series_uid not in groups:
         raise DicomError(f"SeriesInstanceUID {series_uid} not in {where}; present:\n"
                          + _describe(groups))
-    return _assemble(groups[series_uid])
+    return _assemble(groups[series_uid], assume_intercept)
 
 
 def _by_series(items) -> dict[str, list[tuple[pathlib.Path, Dataset]]]:
@@ -426,7 +543,7 @@ def _describe(groups) -> str:
         for uid, items in sorted(groups.items()))
 
 
-def _assemble(items: list[tuple[pathlib.Path, Dataset]]) -> Series:
+def _assemble(items: list[tuple[pathlib.Path, Dataset]], assume_intercept: float | None = None) -> Series:
     first_path, first = items[0]
     orientation = _floats(first, first_path, "ImageOrientationPatient", 6)
     normal = _normal(orientation, f"{first_path}: ImageOrientationPatient")
@@ -434,9 +551,12 @@ def _assemble(items: list[tuple[pathlib.Path, Dataset]]) -> Series:
     pixel_spacing = _floats(first, first_path, "PixelSpacing", 2)
 
     positions = np.empty((len(items), 3))
+    rescales = []
     for i, (path, ds) in enumerate(items):
         for tag in REQUIRED_TAGS:
             _require(ds, path, tag)
+        # Checked with the other tags, before any pixel is decoded.
+        rescales.append(rescale_of(ds, assume_intercept=assume_intercept))
         if "PixelData" not in ds:
             raise DicomError(f"{path}: missing required tag PixelData")
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -459,6 +579,7 @@ def _assemble(items: list[tuple[pathlib.Path, Dataset]]) -> Series:
     order = np.argsort(z, kind="stable")
     z, positions = z[order], positions[order]
     items = [items[i] for i in order]
+    rescales = [rescales[i] for i in order]
     gaps = np.diff(z)
     if gaps.size and gaps.min() < POSITION_TOLERANCE_MM:
         k = int(np.argmin(gaps))
@@ -473,13 +594,14 @@ def _assemble(items: list[tuple[pathlib.Path, Dataset]]) -> Series:
     info = np.iinfo(np.int16)
     for i, (path, ds) in enumerate(items):
         try:
-            slice_hu = to_hu(ds)
+            stored = ds.pixel_array
         except Exception as e:  # decoders raise anything: name the file
             raise DicomError(f"{path}: cannot decode PixelData "
                              f"(TransferSyntaxUID {ds.file_meta.get('TransferSyntaxUID', '?')}): "
                              f"{type(e).__name__}: {e}") from e
-        np.clip(np.rint(slice_hu), info.min, info.max, out=slice_hu)
-        hu[i] = slice_hu
+        values = apply_rescale(stored, rescales[i])
+        np.clip(np.rint(values), info.min, info.max, out=values)
+        hu[i] = values
 
     return Series(
         hu=hu,
@@ -494,7 +616,25 @@ def _assemble(items: list[tuple[pathlib.Path, Dataset]]) -> Series:
         orientation=orientation,
         positions=positions,
         series_description=str(first.get("SeriesDescription", "")),
+        notes=_rescale_notes(rescales, assume_intercept),
     )
+
+
+def _rescale_notes(rescales: Sequence[Rescale], assume_intercept: float | None) -> list[str]:
+    n = len(rescales)
+    notes = []
+    quirk = sum(r.quirk_12bit for r in rescales)
+    if quirk:
+        notes.append(f"12-bit intercept quirk corrected on {quirk} of {n} slices (BitsStored 12, unsigned, "
+                     f"RescaleIntercept > {QUIRK_12BIT_INTERCEPT_ABOVE:g}: stored values shifted by +1000 "
+                     f"modulo 4096, intercept {QUIRK_12BIT_INTERCEPT:g})")
+    assumed = sorted({tag for r in rescales for tag in r.assumed}, key=RESCALE_TAGS.index)
+    if assumed:
+        count = sum(bool(r.assumed) for r in rescales)
+        values = {"RescaleSlope": "slope 1", "RescaleIntercept": f"intercept {assume_intercept:g}"}
+        notes.append(f"{' and '.join(assumed)} missing on {count} of {n} slices: "
+                     f"{' and '.join(values[t] for t in assumed)} assumed there (assume_intercept)")
+    return notes
 
 
 def _normal(orientation: np.ndarray, where: str) -> np.ndarray:
@@ -545,7 +685,7 @@ def _read_all(paths, **kwargs) -> Iterable[tuple[pathlib.Path, Dataset]]:
             # A DICOMDIR indexes the folder; it is not a slice.
             if ds.get("file_meta", {}).get("MediaStorageSOPClassUID") != _DICOMDIR:
                 yield path, ds
-        elif path.suffix.lower() in _DICOM_SUFFIXES:
+        elif path.suffix.lower() in DICOM_SUFFIXES:
             raise DicomError(f"{path}: corrupt DICOM file: no 'DICM' preamble and no DICOM tag at byte 0")
 
 

@@ -58,7 +58,8 @@ def load_axial(path, *, affine: np.ndarray | None = None, shape=None, dtype=np.f
   Raises:
     NiftiError naming the file: not 3-D; the stored last axis is not the
     superior-inferior axis (its slices would not be axial, and per-slice labels
-    indexed by it would not belong to output slices).
+    indexed by it would not belong to output slices); NaN or infinite voxels
+    (their count).
   """
   import nibabel as nib
   from nibabel import orientations as ornt
@@ -83,6 +84,12 @@ def load_axial(path, *, affine: np.ndarray | None = None, shape=None, dtype=np.f
     data = img.get_fdata(dtype=dtype)
   except Exception as e:
     raise NiftiError(f"{path}: cannot read voxel data: {type(e).__name__}: {e}") from e
+  bad = ~np.isfinite(data)
+  if bad.any():
+    # Cast to int16 HU (a build, prediction) they would become arbitrary values; no HU stands for "unknown".
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise NiftiError(f"{path}: {int(bad.sum())} of {bad.size} voxels are NaN or infinite (the first at stored index "
+                     f"{first}, value {data[first]})")
   data = ornt.apply_orientation(data, transform)                # (x: L, y: P, z: S)
   n = shape[2]
   source = np.arange(n)[::-1] if transform[2, 1] < 0 else np.arange(n)

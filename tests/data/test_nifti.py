@@ -49,3 +49,13 @@ def test_sagittal_last_axis_is_refused(tmp_path):
   nib.save(nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), affine), str(tmp_path / "sag.nii"))
   with pytest.raises(nifti.NiftiError, match=r"sag.nii: stored axes .*: the last axis is not superior-inferior"):
     nifti.load_axial(tmp_path / "sag.nii")
+
+
+def test_nan_and_infinite_voxels_are_refused_with_their_count(tmp_path):
+  # Cast to int16 HU, NaN becomes an arbitrary value; no HU stands for "unknown".
+  data = np.zeros((4, 5, 6), np.float32)
+  data[1, 2, 3], data[3, 4, 5], data[0, 0, 1] = np.nan, np.inf, np.nan
+  nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 5.0, 1.0])), str(tmp_path / "nan.nii"))
+  with pytest.raises(nifti.NiftiError, match=r"nan.nii: 3 of 120 voxels are NaN or infinite \(the first at stored "
+                                             r"index \(0, 0, 1\), value nan\)"):
+    nifti.load_axial(tmp_path / "nan.nii")

@@ -1,6 +1,7 @@
 """`cq500` built by TFDS from a fixture in qure.ai's layout: series selection, majority labels, BHX boxes, report."""
 
 import numpy as np
+import pydicom
 import pytest
 
 from data_builders import common
@@ -114,3 +115,22 @@ def test_reads_csv_errors_name_file_line_column_and_value(tmp_path):
     C.read_reads(path)
   assert C.scan_number("CQ500CT12 CQ500CT12") == C.scan_number("CQ500-CT-12") == 12
   assert C.scan_number("CQ500CT1") == 1 and C.scan_number("Unknown Study") is None
+
+
+def test_a_slice_without_rescale_tags_is_skipped_not_kept_as_stored_values(fx, tmp_path):
+  manual = fixtures.copy_tree(fx.root, tmp_path / "m")
+  path = manual / "CQ500CT0 CQ500CT0" / "Unknown Study" / "CT 5mm" / "CT000002.dcm"
+  with common.quiet():
+    ds = pydicom.dcmread(path)
+    del ds.RescaleIntercept   # the stored values of this unsigned series are HU + 1024
+    ds.save_as(path, enforce_file_format=True)
+  b = build(manual, tmp_path / "d")
+  skipped = {item["file"]: item["reason"] for item in fixtures.report(b)["skipped"]}
+  assert skipped[str(path)] == ("missing required tag RescaleIntercept (Type 1 in the CT Image module; without it "
+                                "the stored values are not HU)")
+  recs = by_scan(fixtures.records(b, "test"))["CQ500-CT-0"]
+  kept = [text(r["sop_uid"]) for r in recs]
+  assert kept == [s for s in fx.sops["CQ500-CT-0"] if s != str(ds.SOPInstanceUID)] and len(kept) == 5
+  keep = [i for i, s in enumerate(fx.sops["CQ500-CT-0"]) if s != str(ds.SOPInstanceUID)]
+  fit = common.Fit(fx.hu["CQ500-CT-0"].shape[1:], RES)
+  np.testing.assert_array_equal(np.stack([r["image"] for r in recs]), fit.image(fx.hu["CQ500-CT-0"][keep]))

@@ -158,3 +158,18 @@ def test_conflicting_rows_and_bad_values_name_file_and_line(tmp_path):
   path.write_text(f"{head}\n49,0,0,0,0,0,0,1,0\n")
   with pytest.raises(ValueError, match="SliceNumber is 1-based"):
     P.read_diagnosis(path)
+
+
+def test_a_volume_with_nan_voxels_is_skipped_naming_their_count(fx, tmp_path):
+  # A float NIfTI with NaN voxels: cast to int16 they would become arbitrary HU.
+  manual = fixtures.copy_tree(fx.root, tmp_path / "m")
+  truth = fx.patients[49]
+  hu = truth.hu.astype(np.float32)
+  hu[2, 10, 20:23] = np.nan
+  fixtures.write_physionet_volume(manual / "ct_scans" / "049.nii", hu, (5.0, fixtures.PIXEL_MM, fixtures.PIXEL_MM),
+                                  truth.axcodes, dtype=np.float32)
+  b = build(manual, tmp_path / "d")
+  skipped = {pathlib.Path(s["file"]).relative_to(manual).as_posix(): s["reason"] for s in fixtures.report(b)["skipped"]}
+  assert list(skipped) == ["ct_scans/049.nii"]
+  assert skipped["ct_scans/049.nii"].startswith(f"3 of {hu.size} voxels are NaN or infinite")
+  assert {int(r["patient_id"]) for r in all_records(b)} == set(fx.patients) - {49}

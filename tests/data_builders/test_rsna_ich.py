@@ -12,6 +12,7 @@ from pydicom.pixels import apply_modality_lut
 
 from data_builders import common
 from data_builders.rsna_ich import rsna_ich as R
+from ich_jax.data import dicom
 from tests.data_builders import fixtures
 
 RES = 32   # the fixture's 64 matrix (and the real 512 slice) stored at 32
@@ -91,18 +92,6 @@ def test_12bit_intercept_quirk_gives_true_hu(fx, slices):
   assert corrected == 5
 
 
-def test_12bit_quirk_rule_matches_datasets_md():
-  ds = pydicom.Dataset()
-  ds.BitsStored, ds.PixelRepresentation, ds.RescaleIntercept = 12, 0, "-99"
-  assert R.has_12bit_quirk(ds)
-  ds.RescaleIntercept = "-1024"
-  assert not R.has_12bit_quirk(ds)
-  ds.RescaleIntercept, ds.PixelRepresentation = "0", 1
-  assert not R.has_12bit_quirk(ds)
-  ds.PixelRepresentation, ds.BitsStored = 0, 16
-  assert not R.has_12bit_quirk(ds)
-
-
 def test_multivalued_window_tags_take_the_first_value(fx, slices):
   recs = [r for s in ("train", "validation") for r in records(slices, s) if text(r["series_id"]) == fx.window_series]
   assert recs and all(tuple(r["dicom_window"]) == (36.0, 80.0) for r in recs)
@@ -114,8 +103,8 @@ def test_real_head_ct_slice_hu_equals_pydicoms_modality_lut(fx, slices):
   ref = pydicom.dcmread(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm"))
   lut = apply_modality_lut(ref.pixel_array, ref)
   path = fx.images[fx.series[fx.real_series][0]].path
-  hu, corrected = common.read_pixels(path, R.rsna_hu)
-  assert not corrected
+  hu, rescale = common.read_pixels(path, dicom.slice_hu)
+  assert not rescale.quirk_12bit
   np.testing.assert_array_equal(hu, lut.astype(np.float32))
   (rec,) = [r for s in ("train", "validation") for r in records(slices, s) if text(r["series_id"]) == fx.real_series]
   np.testing.assert_array_equal(rec["image"], expected_image(lut))
@@ -132,7 +121,7 @@ def test_report_lists_exactly_the_bad_files(fx, slices):
   no_position = next(n for n, why in fx.bad.items() if why == "missing ImagePositionPatient")
   assert skipped[no_position] == "missing required tag ImagePositionPatient"
   no_intercept = next(n for n, why in fx.bad.items() if why == "missing RescaleIntercept")
-  assert skipped[no_intercept] == "missing required tag RescaleIntercept"
+  assert skipped[no_intercept].startswith("missing required tag RescaleIntercept (Type 1 in the CT Image module")
   notes = [n["note"] for n in report["notes"] if pathlib.Path(n["file"]).stem in fx.series[fx.images[
       fx.duplicate_position].series]]
   assert any(n.startswith("duplicate slice position") and "both kept" in n for n in notes)
@@ -171,7 +160,6 @@ def _small_layout(root, rows, files):
   (root / "stage_2_train").mkdir(parents=True)
   with common.quiet():
     for image_id in files:
-      from ich_jax.data import dicom
       dicom.write_series(np.zeros((1, 8, 8)), (5, 1, 1), root / "stage_2_train", sop_uids=[image_id],
                          series_uid="ID_ser1", study_uid="ID_st1", patient_id="ID_p1",
                          file_names=lambda i, uid: f"{uid}.dcm")
@@ -222,3 +210,30 @@ def test_real_config_through_the_registry_and_manual_dir(fx, tmp_path):
   rec = src[0]
   assert rec["image"].shape == (256, 256) and rec["labels"].shape == (6,)
   assert len(src) == sum(1 for img in fx.images.values() if img.labels is not None and img.path.name not in fx.bad)
+
+
+def test_a_series_mixing_matrix_sizes_is_skipped_naming_each_file_and_the_sizes(tmp_path):
+  """Resizing each slice to the stored size on its own would stack two fields of view as one volume: the
+  series is refused (as prediction refuses it), the series beside it is built."""
+  root, train = tmp_path / "m", tmp_path / "m" / "stage_2_train"
+  rows, written = [], {}
+  for series, shapes in (("ID_mixed", [(16, 16)] * 3 + [(12, 16)]), ("ID_whole", [(16, 16)] * 3)):
+    for k, shape in enumerate(shapes):
+      sop = f"ID_{series[3:]}{k:03d}"
+      with common.quiet():
+        (path,) = dicom.write_series(np.full((1, *shape), 30.0), (5, 1, 1), train, sop_uids=[sop],
+                                     series_uid=series, study_uid=f"{series}_st", patient_id=f"{series}_p",
+                                     z_positions=[5.0 * k], file_names=lambda i, uid: f"{uid}.dcm")
+      fixtures.strip_to_rsna(path)
+      written[sop] = (series, path)
+      rows += _rows(sop)
+  (root / "stage_2_train.csv").write_text("ID,Label\n" + "".join(f"{r},{v}\n" for r, v in rows))
+  b = build(root, tmp_path / "d")
+  skipped = {item["file"]: item["reason"] for item in fixtures.report(b)["skipped"]}
+  mixed = {sop: path for sop, (series, path) in written.items() if series == "ID_mixed"}
+  assert set(skipped) == {str(p) for p in mixed.values()}
+  sizes = (f"16x16: 3 slices, e.g. {mixed['ID_mixed000']}; 12x16: 1 slice, e.g. {mixed['ID_mixed003']}")
+  assert skipped[str(mixed["ID_mixed003"])] == (f"Rows/Columns 12x16, but series ID_mixed mixes matrix sizes "
+                                                f"({sizes}): series not built")
+  assert skipped[str(mixed["ID_mixed000"])].startswith("Rows/Columns 16x16, but series ID_mixed mixes")
+  assert sorted(text(r["sop_uid"]) for r in fixtures.records(b)) == ["ID_whole000", "ID_whole001", "ID_whole002"]
