@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from ich_jax import atomic
+
 log = logging.getLogger("ich_jax.experiments")
 
 STEPS = ("train", "select_checkpoint", "eval", "export")
@@ -118,9 +120,7 @@ def read_marker(workdir) -> dict | None:
 
 def _write_marker(workdir: pathlib.Path, entry: dict) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / (MARKER + ".tmp")
-  tmp.write_text(json.dumps(entry, indent=2))
-  tmp.replace(workdir / MARKER)
+  atomic.write_text(workdir / MARKER, json.dumps(entry, indent=2))
 
 
 def _now() -> str:
@@ -533,8 +533,8 @@ def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[d
            "scan level, against the first row.", "",
            "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(r) + " |" for r in table]
-  (root / f"{out_name}.md").write_text("\n".join(lines) + "\n")
-  with open(root / f"{out_name}.csv", "w", newline="") as f:
+  atomic.write_text(root / f"{out_name}.md", "\n".join(lines) + "\n")
+  with atomic.open_write(root / f"{out_name}.csv", "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows([{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
