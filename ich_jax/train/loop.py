@@ -213,7 +213,7 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
     state, start = exp.init_state(), 0
     if config.model.get("init_from"):
       state = load_pretrained(exp, state, config.model.init_from)
-  writer = summary.SummaryWriter(workdir, enabled=is_main)
+  writer = summary.SummaryWriter(workdir, enabled=is_main, start_step=start)
   step_fn = make_train_step(exp)
   data_sharding = sharding.batch_sharding(exp.mesh)
   bar = _progress(exp.total_steps, start, is_main and config.train.get("progress", True))
