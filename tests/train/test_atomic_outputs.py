@@ -16,6 +16,26 @@ def _killed_in_write(name, *command):
                         text=True, timeout=300)
 
 
+def test_config_json_killed_mid_write_keeps_the_recorded_config(tmp_path):
+  from configs import quickstart
+
+  # The workdir's record says log_every 3; the rerun logs every 2 (no effect on the run), so config.json is
+  # rewritten with the change, and the process dies halfway through writing it, before any data is read.
+  workdir, data_dir = tmp_path / "run", str(tmp_path / "tfds")
+  workdir.mkdir()
+  config = quickstart.get_config("smoke")
+  config.dataset.data_dir, config.train.log_every = data_dir, 3
+  recorded = config.to_json_best_effort(indent=2)
+  (workdir / "config.json").write_text(recorded)
+  run = _killed_in_write("config.json", "launch.py", "--config", "configs/quickstart.py:smoke",
+                         f"--config.dataset.data_dir={data_dir}", f"--workdir={workdir}")
+  assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+  assert (workdir / "config.json").read_text() == recorded
+  # The half-written new record is the hidden temporary file beside it.
+  (partial,) = workdir.glob(".config.json.ich-jax-tmp.*")
+  assert 0 < partial.stat().st_size < len(recorded)
+
+
 PREDICTIONS = """
 import numpy as np
 from ml_collections import ConfigDict
