@@ -19,7 +19,7 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-from ich_jax import host_malloc, xla_flags
+from ich_jax import atomic, host_malloc, xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
@@ -28,6 +28,11 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export_features", 
                           "checkpoint's per-slice features and predictions of every series (ich_jax.data.series), "
                           "or export: a self-contained model bundle for `python -m ich_jax.predict` (ich_jax.bundle).")
 _OUT = flags.DEFINE_string("out", None, "--mode export: the bundle folder (default <workdir>/bundle).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir (or an experiment's stage) whose config.json records another "
+    "config, with keys that change the run (dataset, model, learning rate, ...): the change is recorded in "
+    "config.json's config_history. Without it such a rerun is refused; changes that do not affect the run "
+    "(logging, checkpoint cadence, evaluation) are always accepted and recorded (ich_jax/train/config_record.py).")
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "Sweep file (path[:arg]) whose get_sweep(arg) lists dicts of config overrides: each entry "
     "trains and evaluates (or runs the experiment) in WORKDIR/<name>, finished ones are skipped, then one table "
@@ -66,26 +71,32 @@ def main(argv) -> None:
 
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value)
-  if jax.process_index() == 0:
+  allow = _ALLOW_CONFIG_CHANGE.value
+  several = bool(_SWEEP.value) or config.get("experiment") is not None
+  if several and _MODE.value != "train":
+    raise app.UsageError(f"--mode={_MODE.value}: sweeps and experiment configs run with --mode=train "
+                         "(finished stages are skipped; each stage folder is an ordinary run folder)")
+  # config.json is the record of what was trained (bundle export --run and the experiments read it), written
+  # by loop.train after comparing it with the one there (config_record). Evaluating or exporting with other
+  # overrides records them beside it, never over it.
+  if jax.process_index() == 0 and _MODE.value != "train":
     workdir.mkdir(parents=True, exist_ok=True)
-    # config.json is the record of what was trained (bundle export --run and the experiments read it):
-    # evaluating or exporting with other overrides records them beside it, never over it.
-    name = "config.json" if _MODE.value == "train" else f"config.{_MODE.value}.json"
-    (workdir / name).write_text(config.to_json_best_effort(indent=2))
-  if _SWEEP.value or config.get("experiment") is not None:
-    # Several runs of the one loop, each in its own folder (ich_jax.experiments).
-    if _MODE.value != "train":
-      raise app.UsageError(f"--mode={_MODE.value}: sweeps and experiment configs run with --mode=train "
-                           "(finished stages are skipped; each stage folder is an ordinary run folder)")
+    atomic.write_text(workdir / f"config.{_MODE.value}.json", config.to_json_best_effort(indent=2))
+  if several:
+    # Several runs of the one loop, each in its own folder (ich_jax.experiments), checked there: the root's
+    # config.json records the whole config and its changes (a sweep entry or a fold added is not an error).
     from ich_jax import experiments
     from ich_jax.experiments import runner
+    from ich_jax.train import config_record
 
+    config_record.record(workdir, config, at_step=0, allow_change=True, write=jax.process_index() == 0,
+                         how="sweep or experiment root: each stage is checked in its own folder")
     if _SWEEP.value:
-      runner.run_sweep(config, _SWEEP.value, workdir)
+      runner.run_sweep(config, _SWEEP.value, workdir, allow_config_change=allow)
     else:
-      experiments.run(config, workdir)
+      experiments.run(config, workdir, allow_config_change=allow)
   elif _MODE.value == "train":
-    exp, state = loop.train(config, workdir)
+    exp, state = loop.train(config, workdir, allow_config_change=allow)
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=config.train.num_steps)
   elif _MODE.value == "eval":
     evaluate.evaluate(config, workdir)

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax import LABELS, SUBTYPES
+from ich_jax import LABELS, SUBTYPES, atomic
 from ich_jax.eval import metrics as M
 
 ID_COLUMNS = ("study_id", "series_id", "slice_index")
@@ -255,13 +255,11 @@ def write_predictions_csv(preds: Mapping[str, np.ndarray], path: str | pathlib.P
     if key in preds:
       values = np.asarray(preds[key])
       columns.append((key, values.astype(int) if fmt == "d" else values.astype(np.float64), fmt))
-  tmp = path.with_suffix(".tmp")
-  with open(tmp, "w", newline="") as f:
+  with atomic.open_write(path, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow([c for c, _, _ in columns])
     cols = [[repr(v) if fmt == "r" else format(v, fmt) for v in values.tolist()] for _, values, fmt in columns]
     w.writerows(zip(*cols))
-  tmp.replace(path)
   return path
 
 
@@ -701,18 +699,13 @@ def _jsonable(x):
 
 
 def write_metrics(m: Mapping, path: str | pathlib.Path) -> None:
-  path = pathlib.Path(path)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(_jsonable(dict(m)), indent=2, sort_keys=True))
-  tmp.replace(path)
+  """metrics.json (NaN as null), atomically (ich_jax.atomic): a reader never sees half a file."""
+  atomic.write_text(path, json.dumps(_jsonable(dict(m)), indent=2, sort_keys=True))
 
 
 def write_text(path: pathlib.Path, text: str) -> None:
-  """Writes beside, then renames: a reader never sees half a file."""
-  path = pathlib.Path(path)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
+  """`text` at `path`, atomically (ich_jax.atomic): a reader never sees half a file."""
+  atomic.write_text(path, text)
 
 
 def _figures(preds, compare, m, out_dir: pathlib.Path, volumes) -> list[str]:
@@ -764,7 +757,7 @@ def write_report(m: dict, preds: Mapping[str, np.ndarray], out_dir: str | pathli
   table = series_volumes(preds)
   if table is not None:
     m["volumes"] = volume_metrics(preds)
-    with open(out_dir / "volumes.csv", "w", newline="") as f:
+    with atomic.open_write(out_dir / "volumes.csv", "w", newline="") as f:
       w = csv.writer(f)
       w.writerow(list(table))
       w.writerows(zip(*[[v if isinstance(v, str) else format(v, ".6g") for v in col.tolist()]
@@ -775,7 +768,7 @@ def write_report(m: dict, preds: Mapping[str, np.ndarray], out_dir: str | pathli
     scan_label = _scan(_labels(preds)[:, 0], study) > 0.5
     d = m["difficult_scans"]
     hard = M.difficult_cases(scan_label, scan_prob, d["pos_max"], d["neg_min"])
-    with open(out_dir / "difficult_scans.csv", "w", newline="") as f:
+    with atomic.open_write(out_dir / "difficult_scans.csv", "w", newline="") as f:
       w = csv.writer(f)
       w.writerow(["study_id", "any", "prob_any"])
       w.writerows([str(i), int(l), format(p, ".6g")] for i, l, p in zip(ids[hard], scan_label[hard], scan_prob[hard]))

@@ -25,6 +25,7 @@ import pathlib
 
 import numpy as np
 
+from ich_jax import atomic
 from ich_jax.eval import metrics as M
 
 LOWER = tuple(range(100, 211))   # seed 002 §6: "a lower threshold in a 100 to 210 range"
@@ -122,7 +123,7 @@ def run_stage(workdir, *, config) -> dict:
           "step": None, "threshold_baseline": {**chosen, "train_split": config.dataset.train_split}}
   metrics = evaluate.write_evaluation(preds, workdir, config.eval, meta=meta, quiet=True,
                                       title=f"Threshold baseline {chosen['lower']}–{chosen['upper']} ({workdir.name})")
-  (workdir / "thresholds.json").write_text(json.dumps(chosen, indent=2))
+  atomic.write_text(workdir / "thresholds.json", json.dumps(chosen, indent=2))
   print(f"Threshold baseline: {chosen['lower']}–{chosen['upper']} (training Jaccard {chosen['train_jaccard']:.3f}); "
         f"held-out Dice on slices with blood {metrics['volumes']['dice']['slices_with_blood']['dice']:.3f}",
         flush=True)

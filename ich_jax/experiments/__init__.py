@@ -35,9 +35,12 @@ def final_stage(config) -> str | None:
   return getattr(module(config), "FINAL", None)
 
 
-def run(config, workdir) -> dict[str, str]:
-  """Runs (or resumes) every stage of the experiment under `workdir`; returns their fingerprints."""
+def run(config, workdir, *, allow_config_change: bool = False) -> dict[str, str]:
+  """Runs (or resumes) every stage of the experiment under `workdir`; returns their fingerprints.
+
+  `allow_config_change`: see `runner.run_stage`."""
   from ich_jax.experiments import runner
 
   workdir = pathlib.Path(workdir)
-  return runner.run_stages(stages(config, workdir), workdir, only=config.experiment.get("only", None) or None)
+  return runner.run_stages(stages(config, workdir), workdir, only=config.experiment.get("only", None) or None,
+                           allow_config_change=allow_config_change)

@@ -23,6 +23,9 @@ fingerprints of the stages it reads (`after`), so on a rerun
   - stages whose fingerprint differs stop the run before anything runs, all
     named: their folders hold another config's results or checkpoints (which
     loop.train would resume). Delete those folders to run them again.
+A loop run also checks its folder's config.json as any resumed run does
+(ich_jax.train.config_record), so a folder without stage.json that holds
+another config's run is refused too (`allow_config_change` lets it go on).
 
 A config whose `train.steps_per_epoch` is 0 gets `num_steps = train.epochs ×
 (training examples // batch size)`, counted when the stage starts (the
@@ -59,6 +62,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from ich_jax import atomic
 
 log = logging.getLogger("ich_jax.experiments")
 
@@ -118,9 +123,7 @@ def read_marker(workdir) -> dict | None:
 
 def _write_marker(workdir: pathlib.Path, entry: dict) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / (MARKER + ".tmp")
-  tmp.write_text(json.dumps(entry, indent=2))
-  tmp.replace(workdir / MARKER)
+  atomic.write_text(workdir / MARKER, json.dumps(entry, indent=2))
 
 
 def _now() -> str:
@@ -151,19 +154,21 @@ def resolve_steps(config):
   return resolved
 
 
-def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str]) -> None:
+def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str], allow_config_change: bool = False) -> None:
   import jax
 
-  from ich_jax.train import evaluate, export, loop
+  from ich_jax.train import config_record, evaluate, export, loop
 
   config = resolve_steps(config)
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   exp = state = step = None
   if "train" in steps:
-    exp, state = loop.train(config, workdir)
+    # loop.train records the config in config.json, refusing one that would change a resumed run.
+    exp, state = loop.train(config, workdir, allow_config_change=allow_config_change)
     step = config.train.num_steps
+  else:
+    steps_done = loop.checkpoint_steps(config, workdir)
+    config_record.record(workdir, config, at_step=steps_done[-1] if steps_done else 0,
+                         allow_change=allow_config_change, write=jax.process_index() == 0)
   if "select_checkpoint" in steps:
     exp = state = None
     step = evaluate.select_checkpoint(config, workdir)
@@ -173,7 +178,9 @@ def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str]) -> None:
     export.export_features(config, workdir, exp=exp, state=state, step=step)
 
 
-def run_stage(stage: Stage, workdir: pathlib.Path) -> None:
+def run_stage(stage: Stage, workdir: pathlib.Path, *, allow_config_change: bool = False) -> None:
+  """Runs one stage in `workdir`; `allow_config_change`: a loop run may resume under a config that differs
+  from its recorded config.json in keys that change the run (ich_jax.train.config_record)."""
   import jax
 
   if stage.fn is not None:
@@ -184,9 +191,9 @@ def run_stage(stage: Stage, workdir: pathlib.Path) -> None:
   elif stage.config.get("experiment") is not None:
     from ich_jax import experiments
 
-    experiments.run(stage.config, workdir)
+    experiments.run(stage.config, workdir, allow_config_change=allow_config_change)
   else:
-    _run_loop(stage.config, workdir, stage.steps)
+    _run_loop(stage.config, workdir, stage.steps, allow_config_change)
 
 
 def use_compile_cache(directory) -> None:
@@ -204,12 +211,13 @@ def use_compile_cache(directory) -> None:
 
 
 def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = None,
-               compile_cache: bool = True) -> dict[str, str]:
+               compile_cache: bool = True, allow_config_change: bool = False) -> dict[str, str]:
   """Runs `stages` in order under `root`, skipping finished ones; returns {name: fingerprint}.
 
   `only`: names (or folder prefixes, "densenet121/") to run; the others are
   not run but still fingerprinted (a later stage's fingerprint depends on them).
   `compile_cache`: keep compiled programs in `root/compile_cache` (`use_compile_cache`).
+  `allow_config_change`: see `run_stage` (a stale fingerprint is refused all the same).
   """
   import jax
 
@@ -253,7 +261,7 @@ def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = No
       _write_marker(workdir, entry)
     sharding.sync(f"stage {stage.name} start")
     wall, cpu = time.perf_counter(), time.process_time()
-    run_stage(stage, workdir)
+    run_stage(stage, workdir, allow_config_change=allow_config_change)
     sharding.sync(f"stage {stage.name} end")
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(f"[{i + 1}/{len(stages)}] {stage.name}: done in {wall:.1f} s ({cpu:.1f} CPU-s)", flush=True)
@@ -533,8 +541,8 @@ def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[d
            "scan level, against the first row.", "",
            "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(r) + " |" for r in table]
-  (root / f"{out_name}.md").write_text("\n".join(lines) + "\n")
-  with open(root / f"{out_name}.csv", "w", newline="") as f:
+  atomic.write_text(root / f"{out_name}.md", "\n".join(lines) + "\n")
+  with atomic.open_write(root / f"{out_name}.csv", "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows([{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
@@ -542,11 +550,11 @@ def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[d
   return rows
 
 
-def run_sweep(base, sweep_spec: str, root) -> list[dict]:
+def run_sweep(base, sweep_spec: str, root, *, allow_config_change: bool = False) -> list[dict]:
   """`launch.py --sweep`: every entry of the sweep file run (or skipped when finished), then one table."""
   entries = load_python(sweep_spec, "get_sweep")
   stages = sweep_stages(base, entries)
-  run_stages(stages, root)
+  run_stages(stages, root, allow_config_change=allow_config_change)
   import jax
 
   return collate(stages, root) if jax.process_index() == 0 else []

@@ -21,6 +21,7 @@ import csv
 import functools
 import pathlib
 
+from ich_jax import atomic
 from ich_jax.eval import ensemble_tables as T
 from ich_jax.eval import report as R
 from ich_jax.experiments import runner, strong_vs_weak
@@ -64,12 +65,10 @@ def write_report(workdir: pathlib.Path, *, root: pathlib.Path, config, stage_dir
                                                   n_boot, seed, float(config.eval.threshold))
   t["difficult"] = [] if final is None else T.difficult(final)
   R.write_metrics(t, root / "tables.json")
-  tmp = root / "difficult_cases.csv.tmp"
-  with open(tmp, "w", newline="") as f:
+  with atomic.open_write(root / "difficult_cases.csv", "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=["study_id", "any", "prob_any", "subtypes", "blood_ml"])
     w.writeheader()
     w.writerows(t["difficult"])
-  tmp.replace(root / "difficult_cases.csv")
   meta = (f"Dataset {config.dataset.name}/{config.dataset.config}, held-out split {config.dataset.eval_split}; "
           f"final ensemble: {final_label}. A scan's probability is its most probable slice's, a slice's its "
           f"most probable pixel of the weighted map (seed 000 §2.2.4).")

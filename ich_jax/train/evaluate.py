@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from ich_jax import atomic
 from ich_jax.eval import baseline, report
 from ich_jax.train import loop
 
@@ -43,7 +44,8 @@ def write_evaluation(preds: Mapping[str, np.ndarray], workdir: str | pathlib.Pat
   metrics.update(meta or {})
   report.write_report(metrics, preds, workdir, figures=eval_config.get("figures", True), title=title)
   arrays = {k: np.asarray(v) for k, v in preds.items()}
-  np.savez(workdir / "predictions.npz", **{k: (v.astype(str) if v.dtype.kind in "OS" else v) for k, v in arrays.items()})
+  with atomic.open_write(workdir / "predictions.npz", "wb") as f:
+    np.savez(f, **{k: (v.astype(str) if v.dtype.kind in "OS" else v) for k, v in arrays.items()})
   report.write_predictions_csv(preds, workdir / "predictions.csv")
   if not quiet:
     print(report.format_table(metrics), flush=True)
@@ -117,8 +119,6 @@ def select_checkpoint(config, workdir: str | pathlib.Path) -> int:
   if jax.process_index() == 0:
     out = {"step": best, "split": split, "metric": "mean Jaccard, validation slices with blood",
            "scores": {str(k): v for k, v in scores.items()}}
-    tmp = workdir / (SELECTION + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(workdir / SELECTION)
+    atomic.write_text(workdir / SELECTION, json.dumps(out, indent=2))
     print(f"{workdir.name}: checkpoint {best} (validation Jaccard {scores[best]:.3f} of {scores})", flush=True)
   return best

@@ -3,7 +3,8 @@
 config → data source + model + task + optimizer → jit-compiled, data-parallel
 train step → periodic atomic checkpoints (train state and input-iterator
 state) → evaluation. Rerunning the same command after a crash resumes from the
-last checkpoint and ends with the same params as an uninterrupted run.
+last checkpoint and ends with the same params as an uninterrupted run; rerunning
+it with a config that changes the run is refused (config_record).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from flax import nnx
 
 from ich_jax import LABELS, models
 from ich_jax.data import base_maps, patches, pipeline, series
-from ich_jax.train import checkpoint, optimizer, sharding, summary, tasks
+from ich_jax.train import checkpoint, config_record, optimizer, sharding, summary, tasks
 
 log = logging.getLogger("ich_jax.train")
 
@@ -191,10 +192,18 @@ def _progress(total: int, initial: int, enabled: bool):
   return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
 
 
-def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
-  """Trains to `config.train.num_steps`, resuming from `workdir`'s checkpoints; returns the final state."""
+def train(config, workdir: str | pathlib.Path, *, allow_config_change: bool = False) -> tuple[Experiment, dict]:
+  """Trains to `config.train.num_steps`, resuming from `workdir`'s checkpoints; returns the final state.
+
+  First `config` is recorded in `workdir`/config.json; a config that differs from the one recorded there
+  in keys that change the run is refused unless `allow_config_change` (config_record).
+  """
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  # Before any work: resuming must not continue another config's weights unnoticed.
+  config_record.record(workdir, config, at_step=ckpt.latest_step or 0, allow_change=allow_config_change,
+                       write=is_main)
   data = input_module(config)
   if is_main:
     data.ensure_ready(config.dataset)
@@ -204,7 +213,6 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
   batch_iter = data.train_iterator(
       source, config.data, global_batch_size=config.train.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   if ckpt.latest_step is not None:
     state, start = ckpt.restore(exp.abstract_state(), batch_iter)
     log.info("resuming from step %d (checkpoint in %s)", start, workdir / "checkpoints")
@@ -213,7 +221,7 @@ def train(config, workdir: str | pathlib.Path) -> tuple[Experiment, dict]:
     state, start = exp.init_state(), 0
     if config.model.get("init_from"):
       state = load_pretrained(exp, state, config.model.init_from)
-  writer = summary.SummaryWriter(workdir, enabled=is_main)
+  writer = summary.SummaryWriter(workdir, enabled=is_main, start_step=start)
   step_fn = make_train_step(exp)
   data_sharding = sharding.batch_sharding(exp.mesh)
   bar = _progress(exp.total_steps, start, is_main and config.train.get("progress", True))
@@ -270,16 +278,18 @@ def checkpoint_steps(config, workdir: str | pathlib.Path) -> list[int]:
 
 
 def read_config(workdir: str | pathlib.Path):
-  """The config a run was launched with (its workdir's config.json, written by launch.py and
-  ich_jax.experiments), JSON lists back as the tuples configs hold (model options such as `widths`)."""
+  """The config a run trained with (its workdir's config.json, written by `train`; without the record of
+  its changes, config_record.HISTORY), JSON lists back as the tuples configs hold (model options such as
+  `widths`)."""
   from ml_collections import ConfigDict
 
   from ich_jax import bundle
 
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no config.json; a run launched by launch.py or ich_jax.experiments has one")
-  return ConfigDict(bundle.as_tuples(json.loads(path.read_text())))
+  recorded, _ = config_record.read(workdir)
+  if recorded is None:
+    raise FileNotFoundError(f"{pathlib.Path(workdir) / config_record.RECORD}: no config.json; a run trained by "
+                            "launch.py or ich_jax.experiments has one")
+  return ConfigDict(bundle.as_tuples(recorded))
 
 
 def load_pretrained(exp: Experiment, state: dict, workdir: str | pathlib.Path) -> dict:

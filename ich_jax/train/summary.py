@@ -7,12 +7,18 @@ TensorBoard reads the run while TensorFlow is never imported.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import pathlib
 import socket
 import struct
 import time
 from typing import Mapping
+
+from ich_jax import atomic
+
+log = logging.getLogger("ich_jax.train")
 
 _CRC_TABLE: list[int] | None = None
 
@@ -80,18 +86,23 @@ def frame_record(data: bytes) -> bytes:
 class SummaryWriter:
   """Appends scalars to `<dir>/metrics.jsonl` and a TensorBoard event file in `<dir>`.
 
-  Only process 0 writes (`enabled=False` elsewhere). On resume the JSON lines
-  file gets the steps after the checkpoint again; readers keep the last row per
-  step (see `read_jsonl`).
+  Only process 0 writes (`enabled=False` elsewhere). Each row is flushed and
+  fsynced as it is written, so a kill loses at most the row being written, as
+  a line without its newline. On open the file is repaired once (`repair_jsonl`):
+  that partial line goes, and so do rows beyond `start_step`, the step training
+  resumes from (logged after that checkpoint, they are logged again), so the
+  file holds each step once, as an uninterrupted run would.
   """
 
-  def __init__(self, directory: str | pathlib.Path, *, enabled: bool = True):
+  def __init__(self, directory: str | pathlib.Path, *, enabled: bool = True, start_step: int | None = None):
     self.enabled = enabled
     self.directory = pathlib.Path(directory)
     if not enabled:
       return
     self.directory.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(self.directory / "metrics.jsonl", "a")
+    path = self.directory / "metrics.jsonl"
+    repair_jsonl(path, start_step)
+    self._jsonl = open(path, "a")
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
     self._events = open(self.directory / name, "ab")
     self._events.write(frame_record(encode_event(time.time(), 0, file_version="brain.Event:2")))
@@ -103,6 +114,7 @@ class SummaryWriter:
     self._jsonl.write(json.dumps({"step": int(step), **{k: (v if math.isfinite(v) else None)
                                                          for k, v in clean.items()}}) + "\n")
     self._jsonl.flush()
+    os.fsync(self._jsonl.fileno())
     self._events.write(frame_record(encode_event(time.time(), int(step), scalars=clean)))
     self._events.flush()
 
@@ -112,11 +124,46 @@ class SummaryWriter:
       self._events.close()
 
 
+def parse_jsonl(text: str, path: str | pathlib.Path, *, drop_bad: bool = False) -> tuple[list[dict], int]:
+  """The rows of a metrics.jsonl's `text`, and how many lines were dropped.
+
+  A last line without its newline is a row cut short (by a kill, or being
+  written as it is read) and is dropped. Rows are appended whole and fsynced,
+  so any other line that is not JSON comes from elsewhere (a file appended to
+  by an older writer after such a cut): an error naming the file and the line,
+  or dropped with `drop_bad`.
+  """
+  lines = text.split("\n")
+  # After the final newline split leaves "" (a complete file), else the start of the row being written.
+  dropped = int(lines.pop() != "")
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError as e:
+      if not drop_bad:
+        raise ValueError(f"{path}: line {number} is not a JSON row ({e}): {line[:80]!r}") from e
+      log.warning("%s: line %d is not a JSON row, dropped: %r", path, number, line[:80])
+      dropped += 1
+  return rows, dropped
+
+
+def repair_jsonl(path: str | pathlib.Path, start_step: int | None = None) -> None:
+  """Drops a cut-short last line (and lines that are not rows) and, given `start_step`, the rows of later
+  steps; rewrites the file atomically, once, only when something is dropped."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return
+  rows, dropped = parse_jsonl(path.read_text(), path, drop_bad=True)
+  keep = [r for r in rows if start_step is None or r["step"] <= start_step]
+  if dropped or len(keep) < len(rows):
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
 def read_jsonl(path: str | pathlib.Path) -> dict[int, dict]:
-  """Rows of a metrics.jsonl by step; a step logged twice (after a resume) keeps its last row."""
-  rows = {}
-  for line in pathlib.Path(path).read_text().splitlines():
-    if line.strip():
-      row = json.loads(line)
-      rows[row["step"]] = row
-  return rows
+  """Rows of a metrics.jsonl by step (a row still being written is not one yet); a step logged twice (a
+  file from before `repair_jsonl`) keeps its last row."""
+  rows, _ = parse_jsonl(pathlib.Path(path).read_text(), path)
+  return {row["step"]: row for row in rows}

@@ -174,3 +174,18 @@ def test_a_sweep_over_an_experiment_runs_it_per_entry_and_collates_its_final_sta
   _, scan = M.scan_scores(preds["probabilities"][:, 0], preds["study_id"])
   _, y = M.scan_scores(preds["labels"][:, 0], preds["study_id"])
   assert rows[1]["scan_auc_any"] == pytest.approx(M.roc_auc(y > 0.5, scan)) and rows[1]["delong_p"] is not None
+
+
+def test_a_stage_folder_holding_another_configs_run_is_refused_like_a_resumed_run(smoke_config, tmp_path):
+  # A folder without stage.json (a run folder reused as a stage, or its stage.json deleted) whose config.json
+  # records another learning rate: the stage does not train on under the new one, and the record stays.
+  folder = tmp_path / "run"
+  folder.mkdir()
+  recorded = smoke_config.to_json_best_effort(indent=2)
+  (folder / "config.json").write_text(recorded)
+  changed = runner.override(smoke_config, {"optimizer.learning_rate": 0.01})
+  with pytest.raises(ValueError, match=r"(?s)run/config.json: this workdir was started with another config.*"
+                                       r"\n  optimizer.learning_rate: 0.001 -> 0.01\n.*--allow_config_change"):
+    runner.run_stages([Stage("run", changed, steps=("train",))], tmp_path)
+  assert (folder / "config.json").read_text() == recorded
+  assert not list(folder.glob("checkpoints/[0-9]*")) and not (folder / "metrics.jsonl").exists()

@@ -166,6 +166,22 @@ def test_quickstart_smoke_end_to_end_and_eval_reprints(tiny_data_dir, tmp_path):
   assert json.loads((workdir / "config.eval.json").read_text())["train"]["keep_checkpoints"] == 99
   table = run.stdout[run.stdout.index("Held-out"):]
   assert table.strip() in again.stdout
+  # Training on with another learning rate is refused before any work, naming the key and the way out …
+  changed = _launch(*common, "--config.optimizer.learning_rate=0.01")
+  assert changed.returncode != 0 and "Resuming" not in changed.stdout
+  assert f"{workdir / 'config.json'}: this workdir holds checkpoints up to step 6" in changed.stderr
+  assert "\n  optimizer.learning_rate: 0.001 -> 0.01\n" in changed.stderr and "--allow_config_change" in changed.stderr
+  assert (workdir / "config.json").read_text() == trained
+  # … and goes on with --allow_config_change, the change recorded (with one that needs no flag).
+  allowed = _launch(*common, "--config.optimizer.learning_rate=0.01", "--allow_config_change",
+                    "--config.eval.batch_size=32")
+  assert allowed.returncode == 0, allowed.stderr[-3000:]
+  assert "Resuming from step 6 of 6" in allowed.stdout
+  record = json.loads((workdir / "config.json").read_text())
+  (entry,) = record["config_history"]
+  assert entry["at_step"] == 6 and entry["how"] == "--allow_config_change"
+  assert entry["changes"] == {"eval.batch_size": [16, 32], "optimizer.learning_rate": [0.001, 0.01]}
+  assert loop.read_config(workdir).optimizer.learning_rate == 0.01
 
 
 def test_diverged_loss_stops_without_checkpointing_nan(smoke_config, tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
 import json
 import struct
 
+import pytest
+
 from ich_jax.train import summary
 
 
@@ -53,3 +55,39 @@ def test_disabled_writer_writes_nothing(tmp_path):
   w.scalars(1, {"loss": 1.0})
   w.close()
   assert not (tmp_path / "x").exists()
+
+
+def test_a_row_cut_short_by_a_kill_is_not_read_and_is_dropped_on_reopen(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "lo')
+  # Read while training runs (or after a kill): the complete rows, not an error about the partial one.
+  assert summary.read_jsonl(path) == {1: {"step": 1, "loss": 0.5}, 2: {"step": 2, "loss": 0.25}}
+  w = summary.SummaryWriter(tmp_path)
+  w.scalars(3, {"loss": 0.125})
+  w.close()
+  assert path.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "loss": 0.125}\n'
+
+
+def test_rows_after_the_resumed_checkpoint_are_dropped_once_and_logged_again(tmp_path):
+  # Logged at steps 1..5, checkpointed at 3, killed: the resumed run logs 4 and 5 again, as the uninterrupted run.
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in range(1, 6)))
+  w = summary.SummaryWriter(tmp_path, start_step=3)
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+  for s in (4, 5):
+    w.scalars(s, {"loss": 1 / s})
+  w.close()
+  assert path.read_text() == "".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in range(1, 6))
+  # A fresh start (no checkpoint) keeps none of a crashed first attempt's rows.
+  summary.SummaryWriter(tmp_path, start_step=0).close()
+  assert path.read_text() == ""
+
+
+def test_a_line_that_is_not_a_row_is_named_by_readers(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo{"step": 2, "loss": 0.25}\n{"step": 3, "loss": 0.1}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON row"):
+    summary.read_jsonl(path)
+  # The writer drops it on reopen (it comes from an older writer killed mid-row) rather than refuse to train.
+  summary.SummaryWriter(tmp_path).close()
+  assert summary.read_jsonl(path) == {1: {"step": 1, "loss": 0.5}, 3: {"step": 3, "loss": 0.1}}
