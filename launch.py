@@ -13,13 +13,14 @@ Multi-host: start one process per host with the same flags plus
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from ich_jax import atomic, host_malloc, xla_flags
+from ich_jax import atomic, host_malloc, lock, xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
@@ -67,8 +68,6 @@ def main(argv) -> None:
   _init_distributed()
   import jax
 
-  from ich_jax.train import evaluate, loop
-
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value)
   allow = _ALLOW_CONFIG_CHANGE.value
@@ -76,6 +75,23 @@ def main(argv) -> None:
   if several and _MODE.value != "train":
     raise app.UsageError(f"--mode={_MODE.value}: sweeps and experiment configs run with --mode=train "
                          "(finished stages are skipped; each stage folder is an ordinary run folder)")
+  # One writer per run folder: a second launch on it (by mistake) is refused with the first one's host and pid
+  # (ich_jax.lock; a killed run's lock is released by the system). Export only reads the run (its bundle
+  # folder has a lock of its own).
+  with contextlib.ExitStack() as held:
+    if jax.process_index() == 0 and _MODE.value != "export":
+      try:
+        held.enter_context(lock.FolderLock(workdir, what="run folder"))
+      except lock.Locked as e:
+        raise SystemExit(f"error: {e}") from None
+    _run(config, workdir, several=several, allow=allow)
+
+
+def _run(config, workdir: pathlib.Path, *, several: bool, allow: bool) -> None:
+  import jax
+
+  from ich_jax.train import evaluate, loop
+
   # config.json is the record of what was trained (bundle export --run and the experiments read it), written
   # by loop.train after comparing it with the one there (config_record). Evaluating or exporting with other
   # overrides records them beside it, never over it.

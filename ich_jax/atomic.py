@@ -18,13 +18,14 @@ wrote it and when). A folder that exists, is not empty and has no marker was
 not written by ich-jax, and is never replaced or deleted: `begin` refuses it
 with `NotOurs` before any work is done. Temporary names hold the host and
 process id, so a leftover of a killed process is recognised as ours and
-removed by the next writer on that host, and nothing else ever is.
+removed by the next writer of that path on that host, and nothing else ever is.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import errno
+import glob
 import json
 import os
 import pathlib
@@ -77,6 +78,7 @@ def open_write(path, mode: str = "wb", **kwargs):
   if mode not in ("w", "wb", "wt"):
     raise ValueError(f"open_write mode={mode!r}: only whole-file writes ('w', 'wb') can be atomic")
   path = pathlib.Path(path)
+  _remove_leftovers(path, folders=False)
   tmp = _tmp_name(path)
   f = open(tmp, mode, **kwargs)
   try:
@@ -193,19 +195,24 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def _remove_leftovers(directory: pathlib.Path) -> None:
-  """Removes this host's temporary and old folders of `directory` whose writer process is gone."""
+def _remove_leftovers(path: pathlib.Path, *, folders: bool = True) -> None:
+  """Removes this host's temporary (and old) copies of `path` whose writer process is gone: folders that
+  carry our marker, or (folders=False) files, which carry our name pattern with host and pid."""
   host = socket.gethostname()
-  if not directory.parent.is_dir():
+  if not path.parent.is_dir():
     return
-  for p in directory.parent.glob(f".{directory.name}.ich-jax-*"):
-    parts = p.name[len(directory.name) + 1:].split(".")
+  for p in path.parent.glob(f".{glob.escape(path.name)}.ich-jax-*"):
+    parts = p.name[len(path.name) + 1:].split(".")
     # .<name>.ich-jax-tmp.<host>.<pid>.<ns>: the host may itself hold dots.
     if len(parts) < 5 or f".{parts[1]}" not in (_TMP_TAG, _OLD_TAG):
       continue
     p_host, p_pid = ".".join(parts[2:-2]), parts[-2]
-    if p_host == host and p_pid.isdigit() and not _pid_alive(int(p_pid)) and p.is_dir() and is_ours(p):
+    if p_host != host or not p_pid.isdigit() or _pid_alive(int(p_pid)):
+      continue
+    if folders and p.is_dir() and not p.is_symlink() and is_ours(p):
       shutil.rmtree(p, ignore_errors=True)
+    elif not folders and p.is_file() and not p.is_symlink():
+      p.unlink(missing_ok=True)
 
 
 def begin(directory, kind: str, **info) -> pathlib.Path:

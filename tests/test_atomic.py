@@ -129,9 +129,12 @@ with atomic.open_write({str(target)!r}, "w") as f:
   child.send_signal(signal.SIGKILL)
   child.wait()
   assert target.read_text() == '{"old": true}'
-  # Its hidden temporary file holds the half; the next write replaces the target whole.
+  # Its hidden temporary file holds the half; the next write replaces the target whole and removes it.
+  (leftover,) = [p for p in tmp_path.iterdir() if p.name.startswith(".config.json.ich-jax-tmp.")]
+  assert leftover.read_text() == '{"new": '
   atomic.write_text(target, '{"new": true}')
   assert json.loads(target.read_text()) == {"new": True}
+  assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
 def test_a_failed_file_write_keeps_the_old_content_and_no_temporary(tmp_path):

@@ -62,3 +62,15 @@ def test_two_locks_in_one_process_exclude_each_other(tmp_path):
   with lock.FolderLock(tmp_path):
     with pytest.raises(lock.Locked):
       lock.FolderLock(tmp_path).acquire()
+
+
+def test_a_second_launch_on_a_run_folder_is_refused_before_it_writes(tmp_path):
+  workdir = tmp_path / "run"
+  with lock.FolderLock(workdir, what="run folder"):
+    run = subprocess.run([sys.executable, "launch.py", "--config", "configs/quickstart.py:smoke",
+                          f"--workdir={workdir}", "--mode=eval"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+  assert run.returncode == 1
+  assert f"error: {workdir}: this run folder is being written by another ich-jax process, " \
+         f"host {socket.gethostname()}, pid {os.getpid()}" in run.stderr
+  assert sorted(p.name for p in workdir.iterdir()) == []     # no config.eval.json, nothing else
