@@ -78,13 +78,16 @@ def main(argv) -> None:
   # One writer per run folder: a second launch on it (by mistake) is refused with the first one's host and pid
   # (ich_jax.lock; a killed run's lock is released by the system). Export only reads the run (its bundle
   # folder has a lock of its own).
-  with contextlib.ExitStack() as held:
-    if jax.process_index() == 0 and _MODE.value != "export":
-      try:
+  from ich_jax.train import config_record
+
+  try:
+    with contextlib.ExitStack() as held:
+      if jax.process_index() == 0 and _MODE.value != "export":
         held.enter_context(lock.FolderLock(workdir, what="run folder"))
-      except lock.Locked as e:
-        raise SystemExit(f"error: {e}") from None
-    _run(config, workdir, several=several, allow=allow)
+      _run(config, workdir, several=several, allow=allow)
+  except (lock.Locked, atomic.NotOurs, config_record.ConfigChanged) as e:
+    # Refusals that protect data: the message names the folder, holder or keys; a traceback adds nothing.
+    raise SystemExit(f"error: {e}") from None
 
 
 def _run(config, workdir: pathlib.Path, *, several: bool, allow: bool) -> None:
