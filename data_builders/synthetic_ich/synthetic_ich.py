@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import common
+from data_builders import schemas
 from ich_jax.data.phantom import SEED001_SIZE_MIX
 
 
@@ -158,7 +158,7 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
   VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
                    "1.1.0": "small, small256: bleed sizes per subtype from seed 001 Table 1.",
-                   "1.2.0": common.BYTES_RELEASE_NOTE}
+                   "1.2.0": schemas.BYTES_RELEASE_NOTE}
   BUILDER_CONFIGS = [
       # Tests: a 128 matrix (pixel spacing scaled so the head fits), few thick slices.
       SyntheticIchConfig(
@@ -194,8 +194,8 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        # The real datasets' slice schema (data_builders.common), with the phantoms' extras.
-        features=common.slice_features(r, mask=True, extra={
+        # The real datasets' slice schema (data_builders.schemas), with the phantoms' extras.
+        features=schemas.slice_features(r, mask=True, extra={
             "study_blood_ml": tfds.features.Scalar(dtype=np.float32),
             "mimic": tfds.features.Scalar(dtype=np.uint8),
         }),
