@@ -83,7 +83,7 @@ class SplitProgress:
     self._bar = None
 
   def start(self) -> None:
-    if self._bar is None:
+    if self._bar is None and self.total > 0:
       from tqdm import tqdm
       self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, dynamic_ncols=True, mininterval=2.0)
 

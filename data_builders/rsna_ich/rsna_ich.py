@@ -210,6 +210,7 @@ class RsnaIch(ingest.IngestBuilder):
     stage_2_test/ID_<hex>.dcm ...       (optional; or stage_2_test_images/)
   """
   BUILDER_CONFIGS = ingest.standard_configs(RsnaIchConfig, "series")
+  TASK_UNIT = "series"   # one worker task per series (the progress bar's unit)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config

@@ -12,13 +12,12 @@ import concurrent.futures
 import dataclasses
 import functools
 import multiprocessing
-import os
 import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import schemas
+from data_builders import ingest, schemas
 from ich_jax.data.phantom import SEED001_SIZE_MIX
 
 
@@ -205,17 +204,22 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
   def _shard_iterators_per_split(self, dl_manager):
     del dl_manager
     # One shard per split: a study pool is started once per shard.
-    return {split: [functools.partial(self._generate_examples, tasks)]
+    return {split: [functools.partial(self._generate_examples, tasks, ingest.SplitProgress(
+                        f"{self.name}/{self.builder_config.name} {split}", len(tasks)))]
             for split, tasks in plan_studies(self.builder_config).items()}
 
-  def _generate_examples(self, tasks):
-    workers = min(len(tasks), int(os.environ.get("ICH_JAX_BUILD_WORKERS", os.cpu_count() or 1)))
+  def _generate_examples(self, tasks, progress: ingest.SplitProgress):
+    progress.start()
+    workers = min(len(tasks), ingest.worker_count())
     if workers <= 1:
       for task in tasks:
-        yield from _study_examples(task)
+        examples = _study_examples(task)
+        progress.update()
+        yield from examples
       return
     # "spawn": the parent may have started JAX threads, which fork would copy.
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
       for examples in pool.map(_study_examples, tasks):
+        progress.update()
         yield from examples

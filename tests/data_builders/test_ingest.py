@@ -17,3 +17,15 @@ def test_standard_configs(level):
   from data_builders.rsna_ich import rsna_ich
   names = {c.name: (c.level, c.resolution) for c in rsna_ich.RsnaIch.BUILDER_CONFIGS}
   assert names[f"{level}s"] == (level, 512) and names[f"{level}s256"] == (level, 256)
+
+
+def test_split_progress_opens_with_the_first_task_and_closes_with_the_last(capsys):
+  progress = ingest.SplitProgress("rsna_ich/slices train", 2, "series")
+  assert capsys.readouterr().err == ""          # planned, not started: TFDS plans every split first
+  progress.start()
+  progress.update()
+  progress.update()
+  err = capsys.readouterr().err
+  assert "rsna_ich/slices train: 100%" in err and "2/2" in err and "series/s" in err
+  ingest.SplitProgress("empty", 0).start()      # a split without tasks shows no bar
+  assert capsys.readouterr().err == ""
