@@ -130,7 +130,7 @@ def order_slices(slices: Sequence[SliceHeader]) -> OrderedSeries:
   noted; irregular gaps are noted.
   """
   keys = [geometry.orientation_key(s.orientation) for s in slices]
-  counts = collections.Counter(keys)
+  counts = geometry.orientation_counts(s.orientation for s in slices)
   majority = max(counts, key=lambda k: (counts[k], k))
   # The normal from a slice's own cosines: the rounded key would move z by ~1e-3 mm per 100 mm.
   normal = geometry.slice_normal(next(s.orientation for k, s in zip(keys, slices) if k == majority))

@@ -259,7 +259,7 @@ def _patient_result(task: PatientTask) -> build_report.Result:
   else:
     exs = [ex for _, ex in examples]
     scan = schemas.to_scan_example(exs, per_slice_labels=False,
-                                  keys=("category", "reader_labels", "series_description"))
+                                   keys=("category", "reader_labels", "series_description"))
     scan["sop_uids"] = [ex["sop_uid"] for ex in exs]
     scan["slice_indices"] = np.asarray([i for i, _ in examples], np.int32)
     scan["selection_reason"] = selection.reason

@@ -204,9 +204,11 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
   def _shard_iterators_per_split(self, dl_manager):
     del dl_manager
     # One shard per split: a study pool is started once per shard.
-    return {split: [functools.partial(self._generate_examples, tasks, ingest.SplitProgress(
-                        f"{self.name}/{self.builder_config.name} {split}", len(tasks)))]
+    return {split: [functools.partial(self._generate_examples, tasks, self._progress(split, tasks))]
             for split, tasks in plan_studies(self.builder_config).items()}
+
+  def _progress(self, split: str, tasks) -> ingest.SplitProgress:
+    return ingest.SplitProgress(f"{self.name}/{self.builder_config.name} {split}", len(tasks))
 
   def _generate_examples(self, tasks, progress: ingest.SplitProgress):
     progress.start()

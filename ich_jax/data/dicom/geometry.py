@@ -46,7 +46,7 @@ def is_multi(value) -> bool:
 
 
 def first_value(value) -> float:
-  """A numeric tag that may be multi-valued (WindowCenter "40\\40\\40"): its first value; nan if absent or not numeric."""
+  """A numeric tag's first value (WindowCenter "40\\40\\40" is 40); nan if absent or not a number."""
   if value is None or value == "":
     return float("nan")
   if is_multi(value):
@@ -108,7 +108,7 @@ def slice_normal(orientation: Sequence[float], *, strict: bool = False, where=""
     return None
   normal = np.cross(o[:3], o[3:])
   norm = np.linalg.norm(normal)
-  # Unit row and column cosines give |normal| = 1; below 0.5 they are 30° from parallel, i.e. not cosines.
+  # Perpendicular unit cosines give |normal| = 1; below 0.5 they are within 30° of parallel: not a plane.
   if not np.isfinite(norm) or norm < 0.5:
     if strict:
       raise DicomError(f"{where}: ImageOrientationPatient {o.tolist()} has parallel or zero row/column directions")
