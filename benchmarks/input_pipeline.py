@@ -69,7 +69,7 @@ RESOLUTION = 256
 class InputPipelineBench(synthetic_ich.SyntheticIch):
   """`synthetic_ich` with one benchmark-only config (registered under this class's name)."""
   BUILDER_CONFIGS = []
-  ENCODING = None  # None: the builder's own (data_builders.common.pixels, raw bytes)
+  ENCODING = None  # None: the builder's own (data_builders.schemas.pixels, raw bytes)
 
   def _info(self):
     info = super()._info()

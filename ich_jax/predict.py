@@ -219,7 +219,7 @@ def _fmt(p) -> str:
 
 def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -> tuple[list[dict], str]:
   from ich_jax.data import pipeline, windows
-  from ich_jax.data.dicom import BRAIN_WINDOW
+  from ich_jax.data.windows import BRAIN_WINDOW
 
   prob = outputs["probabilities"]
   size = min(OVERVIEW_SIZE, max(study.hu.shape[1:]))

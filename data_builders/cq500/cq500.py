@@ -40,7 +40,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import common
+from data_builders import build_report, dicom_slices, ingest, resize, schemas
 from ich_jax import LABELS
 from ich_jax.data import dicom, series_selection
 
@@ -57,7 +57,7 @@ BHX_LABELS = {"Epidural": 1, "Intraparenchymal": 2, "Intraventricular": 3, "Suba
 
 
 @dataclasses.dataclass
-class Cq500Config(common.IngestConfig):
+class Cq500Config(ingest.IngestConfig):
   # Series selection (ich_jax.data.series_selection.SelectionPolicy); 5 mm is what seed 003's
   # RSNA-trained models saw. 0.625 picks CQ500's thin series.
   preferred_thickness_mm: float = 5.0
@@ -201,10 +201,10 @@ class PatientTask:
   folder: str
 
 
-def _patient_result(task: PatientTask) -> common.Result:
-  cfg, out = task.config, common.Result()
+def _patient_result(task: PatientTask) -> build_report.Result:
+  cfg, out = task.config, build_report.Result()
   folder = pathlib.Path(task.folder)
-  with common.quiet():
+  with dicom_slices.quiet():
     by_series, unreadable = series_selection.headers_in_folder(folder)
   out.skipped += unreadable
   sop_series = {str(ds.get("SOPInstanceUID", "")): uid for uid, items in by_series.items() for _, ds in items}
@@ -219,15 +219,15 @@ def _patient_result(task: PatientTask) -> common.Result:
   headers = []
   for path, ds in by_series[selection.series_uid]:
     try:
-      headers.append(common.slice_header(path, ds))
+      headers.append(dicom_slices.slice_header(path, ds))
     except dicom.DicomError as e:
-      out.skipped.append((path, common.reason(e, path)))
+      out.skipped.append((path, build_report.reason(e, path)))
   if not headers:
     return out
-  ordered = common.order_slices(headers)
+  ordered = dicom_slices.order_slices(headers)
   out.skipped += ordered.rejected
   out.notes += ordered.notes
-  mixed = common.mixed_matrix(ordered.slices)
+  mixed = dicom_slices.mixed_matrix(ordered.slices)
   if mixed:
     out.skipped += mixed
     return out
@@ -237,11 +237,11 @@ def _patient_result(task: PatientTask) -> common.Result:
   for index, (h, z) in enumerate(zip(ordered.slices, ordered.z)):
     try:
       # dicom.to_hu refuses a slice without RescaleSlope/RescaleIntercept: its stored values are not HU.
-      hu = common.read_pixels(h.path)
+      hu = dicom_slices.read_pixels(h.path)
     except dicom.DicomError as e:
-      out.skipped.append((h.path, common.reason(e, h.path)))
+      out.skipped.append((h.path, build_report.reason(e, h.path)))
       continue
-    fit = common.Fit(hu.shape, cfg.resolution)
+    fit = resize.Fit(hu.shape, cfg.resolution)
     shapes[h.sop_uid] = hu.shape
     examples.append((index, {
         "image": fit.image(hu), "labels": task.reads.labels,
@@ -258,8 +258,8 @@ def _patient_result(task: PatientTask) -> common.Result:
     out.examples = [(f"{ex['series_id']}_{i:04d}", ex) for i, ex in examples]
   else:
     exs = [ex for _, ex in examples]
-    scan = common.to_scan_example(exs, per_slice_labels=False,
-                                  keys=("category", "reader_labels", "series_description"))
+    scan = schemas.to_scan_example(exs, per_slice_labels=False,
+                                   keys=("category", "reader_labels", "series_description"))
     scan["sop_uids"] = [ex["sop_uid"] for ex in exs]
     scan["slice_indices"] = np.asarray([i for i, _ in examples], np.int32)
     scan["selection_reason"] = selection.reason
@@ -274,11 +274,11 @@ def _patient_where(task: PatientTask) -> str:
 # --- The builder ---------------------------------------------------------------------------
 
 
-class Cq500(common.IngestBuilder):
+class Cq500(ingest.IngestBuilder):
   """CQ500 head CT scans: one selected series per patient, majority-of-three scan labels, BHX boxes."""
 
   VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": common.BYTES_RELEASE_NOTE}
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": schemas.BYTES_RELEASE_NOTE}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download CQ500 from qure.ai (http://headctstudy.qure.ai/dataset; the zips CQ500-CT-<n>.zip and
   reads.csv), unzip every zip into one folder and point manual_dir at it:
@@ -288,7 +288,7 @@ class Cq500(common.IngestBuilder):
   Optionally add the BHX boxes (PhysioNet "Brain Hemorrhage Extended", the CSV files) under:
     bhx/*.csv
   """
-  BUILDER_CONFIGS = common.standard_configs(Cq500Config, "scan")
+  BUILDER_CONFIGS = ingest.standard_configs(Cq500Config, "scan")
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -299,7 +299,7 @@ class Cq500(common.IngestBuilder):
         "series_description": tfds.features.Text(),
     }
     if cfg.level == "slice":
-      features = common.slice_features(cfg.resolution, mask=False, extra={
+      features = schemas.slice_features(cfg.resolution, mask=False, extra={
           **common_extra,
           "scan_level_label": tfds.features.Scalar(dtype=np.uint8),   # 1: labels are the scan's, not this slice's
           "sop_uid": tfds.features.Text(),
@@ -308,7 +308,7 @@ class Cq500(common.IngestBuilder):
           "boxes_annotated": tfds.features.Scalar(dtype=np.uint8),
       })
     else:
-      features = common.scan_features(cfg.resolution, mask=False, per_slice_labels=False, extra={
+      features = schemas.scan_features(cfg.resolution, mask=False, per_slice_labels=False, extra={
           **common_extra,
           "sop_uids": tfds.features.Sequence(tfds.features.Text()),
           "slice_indices": tfds.features.Tensor(shape=(None,), dtype=np.int32),
@@ -323,7 +323,7 @@ class Cq500(common.IngestBuilder):
   def _shard_iterators_per_split(self, dl_manager):
     cfg, report = self.builder_config, self.report
     root = pathlib.Path(dl_manager.manual_dir)
-    reads_path = common.require_file(root, [READS_CSV], "reads CSV")
+    reads_path = ingest.require_file(root, [READS_CSV], "reads CSV")
     reads = read_reads(reads_path)
     folders = find_patients(root)
     for number in sorted(set(folders) - set(reads)):
@@ -346,7 +346,7 @@ class Cq500(common.IngestBuilder):
     report.count("test", "scans", len(tasks))
     # Weight: the file count (headers and pixels of the chosen series dominate); about 300 files per patient.
     weights = [300 * cfg.resolution ** 2 * 2] * len(tasks)
-    return {"test": self._shards("test", functools.partial(common.guarded, _patient_result, _patient_where),
+    return {"test": self._shards("test", functools.partial(ingest.guarded, _patient_result, _patient_where),
                                  tasks, weights)}
 
   def _postprocess(self, split, result):
@@ -376,7 +376,7 @@ class Cq500(common.IngestBuilder):
       self._bhx_seen.add(sop)
     if len(entries) > k:
       self.report.note(sop, f"{len(entries)} BHX boxes, max_boxes {k}: the first {k} kept")
-    fit = common.Fit(tuple(shape), self.builder_config.resolution)
+    fit = resize.Fit(tuple(shape), self.builder_config.resolution)
     for i, (code, x, y, w, h) in enumerate(entries[:k]):
       r0, c0 = fit.point(y, x)
       r1, c1 = fit.point(y + h, x + w)

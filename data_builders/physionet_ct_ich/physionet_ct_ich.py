@@ -43,7 +43,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import common
+from data_builders import build_report, ingest, resize, schemas
 from ich_jax import LABELS
 from ich_jax.data import nifti
 
@@ -61,7 +61,7 @@ CSV_COLUMNS = ("PatientNumber", "SliceNumber", "Intraventricular", "Intraparench
 
 
 @dataclasses.dataclass
-class PhysionetCtIchConfig(common.IngestConfig):
+class PhysionetCtIchConfig(ingest.IngestConfig):
   folds: int = 5                    # seed 002 §6: 5-fold subject-based cross-validation
   fold_seed: int = 0
   exclude_chronic: bool = False     # True: leave out the chronic-ICH subject(s), as seed 002 §3 did
@@ -179,23 +179,23 @@ class PatientTask:
   chronic: bool
 
 
-def _patient_result(task: PatientTask) -> common.Result:
-  cfg, out = task.config, common.Result()
+def _patient_result(task: PatientTask) -> build_report.Result:
+  cfg, out = task.config, build_report.Result()
   try:
     ct = nifti.load_axial(task.ct)
   except nifti.NiftiError as e:
-    out.skipped.append((task.ct, common.reason(e, task.ct)))
+    out.skipped.append((task.ct, build_report.reason(e, task.ct)))
     return out
   try:
     # The mask is drawn on the image's voxel grid: reorient it with the image's affine.
     mask = nifti.load_axial(task.mask, affine=ct.affine, shape=ct.stored_shape)
   except nifti.NiftiError as e:
-    out.skipped.append((task.mask, common.reason(e, task.mask)))
+    out.skipped.append((task.mask, build_report.reason(e, task.mask)))
     return out
   if not np.allclose(mask.affine, _own_affine(task.mask), atol=1e-3):
     out.notes.append((task.mask, "affine differs from the image's; the mask follows the image's voxel grid"))
   blood_full = np.rint(mask.data) > 0
-  fit = common.Fit(ct.data.shape[1:], cfg.resolution)
+  fit = resize.Fit(ct.data.shape[1:], cfg.resolution)
   image = fit.image(ct.data)
   blood = fit.mask(blood_full)
   spacing = fit.spacing(ct.spacing[1:])
@@ -225,7 +225,7 @@ def _patient_result(task: PatientTask) -> common.Result:
   if cfg.level == "slice":
     out.examples = [(f"{pid}_{s:04d}", ex) for s, ex in enumerate(examples)]
   else:
-    scan = common.to_scan_example(examples, keys=("fold", "chronic"))
+    scan = schemas.to_scan_example(examples, keys=("fold", "chronic"))
     scan["slice_numbers"] = np.asarray([ex["slice_number"] for ex in examples], np.int32)
     scan["mask_subtype_exact"] = np.asarray([ex["mask_subtype_exact"] for ex in examples], np.uint8)
     out.examples = [(pid, scan)]
@@ -244,11 +244,11 @@ def _patient_where(task: PatientTask) -> str:
 # --- The builder -------------------------------------------------------------------------
 
 
-class PhysionetCtIch(common.IngestBuilder):
+class PhysionetCtIch(ingest.IngestBuilder):
   """PhysioNet CT-ICH head CT slices (or scans) with hemorrhage masks and per-slice subtypes."""
 
   VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": common.BYTES_RELEASE_NOTE}
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": schemas.BYTES_RELEASE_NOTE}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download "Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation" 1.3.1
   from PhysioNet (https://physionet.org/content/ct-ich/1.3.1/; credentialed access, sign the data use
@@ -258,12 +258,12 @@ class PhysionetCtIch(common.IngestBuilder):
     hemorrhage_diagnosis_raw_ct.csv
     Patient_demographics.csv           (optional; needed for exclude_chronic)
   """
-  BUILDER_CONFIGS = common.standard_configs(PhysionetCtIchConfig, "scan")
+  BUILDER_CONFIGS = ingest.standard_configs(PhysionetCtIchConfig, "scan")
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     if cfg.level == "slice":
-      features = common.slice_features(cfg.resolution, mask=True, extra={
+      features = schemas.slice_features(cfg.resolution, mask=True, extra={
           "slice_number": tfds.features.Scalar(dtype=np.int32),     # the CSV's 1-based SliceNumber (stored order)
           "fold": tfds.features.Scalar(dtype=np.int32),
           "fracture": tfds.features.Scalar(dtype=np.uint8),
@@ -271,7 +271,7 @@ class PhysionetCtIch(common.IngestBuilder):
           "chronic": tfds.features.Scalar(dtype=np.uint8),
       })
     else:
-      features = common.scan_features(cfg.resolution, mask=True, extra={
+      features = schemas.scan_features(cfg.resolution, mask=True, extra={
           "slice_numbers": tfds.features.Tensor(shape=(None,), dtype=np.int32),
           "mask_subtype_exact": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
           "fold": tfds.features.Scalar(dtype=np.int32),
@@ -285,9 +285,9 @@ class PhysionetCtIch(common.IngestBuilder):
 
     cfg, report = self.builder_config, self.report
     root = pathlib.Path(dl_manager.manual_dir)
-    csv_path = common.require_file(root, [DIAGNOSIS_CSV], "slice label CSV")
-    ct_dir = common.require_file(root, [CT_DIR], "CT folder")
-    mask_dir = common.require_file(root, [MASK_DIR], "mask folder")
+    csv_path = ingest.require_file(root, [DIAGNOSIS_CSV], "slice label CSV")
+    ct_dir = ingest.require_file(root, [CT_DIR], "CT folder")
+    mask_dir = ingest.require_file(root, [MASK_DIR], "mask folder")
     rows, notes, duplicates = read_diagnosis(csv_path)
     for where, message in notes:
       report.note(where, message)
@@ -348,7 +348,7 @@ class PhysionetCtIch(common.IngestBuilder):
         continue
       report.count(f"fold{k}", "patients", len(tasks))
       weights = [depth[t.number] * cfg.resolution ** 2 * 3 for t in tasks]
-      out[f"fold{k}"] = self._shards(f"fold{k}", functools.partial(common.guarded, _patient_result, _patient_where),
+      out[f"fold{k}"] = self._shards(f"fold{k}", functools.partial(ingest.guarded, _patient_result, _patient_where),
                                      tasks, weights)
     return out
 

@@ -41,7 +41,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import common
+from data_builders import build_report, dicom_slices, ingest, resize, schemas
 from ich_jax import LABELS
 from ich_jax.data import dicom
 
@@ -52,7 +52,7 @@ _ROW_ID = re.compile(r"(ID_[0-9A-Za-z]+)_(" + "|".join(LABELS) + r")")
 
 
 @dataclasses.dataclass
-class RsnaIchConfig(common.IngestConfig):
+class RsnaIchConfig(ingest.IngestConfig):
   # Fraction of stage_2_train patients held out as `validation` (by PatientID, fixed by a hash of the ID).
   validation_fraction: float = 0.1
 
@@ -150,17 +150,17 @@ class SeriesTask:
   thickness: float
 
 
-def _series_result(task: SeriesTask) -> common.Result:
-  cfg, out = task.config, common.Result()
+def _series_result(task: SeriesTask) -> build_report.Result:
+  cfg, out = task.config, build_report.Result()
   examples, quirk = [], 0
   for index, h, z, labels in task.slices:
     try:
-      hu, rescale = common.read_pixels(h.path, dicom.slice_hu)
+      hu, rescale = dicom_slices.read_pixels(h.path, dicom.slice_hu)
     except dicom.DicomError as e:
-      out.skipped.append((h.path, common.reason(e, h.path)))
+      out.skipped.append((h.path, build_report.reason(e, h.path)))
       continue
     quirk += rescale.quirk_12bit
-    fit = common.Fit(hu.shape, cfg.resolution)
+    fit = resize.Fit(hu.shape, cfg.resolution)
     examples.append((index, {
         "image": fit.image(hu),
         "labels": labels if labels is not None else np.full(len(LABELS), np.nan, np.float32),
@@ -182,7 +182,7 @@ def _series_result(task: SeriesTask) -> common.Result:
     out.examples = [(f"{series}_{i:04d}", ex) for i, ex in examples]
   else:
     exs = [ex for _, ex in examples]
-    scan = common.to_scan_example(exs)
+    scan = schemas.to_scan_example(exs)
     scan["sop_uids"] = [ex["sop_uid"] for ex in exs]
     scan["slice_indices"] = np.asarray([i for i, _ in examples], np.int32)
     out.examples = [(series, scan)]
@@ -196,11 +196,11 @@ def _series_where(task: SeriesTask) -> str:
 # --- The builder ----------------------------------------------------------------------
 
 
-class RsnaIch(common.IngestBuilder):
+class RsnaIch(ingest.IngestBuilder):
   """RSNA 2019 head CT slices (or series) with six hemorrhage labels per slice."""
 
   VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": common.BYTES_RELEASE_NOTE}
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": schemas.BYTES_RELEASE_NOTE}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download the competition data of "RSNA Intracranial Hemorrhage Detection" from Kaggle
   (https://www.kaggle.com/c/rsna-intracranial-hemorrhage-detection/data; accept the rules first),
@@ -209,17 +209,18 @@ class RsnaIch(common.IngestBuilder):
     stage_2_train/ID_<hex>.dcm ...      (or stage_2_train_images/)
     stage_2_test/ID_<hex>.dcm ...       (optional; or stage_2_test_images/)
   """
-  BUILDER_CONFIGS = common.standard_configs(RsnaIchConfig, "series")
+  BUILDER_CONFIGS = ingest.standard_configs(RsnaIchConfig, "series")
+  TASK_UNIT = "series"   # one worker task per series (the progress bar's unit)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     if cfg.level == "slice":
-      features = common.slice_features(cfg.resolution, mask=False, extra={
+      features = schemas.slice_features(cfg.resolution, mask=False, extra={
           "sop_uid": tfds.features.Text(),                                   # the Kaggle image ID, ID_<hex>
           "dicom_window": tfds.features.Tensor(shape=(2,), dtype=np.float32),  # first WindowCenter, WindowWidth
       })
     else:
-      features = common.scan_features(cfg.resolution, mask=False, extra={
+      features = schemas.scan_features(cfg.resolution, mask=False, extra={
           "sop_uids": tfds.features.Sequence(tfds.features.Text()),
           "slice_indices": tfds.features.Tensor(shape=(None,), dtype=np.int32),
       })
@@ -230,9 +231,9 @@ class RsnaIch(common.IngestBuilder):
   def _shard_iterators_per_split(self, dl_manager):
     cfg, report = self.builder_config, self.report
     root = pathlib.Path(dl_manager.manual_dir)
-    csv_path = common.require_file(root, [LABELS_CSV], "label CSV")
-    train_dir = common.require_file(root, TRAIN_DIRS, "training image folder")
-    test_dir = common.require_file(root, TEST_DIRS, "test image folder", required=False)
+    csv_path = ingest.require_file(root, [LABELS_CSV], "label CSV")
+    train_dir = ingest.require_file(root, TRAIN_DIRS, "training image folder")
+    test_dir = ingest.require_file(root, TEST_DIRS, "test image folder", required=False)
 
     labels, counts = read_labels(csv_path)
     for what, n in counts.items():
@@ -251,7 +252,7 @@ class RsnaIch(common.IngestBuilder):
         raise ValueError(f"series {uid} has files in both {train_dir} and {test_dir}")
 
     patient = {uid: self._patient(s) for uid, s in series.items()}
-    patients = common.stable_order({patient[uid] for uid in train_series}, salt="rsna_ich")
+    patients = ingest.stable_order({patient[uid] for uid in train_series}, salt="rsna_ich")
     n_val = min(len(patients) - 1, max(1, round(cfg.validation_fraction * len(patients)))) \
         if cfg.validation_fraction > 0 and len(patients) > 1 else 0
     validation = set(patients[:n_val])
@@ -268,15 +269,15 @@ class RsnaIch(common.IngestBuilder):
         continue
       report.count(split, "series", len(tasks))
       weights = [len(t.slices) * cfg.resolution ** 2 * 2 for t in tasks]
-      out[split] = self._shards(split, functools.partial(common.guarded, _series_result, _series_where),
+      out[split] = self._shards(split, functools.partial(ingest.guarded, _series_result, _series_where),
                                 tasks, weights)
     return out
 
-  def _scan(self, paths) -> dict[str, list[common.SliceHeader]]:
+  def _scan(self, paths) -> dict[str, list[dicom_slices.SliceHeader]]:
     """Headers of all files (in parallel), grouped by series; unreadable files reported."""
     chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
-    series: dict[str, list[common.SliceHeader]] = {}
-    for result in self._map(common.read_slice_headers, chunks):
+    series: dict[str, list[dicom_slices.SliceHeader]] = {}
+    for result in self._map(dicom_slices.read_slice_headers, chunks):
       self.report.add(result)
       for h in result.examples:
         stem = pathlib.Path(h.path).stem
@@ -298,14 +299,14 @@ class RsnaIch(common.IngestBuilder):
     return ids[0]
 
   def _task(self, slices, patient_id, labels) -> SeriesTask | None:
-    ordered = common.order_slices(slices)
+    ordered = dicom_slices.order_slices(slices)
     for path, reason in ordered.rejected:
       self.report.skip(path, reason)
     for path, message in ordered.notes:
       self.report.note(path, message)
     if not ordered.slices:
       return None
-    mixed = common.mixed_matrix(ordered.slices)
+    mixed = dicom_slices.mixed_matrix(ordered.slices)
     for path, reason in mixed:
       self.report.skip(path, reason)
     if mixed:

@@ -12,13 +12,12 @@ import concurrent.futures
 import dataclasses
 import functools
 import multiprocessing
-import os
 import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import common
+from data_builders import ingest, schemas
 from ich_jax.data.phantom import SEED001_SIZE_MIX
 
 
@@ -158,7 +157,7 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
   VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
                    "1.1.0": "small, small256: bleed sizes per subtype from seed 001 Table 1.",
-                   "1.2.0": common.BYTES_RELEASE_NOTE}
+                   "1.2.0": schemas.BYTES_RELEASE_NOTE}
   BUILDER_CONFIGS = [
       # Tests: a 128 matrix (pixel spacing scaled so the head fits), few thick slices.
       SyntheticIchConfig(
@@ -194,8 +193,8 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        # The real datasets' slice schema (data_builders.common), with the phantoms' extras.
-        features=common.slice_features(r, mask=True, extra={
+        # The real datasets' slice schema (data_builders.schemas), with the phantoms' extras.
+        features=schemas.slice_features(r, mask=True, extra={
             "study_blood_ml": tfds.features.Scalar(dtype=np.float32),
             "mimic": tfds.features.Scalar(dtype=np.uint8),
         }),
@@ -205,17 +204,24 @@ class SyntheticIch(tfds.core.ShardBasedBuilder):
   def _shard_iterators_per_split(self, dl_manager):
     del dl_manager
     # One shard per split: a study pool is started once per shard.
-    return {split: [functools.partial(self._generate_examples, tasks)]
+    return {split: [functools.partial(self._generate_examples, tasks, self._progress(split, tasks))]
             for split, tasks in plan_studies(self.builder_config).items()}
 
-  def _generate_examples(self, tasks):
-    workers = min(len(tasks), int(os.environ.get("ICH_JAX_BUILD_WORKERS", os.cpu_count() or 1)))
+  def _progress(self, split: str, tasks) -> ingest.SplitProgress:
+    return ingest.SplitProgress(f"{self.name}/{self.builder_config.name} {split}", len(tasks))
+
+  def _generate_examples(self, tasks, progress: ingest.SplitProgress):
+    progress.start()
+    workers = min(len(tasks), ingest.worker_count())
     if workers <= 1:
       for task in tasks:
-        yield from _study_examples(task)
+        examples = _study_examples(task)
+        progress.update()
+        yield from examples
       return
     # "spawn": the parent may have started JAX threads, which fork would copy.
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
       for examples in pool.map(_study_examples, tasks):
+        progress.update()
         yield from examples

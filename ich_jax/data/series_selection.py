@@ -34,16 +34,14 @@ positions where the tag is absent.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import os
-import pathlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from ich_jax.data.dicom import files, geometry
 
 # A Dataset or any mapping with .get(keyword): selection reads headers only.
 Header = Any
@@ -122,45 +120,9 @@ def _text(header: Header, keyword: str) -> str:
   value = header.get(keyword)
   if value is None:
     return ""
-  if _is_multi(value):
+  if geometry.is_multi(value):
     return "\\".join(str(v) for v in value)
   return str(value).strip()
-
-
-def _is_multi(value) -> bool:
-  return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-
-
-def first_value(value) -> float:
-  """A numeric tag that may be multi-valued (WindowCenter "40\\40\\40"): its first value; nan if absent or not numeric."""
-  if value is None or value == "":
-    return float("nan")
-  if _is_multi(value):
-    if not len(value):
-      return float("nan")
-    value = value[0]
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return float("nan")
-
-
-def _floats(value, n: int) -> np.ndarray | None:
-  if value is None or not _is_multi(value) or len(value) != n:
-    return None
-  try:
-    out = np.asarray([float(v) for v in value], np.float64)
-  except (TypeError, ValueError):
-    return None
-  return out if np.isfinite(out).all() else None
-
-
-def slice_normal(orientation: Sequence[float]) -> np.ndarray | None:
-  """Unit normal cross(row, column) of an ImageOrientationPatient; None if degenerate."""
-  o = np.asarray(orientation, np.float64)
-  n = np.cross(o[:3], o[3:])
-  norm = np.linalg.norm(n)
-  return n / norm if norm > 0.5 else None
 
 
 def summarize(series_uid: str, headers: Sequence[Header]) -> SeriesInfo:
@@ -168,10 +130,13 @@ def summarize(series_uid: str, headers: Sequence[Header]) -> SeriesInfo:
   if not headers:
     raise ValueError(f"series {series_uid}: no headers")
   first = headers[0]
-  orientations = [tuple(np.round(o, 4)) for h in headers
-                  if (o := _floats(h.get("ImageOrientationPatient"), 6)) is not None]
-  orientation = collections.Counter(orientations).most_common(1)[0][0] if orientations else None
-  thickness = first_value(first.get("SliceThickness"))
+  orientations = [o for h in headers if (o := geometry.tag_floats(h, "ImageOrientationPatient", 6, strict=False))
+                  is not None]
+  counts = geometry.orientation_counts(orientations)
+  # most_common: a tie goes to the orientation met first in header order (the builders' order_slices
+  # takes the largest key instead; a selection reason names this one, so it is kept).
+  orientation = counts.most_common(1)[0][0] if counts else None
+  thickness = geometry.first_value(first.get("SliceThickness"))
   if not math.isfinite(thickness) or thickness <= 0:
     thickness = _median_gap(headers, orientation)
   number = first.get("SeriesNumber")
@@ -180,25 +145,24 @@ def summarize(series_uid: str, headers: Sequence[Header]) -> SeriesInfo:
   except (TypeError, ValueError):
     number = None
   image_type = first.get("ImageType") or ()
-  image_type = tuple(str(v).strip().upper() for v in (image_type if _is_multi(image_type) else [image_type]))
+  image_type = tuple(str(v).strip().upper() for v in (image_type if geometry.is_multi(image_type) else [image_type]))
   return SeriesInfo(
       series_uid=series_uid, description=_text(first, "SeriesDescription"), num_slices=len(headers),
       image_type=image_type, kernel=_text(first, "ConvolutionKernel"),
       contrast_agent=_text(first, "ContrastBolusAgent"), orientation=orientation, thickness_mm=thickness,
-      series_number=number, window_width=first_value(first.get("WindowWidth")),
+      series_number=number, window_width=geometry.first_value(first.get("WindowWidth")),
       study_uid=_text(first, "StudyInstanceUID"), modality=_text(first, "Modality").upper())
 
 
 def _median_gap(headers, orientation) -> float:
   if orientation is None or len(headers) < 2:
     return float("nan")
-  normal = slice_normal(orientation)
+  normal = geometry.slice_normal(orientation)
   if normal is None:
     return float("nan")
-  z = sorted(float(p @ normal) for h in headers if (p := _floats(h.get("ImagePositionPatient"), 3)) is not None)
-  gaps = np.diff(z)
-  gaps = gaps[gaps > 1e-3]
-  return float(np.median(gaps)) if gaps.size else float("nan")
+  positions = [p for h in headers
+               if (p := geometry.tag_floats(h, "ImagePositionPatient", 3, strict=False)) is not None]
+  return geometry.order_along_normal(positions, normal).gap
 
 
 def group_headers(headers: Iterable[Header]) -> dict[str, list[Header]]:
@@ -260,7 +224,7 @@ def _check(info: SeriesInfo, policy: SelectionPolicy) -> tuple[bool, tuple[str, 
   if info.orientation is None:
     rejections.append("ImageOrientationPatient missing or not 6 numbers")
   else:
-    normal = slice_normal(info.orientation)
+    normal = geometry.slice_normal(info.orientation)
     if normal is None:
       rejections.append(f"ImageOrientationPatient {list(info.orientation)} is degenerate")
     else:
@@ -352,19 +316,12 @@ def headers_in_folder(directory: str | os.PathLike):
     (SeriesInstanceUID -> [(path, header)], unreadable: [(path, reason)]). An
     unreadable file is listed, not fatal: one bad file must not hide a study.
   """
-  from ich_jax.data import dicom
-
-  root = pathlib.Path(directory)
-  if not root.is_dir():
-    raise dicom.DicomError(f"{root}: not a directory")
   by_series: dict[str, list] = {}
   unreadable = []
-  for path in sorted(p for p in root.rglob("*") if p.is_file()):
-    if path.suffix.lower() in dicom._NOT_DICOM_SUFFIXES:
-      continue
+  for path in files.dicom_candidates(directory):
     try:
-      ds = dicom.read_header(path)
-    except dicom.DicomError as e:
+      ds = files.read_header(path)
+    except files.DicomError as e:
       msg = str(e)
       unreadable.append((path, msg[len(f"{path}: "):] if msg.startswith(f"{path}: ") else msg))
       continue

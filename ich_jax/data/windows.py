@@ -27,6 +27,11 @@ CHANNEL_OPS = ("", "skull_stripped")
 
 # --- Named recipes -----------------------------------------------------------
 
+# The brain window (level 40, width 80), as (level, width): the default display
+# window of head CT, written as WindowCenter/WindowWidth into every DICOM slice
+# ich_jax writes, and the window of prediction's overview images.
+BRAIN_WINDOW = (40.0, 80.0)
+
 # Seed 003 (RSNA 2019 1st place, §2 "Window settings as data preprocessing"):
 # brain 40/80, subdural 80/200 and bone 600/2800, all three on the same slice,
 # stacked as the three channels of an RGB image.

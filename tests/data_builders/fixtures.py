@@ -19,7 +19,7 @@ import pydicom.data
 import pydicom.uid
 
 from ich_jax import LABELS
-from data_builders.common import quiet
+from data_builders.dicom_slices import quiet
 from ich_jax.data import dicom, phantom
 
 MATRIX = 64
@@ -522,7 +522,7 @@ def records(builder, split=None) -> list[dict]:
 
 
 def report(builder) -> dict:
-  from data_builders.common import REPORT_FILE
+  from data_builders.build_report import REPORT_FILE
   import json
   return json.loads((pathlib.Path(builder.data_path) / REPORT_FILE).read_text())
 

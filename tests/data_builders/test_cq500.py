@@ -4,7 +4,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from data_builders import common
+from data_builders import dicom_slices, resize
 from data_builders.cq500 import cq500 as C
 from tests.data_builders import fixtures
 
@@ -41,7 +41,7 @@ def test_chosen_series_in_order_with_majority_scan_labels(fx, slices):
     assert {text(r["series_id"]) for r in recs} == {fx.selected[name]}
     assert text(recs[0]["series_description"]) == fx.selected_description[name]
     assert [text(r["sop_uid"]) for r in recs] == fx.sops[name]      # sorted by z, not by file name
-    fit = common.Fit(fx.hu[name].shape[1:], RES)
+    fit = resize.Fit(fx.hu[name].shape[1:], RES)
     np.testing.assert_array_equal(np.stack([r["image"] for r in recs]), fit.image(fx.hu[name]))
     np.testing.assert_allclose([float(r["z_position"]) for r in recs], fx.z[name], atol=1e-3)
     for r in recs:
@@ -101,7 +101,7 @@ def test_scans_level_and_thin_preference(fx, tmp_path):
   assert int((r0["box_labels"] > 0).sum()) == 1                   # the box drawn on the thin series
   assert "CT PLAIN THIN" in text(r0["selection_reason"])
   r1 = recs["CQ500-CT-1"]
-  np.testing.assert_array_equal(r1["volume"], common.Fit(fx.hu["CQ500-CT-1"].shape[1:], RES).image(fx.hu["CQ500-CT-1"]))
+  np.testing.assert_array_equal(r1["volume"], resize.Fit(fx.hu["CQ500-CT-1"].shape[1:], RES).image(fx.hu["CQ500-CT-1"]))
   assert np.all(np.diff(r1["z_positions"]) > 0)
 
 
@@ -120,7 +120,7 @@ def test_reads_csv_errors_name_file_line_column_and_value(tmp_path):
 def test_a_slice_without_rescale_tags_is_skipped_not_kept_as_stored_values(fx, tmp_path):
   manual = fixtures.copy_tree(fx.root, tmp_path / "m")
   path = manual / "CQ500CT0 CQ500CT0" / "Unknown Study" / "CT 5mm" / "CT000002.dcm"
-  with common.quiet():
+  with dicom_slices.quiet():
     ds = pydicom.dcmread(path)
     del ds.RescaleIntercept   # the stored values of this unsigned series are HU + 1024
     ds.save_as(path, enforce_file_format=True)
@@ -132,5 +132,5 @@ def test_a_slice_without_rescale_tags_is_skipped_not_kept_as_stored_values(fx, t
   kept = [text(r["sop_uid"]) for r in recs]
   assert kept == [s for s in fx.sops["CQ500-CT-0"] if s != str(ds.SOPInstanceUID)] and len(kept) == 5
   keep = [i for i, s in enumerate(fx.sops["CQ500-CT-0"]) if s != str(ds.SOPInstanceUID)]
-  fit = common.Fit(fx.hu["CQ500-CT-0"].shape[1:], RES)
+  fit = resize.Fit(fx.hu["CQ500-CT-0"].shape[1:], RES)
   np.testing.assert_array_equal(np.stack([r["image"] for r in recs]), fit.image(fx.hu["CQ500-CT-0"][keep]))

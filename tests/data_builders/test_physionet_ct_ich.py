@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from data_builders import common
+from data_builders import resize
 from data_builders.physionet_ct_ich import physionet_ct_ich as P
 from tests.data_builders import fixtures
 
@@ -44,7 +44,7 @@ def test_images_labels_and_masks_line_up_whatever_the_nifti_orientation(fx, slic
   for number, recs in by_patient.items():
     truth = fx.patients[number]
     recs.sort(key=lambda r: int(r["slice_index"]))
-    fit = common.Fit(truth.hu.shape[1:], RES)
+    fit = resize.Fit(truth.hu.shape[1:], RES)
     assert len(recs) == len(truth.hu)
     for s, r in enumerate(recs):
       np.testing.assert_array_equal(r["image"], fit.image(truth.hu[s]), err_msg=f"{number} {truth.axcodes} {s}")
@@ -90,7 +90,7 @@ def test_scans_and_chronic_exclusion(fx, tmp_path):
   assert set(recs) == set(fx.patients) - {fx.chronic}
   for number, r in recs.items():
     truth = fx.patients[number]
-    fit = common.Fit(truth.hu.shape[1:], RES)
+    fit = resize.Fit(truth.hu.shape[1:], RES)
     np.testing.assert_array_equal(r["volume"], fit.image(truth.hu))
     np.testing.assert_array_equal(r["labels"], truth.labels)
     np.testing.assert_array_equal(r["mask"] > 0, fit.mask(truth.blood))

@@ -10,7 +10,7 @@ import pydicom.data
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from data_builders import common
+from data_builders import build_report, dicom_slices, resize
 from data_builders.rsna_ich import rsna_ich as R
 from ich_jax.data import dicom
 from tests.data_builders import fixtures
@@ -42,7 +42,7 @@ def slices(fx, tmp_path_factory):
 
 
 def expected_image(hu):
-  return common.Fit(hu.shape, RES).image(hu)
+  return resize.Fit(hu.shape, RES).image(hu)
 
 
 def test_every_good_image_is_a_record_with_its_labels_hu_and_place(fx, slices):
@@ -87,7 +87,7 @@ def test_12bit_intercept_quirk_gives_true_hu(fx, slices):
     truth = fx.images[text(r["sop_uid"])].hu
     np.testing.assert_array_equal(r["image"], expected_image(truth))
     assert r["image"].min() < -900 and r["image"].max() > 300   # air and bone, not wrapped
-  report = json.loads((pathlib.Path(slices.data_path) / common.REPORT_FILE).read_text())
+  report = json.loads((pathlib.Path(slices.data_path) / build_report.REPORT_FILE).read_text())
   corrected = sum(c.get("slices with the 12-bit intercept corrected", 0) for c in report["counts"].values())
   assert corrected == 5
 
@@ -103,7 +103,7 @@ def test_real_head_ct_slice_hu_equals_pydicoms_modality_lut(fx, slices):
   ref = pydicom.dcmread(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm"))
   lut = apply_modality_lut(ref.pixel_array, ref)
   path = fx.images[fx.series[fx.real_series][0]].path
-  hu, rescale = common.read_pixels(path, dicom.slice_hu)
+  hu, rescale = dicom_slices.read_pixels(path, dicom.slice_hu)
   assert not rescale.quirk_12bit
   np.testing.assert_array_equal(hu, lut.astype(np.float32))
   (rec,) = [r for s in ("train", "validation") for r in records(slices, s) if text(r["series_id"]) == fx.real_series]
@@ -112,7 +112,7 @@ def test_real_head_ct_slice_hu_equals_pydicoms_modality_lut(fx, slices):
 
 
 def test_report_lists_exactly_the_bad_files(fx, slices):
-  report = json.loads((pathlib.Path(slices.data_path) / common.REPORT_FILE).read_text())
+  report = json.loads((pathlib.Path(slices.data_path) / build_report.REPORT_FILE).read_text())
   skipped = {pathlib.Path(item["file"]).name: item["reason"] for item in report["skipped"]}
   assert set(skipped) == set(fx.bad)
   assert "number of bytes of pixel data is less than expected" in skipped[f"{fixtures.CORRUPT_ID}.dcm"]
@@ -158,7 +158,7 @@ def test_scans_one_example_per_series_through_the_process_pool(fx, tmp_path):
 def _small_layout(root, rows, files):
   """A two-image layout with hand-written CSV rows, for the join errors."""
   (root / "stage_2_train").mkdir(parents=True)
-  with common.quiet():
+  with dicom_slices.quiet():
     for image_id in files:
       dicom.write_series(np.zeros((1, 8, 8)), (5, 1, 1), root / "stage_2_train", sop_uids=[image_id],
                          series_uid="ID_ser1", study_uid="ID_st1", patient_id="ID_p1",
@@ -220,7 +220,7 @@ def test_a_series_mixing_matrix_sizes_is_skipped_naming_each_file_and_the_sizes(
   for series, shapes in (("ID_mixed", [(16, 16)] * 3 + [(12, 16)]), ("ID_whole", [(16, 16)] * 3)):
     for k, shape in enumerate(shapes):
       sop = f"ID_{series[3:]}{k:03d}"
-      with common.quiet():
+      with dicom_slices.quiet():
         (path,) = dicom.write_series(np.full((1, *shape), 30.0), (5, 1, 1), train, sop_uids=[sop],
                                      series_uid=series, study_uid=f"{series}_st", patient_id=f"{series}_p",
                                      z_positions=[5.0 * k], file_names=lambda i, uid: f"{uid}.dcm")
