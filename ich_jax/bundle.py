@@ -504,10 +504,10 @@ class Bundle:
     return {k: np.concatenate(v) for k, v in pieces.items()}
 
   def _sequence_outputs(self, member: Member, results: Mapping[str, dict], z: np.ndarray) -> dict:
-    """A sequence member on the whole series, inputs built as ich_jax.data.series builds them from exports."""
+    """A sequence member on the whole series, inputs built as ich_jax.data.stage_exports builds them from exports."""
     import jax
 
-    from ich_jax.models.sequence import slice_gaps
+    from ich_jax.grid import slice_gaps
 
     n = len(z)
     length = -(-n // SEQUENCE_BUCKET) * SEQUENCE_BUCKET
@@ -520,7 +520,8 @@ class Bundle:
 
     sources = [results[name] for name in member.entry["inputs"]]
     if member.task.inputs == "features":
-      # Each feature set zero-padded to the largest F (series.SeriesFeatureSource), exports without features skipped.
+      # Each feature set zero-padded to the largest F (stage_exports.SeriesFeatureSource), exports without
+      # features skipped.
       feats = [s["features"] for s in sources if "features" in s]
       width = max(f.shape[1] for f in feats)
       stacked = np.zeros((n, len(feats), width), np.float32)

@@ -9,7 +9,7 @@ are data. They are written once per base run with
 (`ich_jax.train.export`; the segmentation task's `export`), the way seed 003's
 sequence models read exported stage-1 outputs, and training the weight model
 never reruns a U-Net. The export's `maps.npy` (format and memory:
-`ich_jax.data.series`) holds each slice's blood-probability map at the base
+`ich_jax.data.stage_exports`) holds each slice's blood-probability map at the base
 model's input size, float16, memory-mapped here.
 
 `config.dataset.kind = "base_maps"`. `config.dataset` names the slice dataset
@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from ich_jax.data import folds, pipeline, series
+from ich_jax.data import folds, pipeline, stage_exports
 
 
 class BaseMapsSource:
@@ -54,7 +54,7 @@ class BaseMapsSource:
       raise ValueError(f"split {split!r}: base maps join an export to the dataset split of the same name; "
                        "name a whole split (folds of an export are for series_features)")
     # SeriesFeatureSource checks that the exports hold the same slices in the same order.
-    exports = series.SeriesFeatureSource(workdirs, split)
+    exports = stage_exports.SeriesFeatureSource(workdirs, split)
     self.slices = slices
     self.split = split
     self.dirs = exports.dirs

@@ -4,7 +4,7 @@
 `config.data.patch.size` pixels of a slice as the slice pipeline makes it
 (`config.data`: recipe, resize to `image_size`), with the same window of its
 mask; windows sit on the grid the sliding-window inference uses
-(`ich_jax.models.maps.patch_grid`, stride `config.data.patch.stride`), so the
+(`ich_jax.grid.patch_grid`, stride `config.data.patch.stride`), so the
 model trains on exactly the windows it later sees. Evaluation batches are
 whole slices (`pipeline.eval_batches`): the segmentation task stitches them
 (`config.task.patch`, `stride`).
@@ -27,15 +27,15 @@ import functools
 import grain
 import numpy as np
 
+from ich_jax.grid import patch_grid
 from ich_jax.data import augment as augment_lib
 from ich_jax.data import pipeline
-from ich_jax.models import maps
 
 
 def grid(cfg) -> list[tuple[int, int]]:
   """Window origins on the `image_size` slice for `config.data.patch`."""
   size = int(cfg.image_size)
-  return maps.patch_grid((size, size), int(cfg.patch.size), int(cfg.patch.stride))
+  return patch_grid((size, size), int(cfg.patch.size), int(cfg.patch.stride))
 
 
 def blood_windows(source, cfg) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import sequence as sequence_config
-from ich_jax.data import folds, pipeline, series, windows
+from ich_jax.data import folds, pipeline, stage_exports, windows
 from ich_jax.train import evaluate, export, loop, optimizer, tasks
 
 
@@ -45,10 +45,10 @@ def _rows(lengths=LENGTHS, seed=0, drop=()):
 @pytest.fixture(scope="module")
 def handmade(tmp_path_factory):
   root = tmp_path_factory.mktemp("handmade")
-  series.write_export(series.export_dir(root / "a", "train"), _rows())
+  stage_exports.write_export(stage_exports.export_dir(root / "a", "train"), _rows())
   b = {k: v for k, v in _rows(seed=1).items() if k != "features"}
   b["probabilities"] = 1 - b["probabilities"]
-  series.write_export(series.export_dir(root / "b", "train"), b)
+  stage_exports.write_export(stage_exports.export_dir(root / "b", "train"), b)
   return root
 
 
@@ -67,7 +67,7 @@ def _check_slices(ex, k_expected=None):
 
 
 def test_source_gives_series_in_z_order_with_mask_and_labels(handmade):
-  src = series.SeriesFeatureSource([handmade / "a", handmade / "b"], "train")
+  src = stage_exports.SeriesFeatureSource([handmade / "a", handmade / "b"], "train")
   assert len(src) == len(LENGTHS) and src.max_length == max(LENGTHS)
   assert src.feature_dim == 3 and src.num_models == 2
   for k, n in enumerate(LENGTHS):
@@ -82,11 +82,11 @@ def test_source_gives_series_in_z_order_with_mask_and_labels(handmade):
     expected = np.diff(ex["z_position"])
     np.testing.assert_allclose(ex["gap"], np.r_[expected, expected[-1:]] if n > 1 else [0.0])
     np.testing.assert_array_equal(ex["study_blood_ml"], k)
-    fitted = series.fit_length(ex, 8)
+    fitted = stage_exports.fit_length(ex, 8)
     assert fitted["slice_valid"].tolist() == [True] * min(n, 8) + [False] * (8 - min(n, 8))
     assert not fitted["labels"][min(n, 8):].any() and not fitted["features"][min(n, 8):].any()
 
-  batches = list(series.eval_batches(src, series.default_data_config(), batch_size=3))
+  batches = list(stage_exports.eval_batches(src, stage_exports.default_data_config(), batch_size=3))
   assert len(batches) == 2 and batches[0]["labels"].shape == (3, max(LENGTHS), 6)
   valid = np.concatenate([b["valid"] for b in batches])
   counts = np.concatenate([b["slice_valid"].sum(1) for b in batches])[valid]
@@ -94,17 +94,17 @@ def test_source_gives_series_in_z_order_with_mask_and_labels(handmade):
 
 
 def test_mismatched_exports_and_folds(handmade, tmp_path):
-  series.write_export(series.export_dir(tmp_path / "c", "train"), _rows(drop={(2, 4)}))
+  stage_exports.write_export(stage_exports.export_dir(tmp_path / "c", "train"), _rows(drop={(2, 4)}))
   with pytest.raises(ValueError, match="differ in offsets"):
-    series.SeriesFeatureSource([handmade / "a", tmp_path / "c"], "train")
+    stage_exports.SeriesFeatureSource([handmade / "a", tmp_path / "c"], "train")
   with pytest.raises(FileNotFoundError, match="export_features"):
-    series.SeriesFeatureSource([handmade / "a"], "test")
+    stage_exports.SeriesFeatureSource([handmade / "a"], "test")
   with pytest.raises(ValueError, match="appears twice"):
     rows = _rows()
-    series.write_export(tmp_path / "dup", {k: np.r_[v, v[:1]] for k, v in rows.items()})
+    stage_exports.write_export(tmp_path / "dup", {k: np.r_[v, v[:1]] for k, v in rows.items()})
   # Folds by study: a study's series stay together; fold k and the rest partition the split.
-  held_in = series.SeriesFeatureSource([handmade / "a"], "train[fold!=1/2]")
-  held_out = series.SeriesFeatureSource([handmade / "a"], "train[fold=1/2]")
+  held_in = stage_exports.SeriesFeatureSource([handmade / "a"], "train[fold!=1/2]")
+  held_out = stage_exports.SeriesFeatureSource([handmade / "a"], "train[fold=1/2]")
   assert sorted([*held_in.series_id, *held_out.series_id]) == [f"1.2.{k}" for k in range(len(LENGTHS))]
   assert not set(held_in.study_id) & set(held_out.study_id)
   assert held_out.max_length == max(held_out.lengths)
@@ -113,15 +113,15 @@ def test_mismatched_exports_and_folds(handmade, tmp_path):
 
 
 def _data_cfg(length=4):
-  c = series.default_data_config()
+  c = stage_exports.default_data_config()
   c.train_length = length
   c.read_threads = 2
   return c
 
 
 def test_random_windows_keep_labels_with_their_slices(handmade):
-  src = series.SeriesFeatureSource([handmade / "a"], "train")
-  it = series.train_iterator(src, _data_cfg(4), global_batch_size=4, seed=3)
+  src = stage_exports.SeriesFeatureSource([handmade / "a"], "train")
+  it = stage_exports.train_iterator(src, _data_cfg(4), global_batch_size=4, seed=3)
   starts = {k: set() for k in range(len(LENGTHS))}
   for _ in range(12):
     batch = next(it)
@@ -138,10 +138,11 @@ def test_random_windows_keep_labels_with_their_slices(handmade):
 
 
 def test_series_iterator_shards_and_resumes_exactly(handmade):
-  src = series.SeriesFeatureSource([handmade / "a", handmade / "b"], "train")
+  src = stage_exports.SeriesFeatureSource([handmade / "a", handmade / "b"], "train")
   cfg = _data_cfg(3)
-  one = series.train_iterator(src, cfg, global_batch_size=4, seed=0)
-  halves = [series.train_iterator(src, cfg, global_batch_size=4, seed=0, process_index=p, process_count=2)
+  one = stage_exports.train_iterator(src, cfg, global_batch_size=4, seed=0)
+  halves = [stage_exports.train_iterator(src, cfg, global_batch_size=4, seed=0, process_index=p,
+                                         process_count=2)
             for p in range(2)]
   for _ in range(3):
     whole, parts = next(one), [next(h) for h in halves]
@@ -150,12 +151,12 @@ def test_series_iterator_shards_and_resumes_exactly(handmade):
       merged[0::2], merged[1::2] = parts[0][key], parts[1][key]  # process p takes stream positions p, p+2
       np.testing.assert_array_equal(merged, whole[key], err_msg=key)
 
-  it = series.train_iterator(src, cfg, global_batch_size=4, seed=0)
+  it = stage_exports.train_iterator(src, cfg, global_batch_size=4, seed=0)
   for _ in range(2):
     next(it)
   state = json.loads(json.dumps(it.get_state()))
   expected = [next(it) for _ in range(3)]
-  fresh = series.train_iterator(src, cfg, global_batch_size=4, seed=0)
+  fresh = stage_exports.train_iterator(src, cfg, global_batch_size=4, seed=0)
   fresh.set_state(state)
   for a, b in zip(expected, [next(fresh) for _ in range(3)]):
     assert a.keys() == b.keys()
@@ -217,7 +218,7 @@ def stage1(tiny_data_dir, tmp_path_factory):
 
 def test_export_holds_the_models_pooled_features(stage1):
   config, workdir = stage1
-  d = series.export_dir(workdir, "test")
+  d = stage_exports.export_dir(workdir, "test")
   arrays = {k: np.load(d / f"{k}.npy") for k in ("features", "probabilities", "labels", "z_position",
                                                   "slice_index", "series_id", "offsets")}
   slices = pipeline.open_split(config.dataset, "test")
@@ -262,7 +263,7 @@ def test_seq_gru_1_and_2_train_and_evaluate_through_the_shared_loop(stage1, tmp_
   assert metrics["n_slices"] == n_test and 0.0 <= metrics["slice"]["any"]["auc"] <= 1.0
   assert "scan" in metrics and metrics["n_scans"] > 0
   export.export_features(config1, tmp_path / "seq1")  # model 1's predictions: a stage for model 2
-  assert not (series.export_dir(tmp_path / "seq1", "test") / "features.npy").exists()
+  assert not (stage_exports.export_dir(tmp_path / "seq1", "test") / "features.npy").exists()
 
   config2 = sequence_config.get_config("seq_gru_2,smoke")
   config2.dataset.exports = (str(cnn_dir), str(tmp_path / "seq1"))
@@ -270,4 +271,4 @@ def test_seq_gru_1_and_2_train_and_evaluate_through_the_shared_loop(stage1, tmp_
   assert metrics["n_slices"] == n_test
   preds = np.load(tmp_path / "seq2" / "predictions.npz")
   assert preds["probabilities"].shape == (n_test, 6) and set(preds["series_id"]) == set(
-      np.load(series.export_dir(cnn_dir, "test") / "series_id.npy"))
+      np.load(stage_exports.export_dir(cnn_dir, "test") / "series_id.npy"))

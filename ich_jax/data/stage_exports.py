@@ -19,7 +19,7 @@ z_position (then slice_index); series are sorted by series_id.
   probabilities.npy  [N, 6] float32     the model's slice probabilities, ich_jax.LABELS order
   labels.npy         [N, 6] float32     reference slice labels
   z_position.npy     [N] float32        slice position along the scan axis (mm)
-  slice_gap.npy      [N] float32        `ich_jax.models.sequence.slice_gaps` of the whole series (mm)
+  slice_gap.npy      [N] float32        `ich_jax.grid.slice_gaps` of the whole series (mm)
   slice_index.npy    [N] int32          the dataset's slice index; (series_id, slice_index) names a slice
   study_blood_ml.npy, mimic.npy [N]     optional, copied when the dataset has them (report size bins)
   maps.npy           [N, H, W] float16  optional: a segmentation model's blood-probability map per slice, at
@@ -121,7 +121,7 @@ def write_export(directory, rows: Mapping[str, np.ndarray], meta: Mapping | None
   folder is written beside its destination and renamed into place, replacing
   an older export only once the new one is complete.
   """
-  from ich_jax.models.sequence import slice_gaps  # the models' definition of the gap input
+  from ich_jax.grid import slice_gaps  # the sequence models' gap input; JAX, so imported where it is used
 
   directory = pathlib.Path(directory)
   missing = [k for k in ID_FIELDS + ("probabilities",) if k not in rows]
