@@ -19,7 +19,7 @@ import pytest
 from configs import quickstart, segmentation as seg_config
 from ich_jax import bundle as bundle_lib
 from ich_jax import predict
-from ich_jax.data import dicom, phantom, pipeline, study as study_lib
+from ich_jax.data import dicom, phantom, series_index, study as study_lib
 from ich_jax.eval import metrics as M
 from ich_jax.eval import report as eval_report
 from ich_jax.train import checkpoint, export, loop
@@ -114,7 +114,7 @@ def _eval_probabilities(config, workdir, hu):
   """What `launch.py --mode eval` computes for these HU slices: the checkpoint through the eval loop."""
   exp, state, _ = loop.restore_for_eval(config, workdir)
   records = [{"image": hu[i], "series_id": b"s", "study_id": b"s", "slice_index": i} for i in range(len(hu))]
-  preds = loop.predict_split(exp, state, pipeline.SeriesSource(records), batch_size=config.eval.batch_size)
+  preds = loop.predict_split(exp, state, series_index.SeriesSource(records), batch_size=config.eval.batch_size)
   return preds["probabilities"]
 
 
@@ -356,7 +356,7 @@ def test_seed003_cascade_exports_as_one_bundle_and_predicts_as_its_stages_were_t
   n = len(p.hu)
   records = [{"image": p.hu[i], "series_id": b"phantom", "study_id": b"phantom", "slice_index": i,
               "z_position": np.float32(p.z_positions_mm[i]), "labels": np.zeros(6, np.float32)} for i in range(n)]
-  source = pipeline.SeriesSource(records)
+  source = series_index.SeriesSource(records)
 
   def export_stage(config, workdir):
     exp, state, _ = loop.restore_for_eval(config, workdir)

@@ -83,7 +83,7 @@ import ml_collections
 import numpy as np
 
 from ich_jax import atomic
-from ich_jax.data import folds, pipeline
+from ich_jax.data import folds, streams
 
 FORMAT = 1
 EXPORT_DIR = "export"
@@ -365,8 +365,8 @@ def train_dataset(source: SeriesFeatureSource, cfg, *, global_batch_size: int, s
                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Batches of series cropped to `cfg.train_length` random windows; order and sharding as the slice pipeline."""
   window = functools.partial(random_window, length=int(cfg.train_length))
-  return pipeline.train_batches(
-      len(source), lambda ds: ds.map(source.__getitem__).random_map(window, seed=pipeline.derived_seed(seed, 1)),
+  return streams.train_batches(
+      len(source), lambda ds: ds.map(source.__getitem__).random_map(window, seed=streams.derived_seed(seed, 1)),
       cfg, global_batch_size=global_batch_size, seed=seed, process_index=process_index, process_count=process_count)
 
 
@@ -385,7 +385,7 @@ def _eval_example(source: SeriesFeatureSource, length: int, index: int) -> dict:
 def eval_batches(source: SeriesFeatureSource, cfg, *, batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
   """Whole series padded to the split's longest, one pass in series order (`pipeline.eval_batches`' contract)."""
-  return pipeline.sharded_eval_batches(
+  return streams.sharded_eval_batches(
       len(source), functools.partial(_eval_example, source, source.max_length), cfg, batch_size=batch_size,
       process_index=process_index, process_count=process_count)
 

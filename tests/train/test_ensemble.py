@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import ensemble as ensemble_config
 from configs import segmentation as seg_config
-from ich_jax.data import base_maps, pipeline, stage_exports, windows
+from ich_jax.data import base_maps, pipeline, slice_inputs, stage_exports, windows
 from ich_jax.train import evaluate, export, loop, tasks
 
 
@@ -123,7 +123,7 @@ def test_exported_maps_are_the_base_models_predictions(bases):
   model = nnx.merge(exp.graphdef_eval, state["params"], state["model_state"])
   rows = [0, len(maps) // 2, len(maps) - 1]
   offsets = windows.recipe_offsets(config.data.recipe)
-  examples = [pipeline.preprocess(pipeline.read_example(slices, int(record_index[r]), offsets), config.data)
+  examples = [slice_inputs.preprocess(slice_inputs.read_example(slices, int(record_index[r]), offsets), config.data)
               for r in rows]
   direct = np.asarray(jax.nn.sigmoid(model(jnp.asarray(np.stack([e["image"] for e in examples])))))[..., 0]
   assert direct.std() > 1e-3  # maps that differ between pixels and slices, so a misplaced row would show

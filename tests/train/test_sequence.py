@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import sequence as sequence_config
-from ich_jax.data import folds, pipeline, stage_exports, windows
+from ich_jax.data import folds, pipeline, slice_inputs, stage_exports, windows
 from ich_jax.train import evaluate, export, loop, optimizer, tasks
 
 
@@ -236,7 +236,7 @@ def test_export_holds_the_models_pooled_features(stage1):
     series_row = np.searchsorted(offsets, row, side="right") - 1
     index = slices.index[arrays["series_id"][series_row].encode()]
     record = int(index[1][np.searchsorted(index[0], arrays["slice_index"][row])])
-    examples.append(pipeline.preprocess(pipeline.read_example(slices, record, offsets_of_recipe), config.data))
+    examples.append(slice_inputs.preprocess(slice_inputs.read_example(slices, record, offsets_of_recipe), config.data))
   images = jnp.asarray(np.stack([e["image"] for e in examples]))
   direct = np.asarray(model.pooled(model.features_map(images)))
   np.testing.assert_allclose(arrays["features"][rows], direct, rtol=1e-4, atol=1e-5)
