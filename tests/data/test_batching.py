@@ -43,7 +43,7 @@ def _per_element_batches(src, cfg, **kw):
     return ds.map(functools.partial(slice_inputs.hu_example, cfg=plan))
 
   return iter(streams.train_batches(len(src), to_examples, cfg, **kw,
-                                     batch_fn=None if plan.on_device else batching.HostBatch(plan)))
+                                    batch_fn=None if plan.on_device else batching.HostBatch(plan)))
 
 
 @pytest.mark.parametrize("recipe,on_device,process_count", [(windows.RSNA_3WINDOW, False, 1),
