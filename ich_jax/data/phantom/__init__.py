@@ -29,6 +29,11 @@ sagittal sinus, beam hardening at the skull base, partial volume with bone);
 and many bleeds are small, thin or near-isodense. Shape and location stay
 learnable: lens vs crescent against the inner table, blood-filled sulci and
 cisterns, a fluid level in the occipital horns, a blob in the parenchyma.
+
+Modules, in the order a study is made: `spec` (what a study is drawn from and
+what it holds), `geometry` (planes, ellipsoids, partial volume), `head` (the
+head, its deep structures and fields), `scanner` (the slice planes), `bleeds`,
+`mimics`, `slices` (one slice's HU) and `study` (`make_phantom`).
 """
 from ich_jax import SIZE_BINS, size_bin  # noqa: F401  (seed 001's bins; data_builders/synthetic_ich reads them here)
 from ich_jax.data.phantom.mimics import MIMICS  # noqa: F401

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ich_jax import SIZE_BINS, SUBTYPES, size_bin
-from ich_jax.data.phantom.geometry import Plane, ell, embed, ramp, union
+from ich_jax.data.phantom.geometry import SLAB_BLUR, Plane, ell, embed, ramp, union
 from ich_jax.data.phantom.head import Anatomy, Head, dcsf, fields
 from ich_jax.data.phantom.scanner import Scan, sub_offsets
 from ich_jax.data.phantom.spec import PhantomSpec
@@ -17,6 +17,9 @@ from ich_jax.data.phantom.spec import PhantomSpec
 # The reported bin comes from the volume actually rendered, not this target.
 BIN_TARGET_ML = {"punctate": (0.002, 0.008), "small": (0.02, 4.5), "medium": (5.5, 24.0),
                  "large": (27.0, 85.0)}
+# Sites (and their probabilities) of intraparenchymal and subarachnoid bleeds.
+IPH_SITES = {"deep": 0.45, "lobar": 0.40, "cerebellar": 0.12, "pontine": 0.03}
+SAH_SITES = {"basal": 0.35, "sylvian": 0.25, "convexity": 0.3, "interhemispheric": 0.1}
 
 
 def _lateral_direction(rng, side, azimuth_deg, elevation):
@@ -34,94 +37,112 @@ def _surface(head, u):
 
 def draw_bleed(rng, spec: PhantomSpec, head: Head, subtype: str) -> dict:
   """Subtype, size and site of one bleed (geometry is fixed later, on the scan's voxel grid)."""
-  bins = SIZE_BINS
   if spec.size_bin_probs_by_subtype is None:
     p = np.asarray(spec.size_bin_probs, np.float64)
   else:
     p = np.asarray(spec.size_bin_probs_by_subtype[SUBTYPES.index(subtype)], np.float64)
-  bin_ = bins[rng.choice(4, p=p / p.sum())]
+  bin_ = SIZE_BINS[rng.choice(len(SIZE_BINS), p=p / p.sum())]
   lo, hi = BIN_TARGET_ML[bin_]
   target = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
   side = 1.0 if rng.random() < 0.5 else -1.0
   b = {"subtype": subtype, "target_ml": target, "side": side}
-  a_, b_, c_ = head.a, head.b, head.c
-  if subtype == "epidural":
-    # Temporoparietal, under the squama (middle meningeal artery); lens 0.3–0.55 as thick as wide.
-    u = _lateral_direction(rng, side, 60, (-0.2, 0.55))
-    k = rng.uniform(0.3, 0.55)
-    radius = min((2 * target * 1000 / (math.pi * k)) ** (1 / 3), 48.0)
-    thick = max(target * 1000 * 2 / (math.pi * radius ** 2), 0.8)
-    b.update(u=u, radius_mm=radius, thickness_mm=min(thick, 30.0), hu=rng.uniform(60, 85), site="temporoparietal")
-    b["anchor"] = _surface(head, u) * (1 - 0.5 * b["thickness_mm"] / np.linalg.norm(_surface(head, u)))
-  elif subtype == "subdural":
-    u = _lateral_direction(rng, side, 65, (-0.1, 0.6))
-    if rng.random() < spec.p_isodense_subdural:
-      thick, hu, iso = rng.uniform(2.0, 4.0), rng.uniform(45, 55), True
-    else:
-      aspect = rng.uniform(5, 10)
-      thick = float(np.clip((3 * target * 1000 / (2 * math.pi * aspect ** 2)) ** (1 / 3), 1.5, 22.0))
-      hu, iso = rng.uniform(55, 80), False
-    radius = math.sqrt(3 * target * 1000 / (2 * math.pi * thick))
-    if radius > 95.0:
-      radius = 95.0
-      if not iso:
-        thick = min(3 * target * 1000 / (2 * math.pi * radius ** 2), 25.0)
-    b.update(u=u, radius_mm=radius, thickness_mm=thick, hu=hu, isodense=iso, site="convexity")
-    b["anchor"] = _surface(head, u) * (1 - 0.5 * thick / np.linalg.norm(_surface(head, u)))
-  elif subtype == "intraparenchymal":
-    r = (3 * target * 1000 / (4 * math.pi)) ** (1 / 3)
-    site = rng.choice(["deep", "lobar", "cerebellar", "pontine"], p=[0.45, 0.40, 0.12, 0.03])
-    if site == "deep":      # hypertensive: putamen / thalamus
-      center = (side * rng.uniform(0.15, 0.38) * a_, rng.uniform(-0.2, 0.15) * b_, rng.uniform(-0.1, 0.2) * c_)
-    elif site == "lobar":
-      u = _lateral_direction(rng, side, 85, (-0.05, 0.7))
-      surf = _surface(head, u)
-      dist = np.linalg.norm(surf)
-      center = surf * (1 - min(rng.uniform(8, 18) + r, 0.6 * dist) / dist)
-    elif site == "cerebellar":
-      center = (side * rng.uniform(0.15, 0.4) * a_, rng.uniform(0.45, 0.65) * b_, rng.uniform(-0.75, -0.6) * c_)
-    else:
-      center = (0.0, 0.13 * b_, -0.52 * c_)
-      r = min(r, 9.0)
-    semi = r * np.exp(rng.normal(0, 0.15, size=3))
-    semi *= r / np.prod(semi) ** (1 / 3)
-    b.update(anchor=np.asarray(center, np.float64), semi=semi, yaw=rng.uniform(0, 180),
-             tilt=rng.uniform(-25, 25), lobes=rng.normal(size=(3, 3)), lobe_k=rng.uniform(2, 4.5, size=3),
-             lobe_phase=rng.uniform(0, 2 * math.pi, size=3),
-             lobe_amp=rng.uniform(0.04, 0.12, size=3) if r > 2.0 else np.zeros(3),
-             edema=bool(rng.random() < spec.p_edema and r > 3.0), edema_rim=rng.uniform(0.2, 0.5),
-             edema_hu=head.wm_hu - rng.uniform(6, 12), hu=rng.uniform(58, 85), site=site)
-  elif subtype == "intraventricular":
-    b.update(hu=rng.uniform(52, 80), site="ventricles")
-    b["anchor"] = np.array([side * 0.25 * a_, 0.50 * b_, 0.08 * c_])
-  else:  # subarachnoid
-    site = rng.choice(["basal", "sylvian", "convexity", "interhemispheric"], p=[0.35, 0.25, 0.3, 0.1])
-    if site == "basal":
-      center, phi = (0.0, rng.uniform(-0.1, 0.1) * b_, rng.uniform(-0.3, -0.22) * c_), 0.25
-    elif site == "sylvian":
-      center, phi = (side * rng.uniform(0.5, 0.8) * a_, -0.14 * b_, rng.uniform(-0.18, -0.06) * c_), 0.38
-    elif site == "convexity":
-      u = _lateral_direction(rng, side, 80, (0.0, 0.8))
-      surf = _surface(head, u)
-      center, phi = surf * (1 - (head.csf_mm + 4.0) / np.linalg.norm(surf)), 0.17
-    else:
-      y, z = rng.uniform(-0.6, 0.5), rng.uniform(0.3, 0.6)
-      center = (0.0, y * b_, z * c_)
-      phi = 0.12
-    radius = min((target * 1000 / (phi * 4 / 3 * math.pi)) ** (1 / 3), 45.0)
-    b.update(anchor=np.asarray(center, np.float64), radius_mm=radius, widen_mm=rng.uniform(0.3, 1.2),
-             hu=rng.uniform(55, 80), site=site)
+  b.update(_SITES[subtype](rng, spec, head, target, side))
   return b
 
 
+def _epidural(rng, spec: PhantomSpec, head: Head, target: float, side: float) -> dict:
+  # Temporoparietal, under the squama (middle meningeal artery); lens 0.3–0.55 as thick as wide.
+  u = _lateral_direction(rng, side, 60, (-0.2, 0.55))
+  k = rng.uniform(0.3, 0.55)
+  radius = min((2 * target * 1000 / (math.pi * k)) ** (1 / 3), 48.0)
+  thick = max(target * 1000 * 2 / (math.pi * radius ** 2), 0.8)
+  b = dict(u=u, radius_mm=radius, thickness_mm=min(thick, 30.0), hu=rng.uniform(60, 85), site="temporoparietal")
+  b["anchor"] = _surface(head, u) * (1 - 0.5 * b["thickness_mm"] / np.linalg.norm(_surface(head, u)))
+  return b
+
+
+def _subdural(rng, spec: PhantomSpec, head: Head, target: float, side: float) -> dict:
+  u = _lateral_direction(rng, side, 65, (-0.1, 0.6))
+  if rng.random() < spec.p_isodense_subdural:
+    thick, hu, iso = rng.uniform(2.0, 4.0), rng.uniform(45, 55), True
+  else:
+    aspect = rng.uniform(5, 10)
+    thick = float(np.clip((3 * target * 1000 / (2 * math.pi * aspect ** 2)) ** (1 / 3), 1.5, 22.0))
+    hu, iso = rng.uniform(55, 80), False
+  radius = math.sqrt(3 * target * 1000 / (2 * math.pi * thick))
+  if radius > 95.0:
+    radius = 95.0
+    if not iso:
+      thick = min(3 * target * 1000 / (2 * math.pi * radius ** 2), 25.0)
+  return dict(u=u, radius_mm=radius, thickness_mm=thick, hu=hu, isodense=iso, site="convexity",
+              anchor=_surface(head, u) * (1 - 0.5 * thick / np.linalg.norm(_surface(head, u))))
+
+
+def _intraparenchymal(rng, spec: PhantomSpec, head: Head, target: float, side: float) -> dict:
+  a_, b_, c_ = head.a, head.b, head.c
+  r = (3 * target * 1000 / (4 * math.pi)) ** (1 / 3)
+  site = rng.choice(list(IPH_SITES), p=list(IPH_SITES.values()))
+  if site == "deep":      # hypertensive: putamen / thalamus
+    center = (side * rng.uniform(0.15, 0.38) * a_, rng.uniform(-0.2, 0.15) * b_, rng.uniform(-0.1, 0.2) * c_)
+  elif site == "lobar":
+    u = _lateral_direction(rng, side, 85, (-0.05, 0.7))
+    surf = _surface(head, u)
+    dist = np.linalg.norm(surf)
+    center = surf * (1 - min(rng.uniform(8, 18) + r, 0.6 * dist) / dist)
+  elif site == "cerebellar":
+    center = (side * rng.uniform(0.15, 0.4) * a_, rng.uniform(0.45, 0.65) * b_, rng.uniform(-0.75, -0.6) * c_)
+  else:
+    center = (0.0, 0.13 * b_, -0.52 * c_)
+    r = min(r, 9.0)
+  semi = r * np.exp(rng.normal(0, 0.15, size=3))
+  semi *= r / np.prod(semi) ** (1 / 3)
+  return dict(anchor=np.asarray(center, np.float64), semi=semi, yaw=rng.uniform(0, 180),
+              tilt=rng.uniform(-25, 25), lobes=rng.normal(size=(3, 3)), lobe_k=rng.uniform(2, 4.5, size=3),
+              lobe_phase=rng.uniform(0, 2 * math.pi, size=3),
+              lobe_amp=rng.uniform(0.04, 0.12, size=3) if r > 2.0 else np.zeros(3),
+              edema=bool(rng.random() < spec.p_edema and r > 3.0), edema_rim=rng.uniform(0.2, 0.5),
+              edema_hu=head.wm_hu - rng.uniform(6, 12), hu=rng.uniform(58, 85), site=site)
+
+
+def _intraventricular(rng, spec: PhantomSpec, head: Head, target: float, side: float) -> dict:
+  return dict(hu=rng.uniform(52, 80), site="ventricles",
+              anchor=np.array([side * 0.25 * head.a, 0.50 * head.b, 0.08 * head.c]))
+
+
+def _subarachnoid(rng, spec: PhantomSpec, head: Head, target: float, side: float) -> dict:
+  a_, b_, c_ = head.a, head.b, head.c
+  site = rng.choice(list(SAH_SITES), p=list(SAH_SITES.values()))
+  if site == "basal":
+    center, phi = (0.0, rng.uniform(-0.1, 0.1) * b_, rng.uniform(-0.3, -0.22) * c_), 0.25
+  elif site == "sylvian":
+    center, phi = (side * rng.uniform(0.5, 0.8) * a_, -0.14 * b_, rng.uniform(-0.18, -0.06) * c_), 0.38
+  elif site == "convexity":
+    u = _lateral_direction(rng, side, 80, (0.0, 0.8))
+    surf = _surface(head, u)
+    center, phi = surf * (1 - (head.csf_mm + 4.0) / np.linalg.norm(surf)), 0.17
+  else:
+    y, z = rng.uniform(-0.6, 0.5), rng.uniform(0.3, 0.6)
+    center = (0.0, y * b_, z * c_)
+    phi = 0.12
+  radius = min((target * 1000 / (phi * 4 / 3 * math.pi)) ** (1 / 3), 45.0)
+  return dict(anchor=np.asarray(center, np.float64), radius_mm=radius, widen_mm=rng.uniform(0.3, 1.2),
+              hu=rng.uniform(55, 80), site=site)
+
+
+# Where and how each subtype is drawn (its site, shape and density), by subtype.
+_SITES = {"epidural": _epidural, "subdural": _subdural, "intraparenchymal": _intraparenchymal,
+          "intraventricular": _intraventricular, "subarachnoid": _subarachnoid}
+
+
 def draw_bleeds(rng, spec: PhantomSpec, head: Head) -> list[dict]:
+  """A study's bleeds: none with probability 1 - p_hemorrhage, else one, then more while p_extra_bleed says so."""
   if rng.random() >= spec.p_hemorrhage:
     return []
   p = np.asarray(spec.subtype_probs, np.float64)
   p = p / p.sum()
-  bleeds = [draw_bleed(rng, spec, head, SUBTYPES[rng.choice(5, p=p)])]
+  bleeds = [draw_bleed(rng, spec, head, SUBTYPES[rng.choice(len(SUBTYPES), p=p)])]
   while len(bleeds) < spec.max_bleeds and rng.random() < spec.p_extra_bleed:
-    bleeds.append(draw_bleed(rng, spec, head, SUBTYPES[rng.choice(5, p=p)]))
+    bleeds.append(draw_bleed(rng, spec, head, SUBTYPES[rng.choice(len(SUBTYPES), p=p)]))
   return bleeds
 
 
@@ -243,7 +264,7 @@ def _bleed_field(b, plane: Plane, head: Head, anat: Anatomy, scan: Scan, thick: 
   fl = fields(plane, head)
   widen = b["widen_mm"]
   dc = dcsf(plane, head, fl, widen)
-  space = ramp(-dc, px + 0.35 * thick)
+  space = ramp(-dc, px + SLAB_BLUR * thick)
   space_in = dc <= 0
   grown = tuple(ell(e.center, 1.0 / np.linalg.norm(e.M, axis=1) + widen) for e in anat.cisterns)
   cist, cin = embed(plane.shape, union(plane, grown, thick))

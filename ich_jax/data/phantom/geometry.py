@@ -6,6 +6,10 @@ import math
 
 import numpy as np
 
+# A layer's edge is blurred over the pixel plus this fraction of the slice thickness: a surface tilted through the
+# slab crosses part of it (partial volume along z).
+SLAB_BLUR = 0.35
+
 
 @dataclasses.dataclass(frozen=True)
 class Plane:

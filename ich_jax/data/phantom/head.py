@@ -11,6 +11,7 @@ from ich_jax.data.phantom.geometry import Plane, ell
 
 @dataclasses.dataclass(frozen=True)
 class Head:
+  """One head: its size (the inner table's semi-axes), layers, tissue densities and gyral pattern."""
   a: float                              # inner-table semi-axes, mm: left-right,
   b: float                              # anterior-posterior,
   c: float                              # and up from the vault's centre
@@ -87,6 +88,7 @@ def draw_head(rng, scale_limit: float) -> Head:
 
 @dataclasses.dataclass(frozen=True)
 class Anatomy:
+  """The deep structures of a head as ellipsoids, by kind."""
   ventricles: tuple
   cisterns: tuple
   brainstem: tuple
@@ -180,6 +182,7 @@ def falx_edge(yn):
 
 @dataclasses.dataclass
 class Fields:
+  """Head-frame fields on a plane's pixels: normalised coordinates, radius, depth under the brain surface."""
   xn: np.ndarray
   yn: np.ndarray
   zn: np.ndarray

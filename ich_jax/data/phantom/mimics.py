@@ -11,6 +11,7 @@ from ich_jax.data.phantom.spec import PhantomSpec
 
 @dataclasses.dataclass(frozen=True)
 class Mimics:
+  """A study's mimics of blood: calcifications, the density of falx and tentorium, beam hardening."""
   calcifications: tuple     # (name, Ell) pairs; Ell.hu is the calcium density
   falx_hu: float            # falx and superior sagittal sinus
   tentorium_hu: float

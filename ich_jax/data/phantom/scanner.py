@@ -7,9 +7,13 @@ import numpy as np
 
 from ich_jax.data.phantom.geometry import Plane
 
+# Slices this thin (mm) or thinner are sampled once along z; thicker ones three times (partial volume).
+THIN_SLICE_MM = 1.25
+
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
+  """Where the scanner's voxels lie in the head frame: matrix × matrix pixels of `spacing` mm, slices at `z`."""
   matrix: int
   spacing: float
   thickness: float
@@ -51,6 +55,6 @@ class Scan:
 
 def sub_offsets(thickness: float):
   """Sub-slice sample offsets along z: 3 for thick slices, the centre sample first (the mask)."""
-  if thickness <= 1.25:
+  if thickness <= THIN_SLICE_MM:
     return (0.0,)
   return (0.0, -thickness / 3.0, thickness / 3.0)
