@@ -26,8 +26,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export_features", "export"],
                           "train (then evaluate), eval from the newest checkpoint, export_features: the newest "
-                          "checkpoint's per-slice features and predictions of every series (ich_jax.data.series), "
-                          "or export: a self-contained model bundle for `python -m ich_jax.predict` (ich_jax.bundle).")
+                          "checkpoint's per-slice features and predictions of every series "
+                          "(ich_jax.data.stage_exports), or export: a self-contained model bundle for "
+                          "`python -m ich_jax.predict` (ich_jax.bundle).")
 _OUT = flags.DEFINE_string("out", None, "--mode export: the bundle folder (default <workdir>/bundle).")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir (or an experiment's stage) whose config.json records another "

@@ -61,7 +61,7 @@ import ml_collections
 
 from data_builders.synthetic_ich import synthetic_ich
 from ich_jax import host_malloc
-from ich_jax.data import dicom, pipeline, records, windows
+from ich_jax.data import config_defaults, dicom, pipeline, records, series_index, windows
 
 RESOLUTION = 256
 
@@ -128,7 +128,7 @@ def build(workdir: pathlib.Path, studies: int, cls=InputPipelineBench):
     by_series: dict[bytes, list[dict]] = {}
     for i in range(len(source)):
       rec = source[i]
-      by_series.setdefault(pipeline._as_bytes(rec["series_id"]), []).append(rec)
+      by_series.setdefault(series_index.as_bytes(rec["series_id"]), []).append(rec)
     for k, (series, recs) in enumerate(sorted(by_series.items())):
       recs.sort(key=lambda r: int(r["slice_index"]))
       volume = np.stack([np.asarray(r["image"]) for r in recs])
@@ -162,7 +162,7 @@ def bench_dicom(files, repeats: int) -> dict:
 
 
 def data_config(augment: bool, threads: int | None, on_device: bool = False) -> ml_collections.ConfigDict:
-  cfg = pipeline.default_data_config()
+  cfg = config_defaults.default_data_config()
   cfg.recipe = windows.RSNA_3WINDOW
   cfg.image_size = RESOLUTION
   cfg.augment.enabled = augment
@@ -178,7 +178,7 @@ def best_of(repeats: int, fn, *args) -> dict:
 
 
 def bench_grain(source, cfg, batches: int, batch_size: int) -> dict:
-  it = pipeline.train_iterator(pipeline.as_series_source(source), cfg, global_batch_size=batch_size, seed=0)
+  it = pipeline.train_iterator(series_index.as_series_source(source), cfg, global_batch_size=batch_size, seed=0)
   # Past the start-up transient (all threads starting at once, the prefetch
   # buffer filling), so the work in flight at the start and the end of the
   # timed window is the same and cancels.
@@ -203,7 +203,7 @@ def bench_finish(source, cfg, batches: int, batch_size: int) -> dict:
 
   finish = on_device.TrainFinish(cfg)
   keys = finish.host_keys(("image", "mask"))
-  it = pipeline.train_iterator(pipeline.as_series_source(source), cfg, global_batch_size=batch_size, seed=0)
+  it = pipeline.train_iterator(series_index.as_series_source(source), cfg, global_batch_size=batch_size, seed=0)
   host = [{k: b[k] for k in keys} for b in (next(it) for _ in range(min(batches, 8)))]
   step = jax.jit(finish)
   jax.block_until_ready(step(host[0]))

@@ -15,7 +15,7 @@ them) or `--bundle` (e.g. the exported quickstart run):
 
 Per study, `ich_jax.predict.predict_study` exactly as the CLI runs it (after
 the bundle is loaded and compiled, as in batch mode): read (series choice from
-headers, DICOM decode, HU, sorting), preprocess (`pipeline.load` per slice:
+headers, DICOM decode, HU, sorting), preprocess (`slice_inputs.load` per slice:
 windows, resize), model (the jit-compiled members and the overview's
 Grad-CAM), write (predictions.csv, report.json/md, overview.png). One untimed
 study first (compilation, imports), then `--repeats` timed ones; medians of

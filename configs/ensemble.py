@@ -25,7 +25,7 @@ in-sample: the weight model learns from maps better than the test split's
 """
 from ml_collections import ConfigDict
 
-from ich_jax.data import pipeline, windows
+from ich_jax.data import config_defaults, windows
 
 
 def _parse(arg: str | None) -> tuple[bool, bool]:
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # map n of an example is exports[n]'s.
   c.dataset.exports = ("runs/seg_unet", "runs/seg_inception_unet")
 
-  c.data = pipeline.default_data_config()
+  c.data = config_defaults.default_data_config()
   c.data.image_size = 128               # the base models' input size (configs/segmentation.py): the maps' grid
   # Image channels, read with `image`: seed 000 §2.1.4's stroke, brain and bone windows.
   c.data.recipe = windows.SEED000_3WINDOW

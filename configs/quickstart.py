@@ -8,7 +8,7 @@ the network and the step count are sized for 2 CPU cores.
 """
 from ml_collections import ConfigDict, config_dict
 
-from ich_jax.data import pipeline, windows
+from ich_jax.data import config_defaults, windows
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
 
-  c.data = pipeline.default_data_config()
+  c.data = config_defaults.default_data_config()
   c.data.image_size = 128
   # Seed 003 paper, §2 "window settings": brain 40/80, subdural 80/200, bone 600/2800,
   # one slice in three channels (its public code stacks neighbours instead: windows.RSNA_NEIGHBOURS).

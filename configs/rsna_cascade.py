@@ -24,7 +24,7 @@ the labelled batch-1 test set.
 from ml_collections import ConfigDict
 
 from configs import sequence
-from ich_jax.data import pipeline, windows
+from ich_jax.data import config_defaults, windows
 
 ARGS = ("smoke", "neighbours")
 
@@ -40,7 +40,7 @@ def _parse(arg: str | None) -> set[str]:
 def _cnn(neighbours: bool) -> ConfigDict:
   """Stage 1: the 2D CNN (model name and options per backbone, config.backbones)."""
   c = ConfigDict()
-  c.data = pipeline.default_data_config()
+  c.data = config_defaults.default_data_config()
   # The paper states no input size; its public code trains all three at 256 (README, train commands).
   c.data.image_size = 256
   # Seed 003 §2 "Window settings": brain 40/80, subdural 80/200, bone 600/2800 on one slice, the paper's

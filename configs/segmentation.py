@@ -13,7 +13,7 @@ subtype; then set `model.num_classes = 5`.
 """
 from ml_collections import ConfigDict
 
-from ich_jax.data import pipeline, windows
+from ich_jax.data import config_defaults, windows
 
 MODELS = ("unet", "inception_unet", "fpn")
 
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
 
-  c.data = pipeline.default_data_config()
+  c.data = config_defaults.default_data_config()
   c.data.image_size = 128
 
   c.model = ConfigDict()

@@ -20,7 +20,7 @@ stacks out-of-fold predictions (the cascade config of issue 6 runs the folds).
 """
 from ml_collections import ConfigDict
 
-from ich_jax.data import series
+from ich_jax.data import stage_exports
 
 MODELS = ("seq_gru_1", "seq_gru_2")
 NUM_FOLDS = 10          # seed 003 §2 "Network training procedure": 10-fold cross-validation
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.dataset.train_split = f"train[fold!={fold}/{NUM_FOLDS}]"
     c.dataset.eval_split = f"train[fold={fold}/{NUM_FOLDS}]"
 
-  c.data = series.default_data_config()
+  c.data = stage_exports.default_data_config()
   c.data.train_length = 24      # seed 003 §2 "Network training procedure": random subsampling of 24 slices
 
   c.model = ConfigDict()

@@ -19,7 +19,7 @@ same code path in CPU minutes.
 """
 from ml_collections import ConfigDict
 
-from ich_jax.data import pipeline, windows
+from ich_jax.data import config_defaults, windows
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
   # One run (both annotations; the strong arm adds c.strong).
   r = c.run = ConfigDict()
-  r.data = pipeline.default_data_config()
+  r.data = config_defaults.default_data_config()
   r.data.image_size = 256              # the paper states no input size
   # Seed 000 §2.1.4: "a four-channel input image": stroke 40/40, brain 40/80, bone 500/3000 and the brain
   # window after skull stripping (the paper's in-house 3D U-Net is not public: the classical mask of

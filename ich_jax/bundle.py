@@ -153,10 +153,10 @@ def as_tuples(x):
 
 
 def data_entry(data_config) -> dict:
-  """The preprocessing fields of `config.data` a slice-input member needs (the pipeline's _Plan, as JSON)."""
-  from ich_jax.data import pipeline
+  """The preprocessing fields of `config.data` a slice-input member needs (its slice_plan.Plan, as JSON)."""
+  from ich_jax.data import slice_plan
 
-  plan = pipeline._plan(data_config)
+  plan = slice_plan.from_config(data_config)
   return {"image_size": plan.image_size, "recipe": [list(r) for r in plan.recipe], "intensity": plan.intensity,
           "clip_range": list(plan.clip_range), "clip_out_range": list(plan.clip_out_range)}
 
@@ -335,10 +335,10 @@ def plan_of(data: Mapping):
   """A member's `data` entry → the pipeline plan preprocessing runs with (no augmentation)."""
   import ml_collections
 
-  from ich_jax.data import pipeline
+  from ich_jax.data import slice_plan
 
   cfg = ml_collections.ConfigDict({**{k: data[k] for k in DATA_FIELDS}, "augment": {"enabled": False}})
-  return pipeline._plan(cfg)
+  return slice_plan.from_config(cfg)
 
 
 @dataclasses.dataclass
@@ -348,7 +348,7 @@ class Member:
   task: Any
   graphdef: Any
   state: tuple          # (params, model_state), merged into graphdef for every call
-  plan: Any = None      # pipeline._Plan for slice-input members
+  plan: Any = None      # slice_plan.Plan for slice-input members
   fns: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -504,10 +504,10 @@ class Bundle:
     return {k: np.concatenate(v) for k, v in pieces.items()}
 
   def _sequence_outputs(self, member: Member, results: Mapping[str, dict], z: np.ndarray) -> dict:
-    """A sequence member on the whole series, inputs built as ich_jax.data.series builds them from exports."""
+    """A sequence member on the whole series, inputs built as ich_jax.data.stage_exports builds them from exports."""
     import jax
 
-    from ich_jax.models.sequence import slice_gaps
+    from ich_jax.grid import slice_gaps
 
     n = len(z)
     length = -(-n // SEQUENCE_BUCKET) * SEQUENCE_BUCKET
@@ -520,7 +520,8 @@ class Bundle:
 
     sources = [results[name] for name in member.entry["inputs"]]
     if member.task.inputs == "features":
-      # Each feature set zero-padded to the largest F (series.SeriesFeatureSource), exports without features skipped.
+      # Each feature set zero-padded to the largest F (stage_exports.SeriesFeatureSource), exports without
+      # features skipped.
       feats = [s["features"] for s in sources if "features" in s]
       width = max(f.shape[1] for f in feats)
       stacked = np.zeros((n, len(feats), width), np.float32)
@@ -546,17 +547,17 @@ class Bundle:
   def preprocess(self, records: Sequence[dict]) -> dict:
     """Slice records (HU `image` [H, W] int16, `series_id`, `slice_index`) → {plan: images [S, h, w, C]}.
 
-    The training and evaluation preprocessing itself (`pipeline.load`: the
+    The training and evaluation preprocessing itself (`slice_inputs.load`: the
     channel recipe with its neighbour rule, windowing or clip-rescale, resizing),
     once per distinct plan among the members.
     """
-    from ich_jax.data import pipeline
+    from ich_jax.data import series_index, slice_inputs
 
-    source = pipeline.SeriesSource(list(records))
+    source = series_index.SeriesSource(list(records))
     images = {}
     for m in self.members.values():
       if m.plan is not None and m.plan not in images:
-        images[m.plan] = np.stack([pipeline.load(source, m.plan, i)["image"] for i in range(len(source))])
+        images[m.plan] = np.stack([slice_inputs.load(source, m.plan, i)["image"] for i in range(len(source))])
     return images
 
   def predict(self, images: Mapping, z_positions: np.ndarray, *, batch_size: int = 32, progress: bool = False) -> dict:

@@ -9,7 +9,7 @@ series is chosen from the headers (`ich_jax.data.series_selection`: axial,
 non-contrast, soft-tissue kernel, thickness nearest 5 mm; the choice and why
 every other series was rejected go into the report), read into HU, sorted
 along the slice normal, preprocessed by the training pipeline's own
-functions (`ich_jax.data.pipeline.load`), batched, and run through the
+functions (`ich_jax.data.slice_inputs.load`), batched, and run through the
 bundle's jit-compiled models (`ich_jax.bundle`). OUT receives
 
   predictions.csv   per slice: study_id, series_id, slice_index (z order), sop_uid (DICOM) or source_slice
@@ -129,10 +129,10 @@ def study_findings(prob: np.ndarray, threshold: float, *, subtypes_predicted: bo
 
 def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   """[S, h, w] mask at a model's input size → [S, H, W] on the study's grid (nearest, the pipeline's rule)."""
-  from ich_jax.data import pipeline
+  from ich_jax.data import resample
 
   h, w = mask.shape[1:]
-  rows, cols = pipeline._nearest_rows(h, shape[0]), pipeline._nearest_rows(w, shape[1])
+  rows, cols = resample.nearest_rows(h, shape[0]), resample.nearest_rows(w, shape[1])
   return np.ascontiguousarray(mask[:, rows][:, :, cols])
 
 
@@ -218,7 +218,7 @@ def _fmt(p) -> str:
 
 
 def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -> tuple[list[dict], str]:
-  from ich_jax.data import pipeline, windows
+  from ich_jax.data import resample, windows
   from ich_jax.data.windows import BRAIN_WINDOW
 
   prob = outputs["probabilities"]
@@ -230,12 +230,12 @@ def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -
     example = {"image": windows.apply_window(study.hu[i], *BRAIN_WINDOW)[..., None]}
     if mask_native is not None:
       example["mask"] = mask_native[i]
-    example = pipeline.resize(example, size)
+    example = resample.resize(example, size)
     overlay, kind = None, "mask"
     if mask_native is not None:
       overlay = example["mask"]
     elif cams is not None:
-      overlay, kind = pipeline.resize({"image": cams[j][..., None]}, size)["image"][..., 0], "heat"
+      overlay, kind = resample.resize({"image": cams[j][..., None]}, size)["image"][..., 0], "heat"
     sub = 1 + int(np.argmax(prob[i, 1:]))
     caption = (f"slice {i} (z {study.z_positions[i]:.1f} mm)\nICH {prob[i, 0]:.2f}"
                + (f" · {SHORT[LABELS[sub]]} {prob[i, sub]:.2f}" if bundle.predicts_subtypes else ""))

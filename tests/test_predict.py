@@ -19,7 +19,7 @@ import pytest
 from configs import quickstart, segmentation as seg_config
 from ich_jax import bundle as bundle_lib
 from ich_jax import predict
-from ich_jax.data import dicom, phantom, pipeline, study as study_lib
+from ich_jax.data import dicom, phantom, series_index, study as study_lib
 from ich_jax.eval import metrics as M
 from ich_jax.eval import report as eval_report
 from ich_jax.train import checkpoint, export, loop
@@ -114,7 +114,7 @@ def _eval_probabilities(config, workdir, hu):
   """What `launch.py --mode eval` computes for these HU slices: the checkpoint through the eval loop."""
   exp, state, _ = loop.restore_for_eval(config, workdir)
   records = [{"image": hu[i], "series_id": b"s", "study_id": b"s", "slice_index": i} for i in range(len(hu))]
-  preds = loop.predict_split(exp, state, pipeline.SeriesSource(records), batch_size=config.eval.batch_size)
+  preds = loop.predict_split(exp, state, series_index.SeriesSource(records), batch_size=config.eval.batch_size)
   return preds["probabilities"]
 
 
@@ -348,23 +348,23 @@ def test_combined_bundle_averages_its_classifiers(runs, tmp_path):
 def test_seed003_cascade_exports_as_one_bundle_and_predicts_as_its_stages_were_trained(runs, tmp_path):
   """CNN → seq_gru_1 (its features) → seq_gru_2 (both stages' probabilities and the slice gap): export_bundle
   brings the input runs along; the bundle's answer equals each stage evaluated on the previous stage's export
-  (ich_jax.data.series), the path the sequence models train and evaluate on."""
+  (ich_jax.data.stage_exports), the path the sequence models train and evaluate on."""
   from configs import sequence as sequence_config
-  from ich_jax.data import series
+  from ich_jax.data import stage_exports
 
   p = _phantom(10)
   n = len(p.hu)
   records = [{"image": p.hu[i], "series_id": b"phantom", "study_id": b"phantom", "slice_index": i,
               "z_position": np.float32(p.z_positions_mm[i]), "labels": np.zeros(6, np.float32)} for i in range(n)]
-  source = pipeline.SeriesSource(records)
+  source = series_index.SeriesSource(records)
 
   def export_stage(config, workdir):
     exp, state, _ = loop.restore_for_eval(config, workdir)
     split_source = source if config.dataset.get("kind", "slices") == "slices" else \
-        series.SeriesFeatureSource(config.dataset.exports, "train")
+        stage_exports.SeriesFeatureSource(config.dataset.exports, "train")
     rows = loop.predict_split(exp, state, split_source, batch_size=8, method="export",
-                              fields=series.ID_FIELDS + series.EXTRA_FIELDS)
-    series.write_export(series.export_dir(workdir, "train"), rows)
+                              fields=stage_exports.ID_FIELDS + stage_exports.EXTRA_FIELDS)
+    stage_exports.write_export(stage_exports.export_dir(workdir, "train"), rows)
     return rows["probabilities"]
 
   # The stage-1 run's export of this one series is the "training split" the sequence runs were built on.

@@ -216,7 +216,7 @@ def random_matrices(rngs, cfg: Any, shape: tuple[int, int]) -> np.ndarray:
 
 
 def augment(example: dict, rng: np.random.Generator, cfg: Any) -> dict:
-  """Random affine augmentation; `cfg` is `config.data.augment` (see pipeline.default_data_config)."""
+  """Random affine augmentation; `cfg` is `config.data.augment` (see config_defaults.default_data_config)."""
   if not cfg.enabled:
     return example
   matrix = random_matrix(rng, cfg, np.shape(example["image"])[:2])

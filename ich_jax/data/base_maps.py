@@ -9,7 +9,7 @@ are data. They are written once per base run with
 (`ich_jax.train.export`; the segmentation task's `export`), the way seed 003's
 sequence models read exported stage-1 outputs, and training the weight model
 never reruns a U-Net. The export's `maps.npy` (format and memory:
-`ich_jax.data.series`) holds each slice's blood-probability map at the base
+`ich_jax.data.stage_exports`) holds each slice's blood-probability map at the base
 model's input size, float16, memory-mapped here.
 
 `config.dataset.kind = "base_maps"`. `config.dataset` names the slice dataset
@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from ich_jax.data import folds, pipeline, series
+from ich_jax.data import folds, pipeline, sampling, series_index, slice_inputs, slice_plan, stage_exports, streams
 
 
 class BaseMapsSource:
@@ -49,12 +49,12 @@ class BaseMapsSource:
   workers) carries the paths, not the arrays.
   """
 
-  def __init__(self, slices: pipeline.SeriesSource, workdirs: Sequence, split: str):
+  def __init__(self, slices: series_index.SeriesSource, workdirs: Sequence, split: str):
     if folds.parse_split(split)[1] is not None:
       raise ValueError(f"split {split!r}: base maps join an export to the dataset split of the same name; "
                        "name a whole split (folds of an export are for series_features)")
     # SeriesFeatureSource checks that the exports hold the same slices in the same order.
-    exports = series.SeriesFeatureSource(workdirs, split)
+    exports = stage_exports.SeriesFeatureSource(workdirs, split)
     self.slices = slices
     self.split = split
     self.dirs = exports.dirs
@@ -105,8 +105,8 @@ class BaseMapsSource:
     return np.stack([m[row] for m in self._maps], axis=-1).astype(np.float32)
 
 
-def _check(source: BaseMapsSource, cfg) -> pipeline._Plan:
-  plan = pipeline._plan(cfg)
+def _check(source: BaseMapsSource, cfg) -> slice_plan.Plan:
+  plan = slice_plan.from_config(cfg)
   if plan.augment.enabled:
     raise ValueError("config data.augment.enabled=True: base maps are fixed outputs on unaugmented slices, so "
                      "warped images and masks would no longer match them; set it False")
@@ -120,23 +120,23 @@ def _check(source: BaseMapsSource, cfg) -> pipeline._Plan:
 
 def load(source: BaseMapsSource, cfg, index: int) -> dict:
   """Record `index` → the slice pipeline's example for `config.data` plus `maps` [H, W, N]."""
-  example = pipeline.load(source.slices, pipeline._plan(cfg), index)
+  example = slice_inputs.load(source.slices, slice_plan.from_config(cfg), index)
   example["maps"] = source.maps(index, example["series_id"], example["slice_index"])
   return example
 
 
 def train_dataset(source: BaseMapsSource, cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
-  """Shuffled batches in the slice pipeline's order (`pipeline.train_batches`), its epoch sampling included."""
+  """Shuffled batches in the slice pipeline's order (`streams.train_batches`), its epoch sampling included."""
   plan = _check(source, cfg)
-  sampler = pipeline.epoch_sampler(source.slices, cfg, seed=seed)
+  sampler = sampling.epoch_sampler(source.slices, cfg, seed=seed)
 
   def to_examples(ds):
-    return pipeline.sample_records(sampler, ds).map(functools.partial(load, source, plan))
+    return sampling.sample_records(sampler, ds).map(functools.partial(load, source, plan))
 
-  return pipeline.train_batches(len(source) if sampler is None else sampler.length, to_examples, cfg,
-                                global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                                process_count=process_count)
+  return streams.train_batches(len(source) if sampler is None else sampler.length, to_examples, cfg,
+                               global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+                               process_count=process_count)
 
 
 def train_iterator(source: BaseMapsSource, cfg, **kw) -> grain.DatasetIterator:
@@ -148,9 +148,9 @@ def eval_batches(source: BaseMapsSource, cfg, *, batch_size: int, process_index:
                  process_count: int = 1) -> grain.IterDataset:
   """`pipeline.eval_batches`' contract (one pass in record order, `valid` padding) with maps."""
   plan = _check(source, cfg)
-  return pipeline.sharded_eval_batches(len(source), functools.partial(load, source, plan), cfg,
-                                       batch_size=batch_size, process_index=process_index,
-                                       process_count=process_count)
+  return streams.sharded_eval_batches(len(source), functools.partial(load, source, plan), cfg,
+                                      batch_size=batch_size, process_index=process_index,
+                                      process_count=process_count)
 
 
 # --- The trainer's data interface (ich_jax.train.loop.input_module, kind "base_maps") ---
@@ -172,5 +172,5 @@ def in_channels(config) -> int:
   exports = config.dataset.exports
   if isinstance(exports, str) or not len(exports):
     raise ValueError(f"config dataset.exports={exports!r}: expected a non-empty list of exporting workdirs")
-  image = pipeline.num_channels(config.data) if config.task.get("with_image", False) else 0
+  image = slice_plan.num_channels(config.data) if config.task.get("with_image", False) else 0
   return len(exports) + image

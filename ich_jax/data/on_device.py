@@ -17,7 +17,7 @@ and `TrainFinish` turns them into the usual `image` float32 [B, S, S, C] and
 minimum outside the frame), nearest-neighbour warp of the mask (0 outside),
 the recipe's windows or clip_rescale, then the resize to `image_size`. The
 arithmetic is the host pipeline's (`augment._warp_linear`, `windows`,
-`pipeline.resize`) in float32: windows agree with the host's within one ulp,
+`resample.resize`) in float32: windows agree with the host's within one ulp,
 warped HU within ~0.02 HU (float32 vs float64 sample coordinates), the mask
 exactly except where a coordinate rounds across a .5 tie. Evaluation batches
 are built on the host either way, and so are training batches whose inputs need
@@ -30,7 +30,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from ich_jax.data import pipeline, windows
+from ich_jax.data import resample, slice_plan, windows
 
 
 def _corner(x: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
@@ -98,15 +98,15 @@ def channels(hu: jax.Array, plan, offsets: Sequence[int]) -> jax.Array:
 
 
 def resize(image: jax.Array, mask: jax.Array | None, size: int) -> tuple[jax.Array, jax.Array | None]:
-  """`pipeline.resize` on a batch: the same antialiased bilinear weights, nearest mask, clipped per example."""
+  """`resample.resize` on a batch: the same antialiased bilinear weights, nearest mask, clipped per example."""
   _, h, w, _ = image.shape
   if (h, w) == (size, size):
     return image, mask
-  wy, wx = pipeline._linear_weights(h, size), pipeline._linear_weights(w, size)
+  wy, wx = resample.linear_weights(h, size), resample.linear_weights(w, size)
   out = jnp.einsum("jw,bhwc->bhjc", wx, jnp.einsum("ih,bhwc->biwc", wy, image))
   out = jnp.clip(out, image.min(axis=(1, 2, 3), keepdims=True), image.max(axis=(1, 2, 3), keepdims=True))
   if mask is not None:
-    mask = mask[:, pipeline._nearest_rows(h, size)][:, :, pipeline._nearest_rows(w, size)]
+    mask = mask[:, resample.nearest_rows(h, size)][:, :, resample.nearest_rows(w, size)]
   return out, mask
 
 
@@ -114,7 +114,7 @@ class TrainFinish:
   """The on-device half of the training pipeline for `config.data` (see the module docstring)."""
 
   def __init__(self, data_config):
-    self.plan = pipeline._plan(data_config)
+    self.plan = slice_plan.from_config(data_config)
     self.offsets = self.plan.offsets
 
   def host_keys(self, keys: Sequence[str]) -> tuple[str, ...]:

@@ -4,7 +4,7 @@
 `config.data.patch.size` pixels of a slice as the slice pipeline makes it
 (`config.data`: recipe, resize to `image_size`), with the same window of its
 mask; windows sit on the grid the sliding-window inference uses
-(`ich_jax.models.maps.patch_grid`, stride `config.data.patch.stride`), so the
+(`ich_jax.grid.patch_grid`, stride `config.data.patch.stride`), so the
 model trains on exactly the windows it later sees. Evaluation batches are
 whole slices (`pipeline.eval_batches`): the segmentation task stitches them
 (`config.task.patch`, `stride`).
@@ -28,21 +28,21 @@ import grain
 import numpy as np
 
 from ich_jax.data import augment as augment_lib
-from ich_jax.data import pipeline
-from ich_jax.models import maps
+from ich_jax.data import pipeline, resample, sampling, series_index, slice_inputs, slice_plan, streams
+from ich_jax.grid import patch_grid
 
 
 def grid(cfg) -> list[tuple[int, int]]:
   """Window origins on the `image_size` slice for `config.data.patch`."""
   size = int(cfg.image_size)
-  return maps.patch_grid((size, size), int(cfg.patch.size), int(cfg.patch.stride))
+  return patch_grid((size, size), int(cfg.patch.size), int(cfg.patch.stride))
 
 
 def blood_windows(source, cfg) -> np.ndarray:
   """bool [records, windows]: the window holds at least one blood pixel (mask resized as the pipeline does)."""
   size, patch = int(cfg.image_size), int(cfg.patch.size)
   origins = grid(cfg)
-  src = pipeline.as_series_source(source)
+  src = series_index.as_series_source(source)
   getitems = getattr(src.source, "__getitems__", None)
   out = np.zeros((len(src), len(origins)), bool)
   for start in range(0, len(src), 256):
@@ -50,7 +50,7 @@ def blood_windows(source, cfg) -> np.ndarray:
     for i, rec in zip(ids, getitems(ids) if getitems is not None else [src[i] for i in ids]):
       if "mask" not in rec:
         raise ValueError(f"config dataset.kind='patches': record {i} has no mask (patch sampling needs masks)")
-      mask = pipeline.resize_mask(rec["mask"], size)
+      mask = resample.resize_mask(rec["mask"], size)
       for j, (y, x) in enumerate(origins):
         out[i, j] = mask[y:y + patch, x:x + patch].any()
   return out
@@ -65,7 +65,7 @@ def _draw(blood: np.ndarray, ratio: float, redraw: bool, seed: int, epoch: int) 
   return np.concatenate([positive, rng.choice(negative, n, replace=False)]).astype(np.int64)
 
 
-def window_sampler(source, cfg, *, seed: int) -> pipeline.EpochSampler:
+def window_sampler(source, cfg, *, seed: int) -> sampling.EpochSampler:
   p = cfg.patch
   if cfg.get("sampling", None) is not None and cfg.sampling.get("mode", "all") != "all":
     raise ValueError(f"config data.sampling.mode={cfg.sampling.mode!r}: patch training samples windows "
@@ -75,7 +75,7 @@ def window_sampler(source, cfg, *, seed: int) -> pipeline.EpochSampler:
     raise ValueError("config dataset.kind='patches': no training window holds blood")
   ratio = float(p.get("negative_ratio", 1.0))
   draw = functools.partial(_draw, blood, ratio, bool(p.get("redraw_each_epoch", False)), seed)
-  return pipeline.EpochSampler(len(draw(0)), draw)
+  return sampling.EpochSampler(len(draw(0)), draw)
 
 
 def crop(example: dict, origin: tuple[int, int], patch: int) -> dict:
@@ -91,31 +91,31 @@ def crop(example: dict, origin: tuple[int, int], patch: int) -> dict:
 
 def _load_window(source, plan, origins, patch, window_id: int) -> dict:
   record, window = divmod(int(window_id), len(origins))
-  return crop(pipeline.load(source, plan, record), origins[window], patch)
+  return crop(slice_inputs.load(source, plan, record), origins[window], patch)
 
 
 def _augment(plan, example: dict, rng: np.random.Generator) -> dict:
-  return pipeline._numpy_fields(augment_lib.augment(example, rng, plan.augment))
+  return slice_inputs.numpy_fields(augment_lib.augment(example, rng, plan.augment))
 
 
 def train_dataset(source, cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
-  """Shuffled, augmented batches of windows in the shared training order (`pipeline.train_batches`)."""
-  src = pipeline.as_series_source(source)
-  plan = pipeline._plan(cfg)
+  """Shuffled, augmented batches of windows in the shared training order (`streams.train_batches`)."""
+  src = series_index.as_series_source(source)
+  plan = slice_plan.from_config(cfg)
   if plan.offsets != (0,) and len(src):
     src.index
   origins, patch = grid(cfg), int(cfg.patch.size)
   sampler = window_sampler(src, cfg, seed=seed)
 
   def to_examples(ds):
-    ds = pipeline.sample_records(sampler, ds).map(functools.partial(_load_window, src, plan, origins, patch))
+    ds = sampling.sample_records(sampler, ds).map(functools.partial(_load_window, src, plan, origins, patch))
     if plan.augment.enabled:
-      ds = ds.random_map(functools.partial(_augment, plan), seed=pipeline.derived_seed(seed, 1))
+      ds = ds.random_map(functools.partial(_augment, plan), seed=streams.derived_seed(seed, 1))
     return ds
 
-  return pipeline.train_batches(sampler.length, to_examples, cfg, global_batch_size=global_batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count)
+  return streams.train_batches(sampler.length, to_examples, cfg, global_batch_size=global_batch_size, seed=seed,
+                               process_index=process_index, process_count=process_count)
 
 
 def train_iterator(source, cfg, **kw) -> grain.DatasetIterator:

@@ -1,4 +1,4 @@
-"""Combining stage exports (`ich_jax.data.series` format): out-of-fold assembly and the mean over models.
+"""Combining stage exports (`ich_jax.data.stage_exports` format): out-of-fold assembly and the mean over models.
 
 Seed 003 stacks its stages (Fig. 1): the sequence models learn from the CNN's
 per-slice outputs, sequence model 2 also from model 1's. Learning from
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax.data import folds, series
+from ich_jax.data import folds, stage_exports
 
 # Per-slice arrays that describe the exporting run rather than the slice: not carried into a combination
 # (record_index numbers one run's source; slice_gap is recomputed from z).
@@ -36,7 +36,7 @@ _OUTPUTS = ("probabilities", "features", "maps")
 def _read(dirs: Sequence) -> list[dict[str, np.ndarray]]:
   if not len(dirs):
     raise ValueError("no exports to combine")
-  return [series.read_export(d) for d in dirs]
+  return [stage_exports.read_export(d) for d in dirs]
 
 
 def _same_outputs(parts, dirs) -> None:
@@ -58,7 +58,7 @@ def out_of_fold(fold_dirs: Sequence, out_dir, meta: Mapping | None = None) -> pa
   be there, each once, and no series may appear in two of them.
   """
   parts = _read(fold_dirs)
-  splits = [series.read_meta(d).get("split", "") for d in fold_dirs]
+  splits = [stage_exports.read_meta(d).get("split", "") for d in fold_dirs]
   parsed = [folds.parse_split(s) if folds.is_fold_split(s) else (s, None) for s in splits]
   names = {name for name, _ in parsed}
   held_out = [fold for _, fold in parsed]
@@ -75,9 +75,9 @@ def out_of_fold(fold_dirs: Sequence, out_dir, meta: Mapping | None = None) -> pa
   keys = [k for k in parts[0] if k not in _RUN_FIELDS and all(k in p for p in parts)]
   rows = {k: np.concatenate([p[k] for p in parts]) for k in keys}
   name = names.pop()
-  return series.write_export(out_dir, rows, {"split": name, "combined": "out_of_fold",
-                                             "parts": [str(pathlib.Path(d).absolute()) for d in fold_dirs],
-                                             **(meta or {})})
+  return stage_exports.write_export(out_dir, rows, {"split": name, "combined": "out_of_fold",
+                                                    "parts": [str(pathlib.Path(d).absolute()) for d in fold_dirs],
+                                                    **(meta or {})})
 
 
 def mean_over_models(dirs: Sequence, out_dir, meta: Mapping | None = None) -> pathlib.Path:
@@ -102,10 +102,10 @@ def mean_over_models(dirs: Sequence, out_dir, meta: Mapping | None = None) -> pa
       for p in parts:
         total += p[key]
       rows[key] = (total / len(parts)).astype(np.float32)
-  return series.write_export(out_dir, rows, {"split": series.read_meta(dirs[0]).get("split"),
-                                             "combined": "mean_over_models",
-                                             "parts": [str(pathlib.Path(d).absolute()) for d in dirs],
-                                             **(meta or {})})
+  return stage_exports.write_export(out_dir, rows, {"split": stage_exports.read_meta(dirs[0]).get("split"),
+                                                    "combined": "mean_over_models",
+                                                    "parts": [str(pathlib.Path(d).absolute()) for d in dirs],
+                                                    **(meta or {})})
 
 
 def evaluation_rows(rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -28,11 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import spatial, stats
 
-# Seed 001 paper (hybrid 3D/2D Mask R-CNN), size bins of hemorrhage volume in mL:
-# punctate < 0.01, small 0.01–5, medium 5–25, large > 25. Edges: a bin holds its
-# lower edge (0.01 is small, 5 is medium) except that 25 is still medium, since
-# the paper calls large "> 25".
-SIZE_BINS = ("punctate", "small", "medium", "large")
+from ich_jax import SIZE_BINS, size_bin  # noqa: F401  (seed 001's size bins are domain constants)
 
 
 def _check_binary(y_true, name="y_true") -> np.ndarray:
@@ -381,17 +377,6 @@ def pearson_r(x, y) -> float:
   a, b = a - a.mean(), b - b.mean()
   denom = np.sqrt((a * a).sum() * (b * b).sum())
   return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
-def size_bin(volume_ml) -> np.ndarray | str:
-  """Seed 001's bins: "punctate", "small", "medium", "large"; "none" for 0 mL."""
-  v = np.asarray(volume_ml, dtype=np.float64)
-  out = np.full(v.shape, "none", dtype=object)
-  out[(v > 0) & (v < 0.01)] = "punctate"
-  out[(v >= 0.01) & (v < 5)] = "small"
-  out[(v >= 5) & (v <= 25)] = "medium"
-  out[v > 25] = "large"
-  return out.item() if out.ndim == 0 else out
 
 
 # --- Cases and raters --------------------------------------------------------------

@@ -29,7 +29,7 @@ import pathlib
 
 
 from ich_jax import LABELS
-from ich_jax.data import folds, series, stacking
+from ich_jax.data import folds, stacking, stage_exports
 from ich_jax.experiments import tables
 from ich_jax.experiments.runner import Stage, stage_config
 
@@ -69,10 +69,11 @@ def combine_folds(workdir: pathlib.Path, *, fold_dirs, train_split: str, eval_sp
                   title: str) -> None:
   """A K-fold stage's outputs as one stage: out-of-fold training export, mean-over-folds eval export, evaluated."""
   n = len(fold_dirs)
-  held_out = [series.export_dir(d, folds.fold_split_names(n, k, train_split)[1]) for k, d in enumerate(fold_dirs)]
-  stacking.out_of_fold(held_out, series.export_dir(workdir, train_split))
-  stacking.mean_over_models([series.export_dir(d, eval_split) for d in fold_dirs],
-                            series.export_dir(workdir, eval_split))
+  held_out = [stage_exports.export_dir(d, folds.fold_split_names(n, k, train_split)[1])
+              for k, d in enumerate(fold_dirs)]
+  stacking.out_of_fold(held_out, stage_exports.export_dir(workdir, train_split))
+  stacking.mean_over_models([stage_exports.export_dir(d, eval_split) for d in fold_dirs],
+                            stage_exports.export_dir(workdir, eval_split))
   evaluate_exports(workdir, train_split=train_split, eval_split=eval_split, eval_config=eval_config,
                    dataset=dataset, title=title, what=f"mean over {n} fold models")
 
@@ -81,7 +82,8 @@ def ensemble(workdir: pathlib.Path, *, stage_dirs, train_split: str, eval_split:
              title: str) -> None:
   """Seed 003 §3: "the unweighted average of probabilities predicted by the three different models"."""
   for split in (train_split, eval_split):
-    stacking.mean_over_models([series.export_dir(d, split) for d in stage_dirs], series.export_dir(workdir, split))
+    stacking.mean_over_models([stage_exports.export_dir(d, split) for d in stage_dirs],
+                              stage_exports.export_dir(workdir, split))
   evaluate_exports(workdir, train_split=train_split, eval_split=eval_split, eval_config=eval_config,
                    dataset=dataset, title=title, what=f"mean over {len(stage_dirs)} backbones")
 
@@ -92,7 +94,7 @@ def evaluate_exports(workdir: pathlib.Path, *, train_split, eval_split, eval_con
 
   for split, out, label in ((eval_split, workdir, what), (train_split, workdir / "oof", "out of fold")):
     out.mkdir(parents=True, exist_ok=True)
-    rows = stacking.evaluation_rows(series.read_export(series.export_dir(workdir, split)))
+    rows = stacking.evaluation_rows(stage_exports.read_export(stage_exports.export_dir(workdir, split)))
     evaluate.write_evaluation(rows, out, eval_config, title=f"{title}: {split} ({label})",
                               meta={"split": split, "dataset": dataset, "source": label}, quiet=True)
 

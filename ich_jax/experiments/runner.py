@@ -137,13 +137,13 @@ def resolve_steps(config):
   """`config` with `train.num_steps` from `train.epochs` when `train.steps_per_epoch` is 0 (else unchanged)."""
   if config.get("train") is None or config.train.get("steps_per_epoch", None) != 0:
     return config
-  from ich_jax.data import pipeline
+  from ich_jax.data import pipeline, sampling
   from ich_jax.train import loop
 
   data = loop.input_module(config)
   data.ensure_ready(config.dataset)
   source = data.open_split(config.dataset, config.dataset.train_split)
-  sampler = pipeline.epoch_sampler(source, config.data, seed=config.seed) if data is pipeline else None
+  sampler = sampling.epoch_sampler(source, config.data, seed=config.seed) if data is pipeline else None
   examples = sampler.length if sampler is not None else len(source)
   per_epoch = max(1, examples // int(config.train.batch_size))
   resolved = config.copy_and_resolve_references()

@@ -7,9 +7,9 @@ Sliding window (seed 002 §5: "each slice ... was first divided using 160 × 160
 window with an stride 80. This process resulted in 49 overlapped windows ...
 combined to produce full 640 × 640 ICH masks"; its public code averages the
 overlapping windows' probabilities, 128 × 128 with stride 64 on the 512 × 512
-NIfTI slices). `patch_starts` puts windows every `stride` pixels and one more
-flush with the far edge when the grid does not end there, so every pixel is
-covered; `sliding_window` runs all windows of a batch through the model at
+NIfTI slices). `ich_jax.grid.patch_starts` puts windows every `stride` pixels
+and one more flush with the far edge when the grid does not end there, so every
+pixel is covered; `sliding_window` runs all windows of a batch through the model at
 once (or `max_patches` at a time) and averages where they overlap.
 
 Morphology (seed 002 §5: "closing to fill in the gaps in the ICH regions and
@@ -37,31 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _pair(v, name: str) -> tuple[int, int]:
-  out = (int(v), int(v)) if np.ndim(v) == 0 else tuple(int(x) for x in v)
-  if len(out) != 2 or min(out) < 1:
-    raise ValueError(f"{name}={v!r}: expected a positive int or a pair of them")
-  return out
-
-
-def patch_starts(size: int, patch: int, stride: int) -> tuple[int, ...]:
-  """Window origins along one axis: 0, stride, 2·stride, ... and `size - patch` if the grid stops short of it."""
-  if patch > size:
-    raise ValueError(f"patch {patch} is larger than the image ({size} pixels): use a smaller patch or a larger "
-                     "image_size")
-  if stride < 1:
-    raise ValueError(f"stride={stride} must be >= 1")
-  starts = list(range(0, size - patch + 1, stride))
-  if starts[-1] != size - patch:
-    starts.append(size - patch)
-  return tuple(starts)
-
-
-def patch_grid(shape: tuple[int, int], patch, stride) -> list[tuple[int, int]]:
-  """(row, col) origins of every window over an image of `shape`, row-major."""
-  (ph, pw), (sh, sw) = _pair(patch, "patch"), _pair(stride, "stride")
-  return [(y, x) for y in patch_starts(shape[0], ph, sh) for x in patch_starts(shape[1], pw, sw)]
+from ich_jax.grid import as_pair, patch_grid
 
 
 def sliding_window(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Array, patch, stride, *,
@@ -74,7 +50,7 @@ def sliding_window(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Array
   (`jax.lax.map`, bounding memory for large slices on small devices).
   """
   b, h, w, c = images.shape
-  (ph, pw) = _pair(patch, "patch")
+  (ph, pw) = as_pair(patch, "patch")
   grid = patch_grid((h, w), patch, stride)
   windows = jnp.stack([images[:, y:y + ph, x:x + pw] for y, x in grid], axis=1)   # [B, P, ph, pw, C]
   flat = windows.reshape((b * len(grid), ph, pw, c))

@@ -29,22 +29,6 @@ from ich_jax.models import register
 from ich_jax.models.classifier import ConvBN
 
 
-def slice_gaps(z: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-  """Slice gap [B, S]: distance to the next slice; the last valid slice repeats the one before.
-
-  The public code's `Position2` difference input (seq_dataset.py), which lets
-  sequence model 2 adapt to slice thickness (seed 003 §2). A series of one slice
-  has gap 0. `z` is [B, S] slice positions along the scan axis, sorted.
-  """
-  nxt = jnp.concatenate([z[:, 1:], z[:, -1:]], axis=1) - z
-  length = z.shape[1] if mask is None else mask.sum(axis=1, keepdims=True)
-  s = jnp.arange(z.shape[1])[None]
-  prev = jnp.take_along_axis(nxt, jnp.clip(s - 1, 0), axis=1)
-  gaps = jnp.where(s >= length - 1, prev, nxt)
-  gaps = jnp.where(length > 1, gaps, 0.0)
-  return gaps if mask is None else jnp.where(mask, gaps, 0.0)
-
-
 def _valid(x: jax.Array, mask: jax.Array | None) -> jax.Array:
   """[B, S] bool validity; all valid without a mask."""
   return jnp.ones(x.shape[:2], bool) if mask is None else mask.astype(bool)
@@ -136,7 +120,7 @@ class SeqGRU2(nnx.Module):
 
   Input `predictions` [B, S, N, C]: per-slice probabilities of N earlier-stage
   models (N = in_channels; the CNN classifiers and sequence model 1, seed 003
-  §2 "stacked generalization"), and `gap` [B, S] (see `slice_gaps`). The
+  §2 "stacked generalization"), and `gap` [B, S] (see `ich_jax.grid.slice_gaps`). The
   convolutions run along the slice axis, shared by the C classes (kernels k×1
   on a [slices, classes] grid, as in the public code): 5 (dilation 1) → 3
   (dilation 2) → 3 (dilation 4) → 3 (dilation 2), BatchNorm + ReLU each, widths

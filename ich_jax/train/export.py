@@ -10,7 +10,7 @@ those runs along as members, read from their workdirs' config.json and
 checkpoints, so the bundle is the whole cascade.
 
 `export_features` restores the workdir's newest checkpoint and writes `<workdir>/export/<split>/`
-(format: `ich_jax.data.series`) for each split in `config.export.splits`
+(format: `ich_jax.data.stage_exports`) for each split in `config.export.splits`
 (default: the train and eval splits). A slice classifier exports pooled
 features and probabilities (its task's `export`); a sequence model exports
 probabilities, the input of the next stage (seed 003 Fig. 1); a segmentation
@@ -25,7 +25,7 @@ import re
 import jax
 
 from ich_jax import LABELS, atomic, bundle
-from ich_jax.data import series
+from ich_jax.data import stage_exports
 from ich_jax.train import evaluate, loop, sharding
 
 # dataset.kind of runs that read other runs' exports (their members' inputs).
@@ -48,13 +48,13 @@ def export_features(config, workdir: str | pathlib.Path, *, exp=None, state=None
   for split in dict.fromkeys(splits):
     source = data.open_split(config.dataset, split)
     rows = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size, method="export",
-                              fields=series.ID_FIELDS + series.EXTRA_FIELDS)
-    directory = series.export_dir(workdir, split)
+                              fields=stage_exports.ID_FIELDS + stage_exports.EXTRA_FIELDS)
+    directory = stage_exports.export_dir(workdir, split)
     if jax.process_index() == 0:
       meta = {"split": split, "source": {"workdir": str(workdir.absolute()), "step": int(step),
                                          "model": config.model.name, "task": config.task.name,
                                          "dataset": f"{config.dataset.name}/{config.dataset.config}"}}
-      series.write_export(directory, rows, meta)
+      stage_exports.write_export(directory, rows, meta)
       print(f"Exported {split}: {len(rows['probabilities'])} slices to {directory}", flush=True)
     sharding.sync(f"export {split}")
     written.append(directory)

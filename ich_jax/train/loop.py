@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from ich_jax import LABELS, models
-from ich_jax.data import base_maps, patches, pipeline, series
+from ich_jax.data import base_maps, patches, pipeline, stage_exports
 from ich_jax.train import checkpoint, config_record, optimizer, sharding, summary, tasks
 
 log = logging.getLogger("ich_jax.train")
@@ -65,7 +65,7 @@ class Experiment:
 
 def input_module(config):
   """The data module for `config.dataset.kind`: "slices" (default; ich_jax.data.pipeline),
-  "series_features" (ich_jax.data.series: whole series of exported stage-1 outputs),
+  "series_features" (ich_jax.data.stage_exports: whole series of exported stage-1 outputs),
   "base_maps" (ich_jax.data.base_maps: slices with exported base segmentation maps) or
   "patches" (ich_jax.data.patches: windows of slices for training, whole slices for evaluation).
 
@@ -74,7 +74,7 @@ def input_module(config):
   and in_channels(config), the model's input size; optionally train_finish(config)
   (None, or a jittable batch → batch with `host_keys(task_keys)`, see Experiment.finish).
   """
-  kinds = {"slices": pipeline, "series_features": series, "base_maps": base_maps, "patches": patches}
+  kinds = {"slices": pipeline, "series_features": stage_exports, "base_maps": base_maps, "patches": patches}
   kind = config.dataset.get("kind", "slices")
   if kind not in kinds:
     raise ValueError(f"config dataset.kind={kind!r}; expected one of {sorted(kinds)}")
@@ -316,7 +316,7 @@ def predict_split(exp: Experiment, state: dict, source, *, batch_size: int, meth
 
   `fields`: the batch's metadata to keep (default: all but the inputs). Where
   the predictions carry `slice_valid` (a series per record), the result has
-  one row per valid slice (`series.explode`).
+  one row per valid slice (`stage_exports.explode`).
   """
   predict_step = make_predict_step(exp, method)
   data_sharding = sharding.batch_sharding(exp.mesh)
@@ -336,4 +336,4 @@ def predict_split(exp: Experiment, state: dict, source, *, batch_size: int, meth
   gathered = {k: v[valid] for k, v in gathered.items()}
   order = np.argsort(gathered["record_index"], kind="stable")
   gathered = {k: v[order] for k, v in gathered.items()}
-  return series.explode(gathered) if "slice_valid" in gathered else gathered
+  return stage_exports.explode(gathered) if "slice_valid" in gathered else gathered

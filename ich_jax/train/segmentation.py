@@ -210,7 +210,7 @@ class Segmentation(tasks.Task):
 
     The map is the any-blood probability (with "subtypes" the pixelwise max of
     the five maps), the input seed 000 §2.2.3 gives its weight model; float16
-    halves what the export gathers and stores (`ich_jax.data.series`).
+    halves what the export gathers and stores (`ich_jax.data.stage_exports`).
     """
     prob = self.probability_maps(model, batch["image"])
     return {"probabilities": slice_probabilities(prob, self.maps, self.slice_min_pixels),

@@ -1,6 +1,6 @@
 """Sequence task: seed 003's sequence models (ich_jax.models.sequence) over whole series of stage outputs.
 
-Batches come from `ich_jax.data.series` (`config.dataset.kind = "series_features"`):
+Batches come from `ich_jax.data.stage_exports` (`config.dataset.kind = "series_features"`):
 series padded to a fixed length, `slice_valid` True at real slices. The loss
 and the predictions see valid slices only, so a series' result does not
 depend on how much padding its batch carries.

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from ich_jax.data import augment as aug
-from ich_jax.data import on_device, pipeline, windows
-from tests.data.test_pipeline import data_cfg, fake_source, take
+from ich_jax.data import on_device, pipeline, slice_plan, windows
+from tests.data.slice_fakes import data_cfg, fake_source, take
 
 
 def _finished(batch, cfg, keys=("image", "labels", "mask")):
@@ -69,7 +69,7 @@ def test_host_keys_replace_the_image_only():
 def test_auto_keeps_the_host_pipeline_on_cpu_and_bad_values_are_named():
   assert jax.default_backend() == "cpu"
   cfg = data_cfg()
-  assert cfg.preprocess_on == "auto" and not pipeline._plan(cfg).on_device
+  assert cfg.preprocess_on == "auto" and not slice_plan.from_config(cfg).on_device
   cfg.preprocess_on = "gpu"
   with pytest.raises(ValueError, match="data.preprocess_on='gpu'"):
-    pipeline._plan(cfg)
+    slice_plan.from_config(cfg)

@@ -3,7 +3,7 @@ the whole slice's pixels and mask."""
 import numpy as np
 from ml_collections import ConfigDict
 
-from ich_jax.data import patches, pipeline
+from ich_jax.data import config_defaults, patches, series_index, slice_inputs, slice_plan
 
 
 def _records(n=4, size=32):
@@ -21,7 +21,7 @@ def _records(n=4, size=32):
 
 
 def _cfg(augment=False):
-  cfg = pipeline.default_data_config()
+  cfg = config_defaults.default_data_config()
   cfg.image_size = 32
   cfg.recipe = [[0, 40, 120]]
   cfg.augment.enabled = augment
@@ -50,9 +50,9 @@ def test_training_windows_are_crops_of_the_preprocessed_slice():
   records, cfg = _records(), _cfg()
   batch = next(patches.train_iterator(records, cfg, global_batch_size=6, seed=0))
   assert batch["image"].shape == (6, 16, 16, 1) and batch["mask"].shape == (6, 16, 16)
-  src = pipeline.as_series_source(records)
+  src = series_index.as_series_source(records)
   for i in range(6):
-    whole = pipeline.load(src, pipeline._plan(cfg), int(batch["record_index"][i]))
+    whole = slice_inputs.load(src, slice_plan.from_config(cfg), int(batch["record_index"][i]))
     y, x = batch["patch_origin"][i]
     np.testing.assert_array_equal(batch["image"][i], whole["image"][y:y + 16, x:x + 16])
     np.testing.assert_array_equal(batch["mask"][i], whole["mask"][y:y + 16, x:x + 16])

@@ -11,6 +11,7 @@ from scipy import ndimage
 
 import ich_jax
 from ich_jax.data import phantom as P
+from ich_jax.data.phantom import bleeds
 
 # 128 pixels at 1.6–2.0 mm: the whole head, ~30 thick slices, ~0.1 s a study.
 COARSE = P.PhantomSpec(matrix=128, pixel_spacing_mm=(1.6, 2.0), slice_thickness_mm=(5.0,))
@@ -62,8 +63,9 @@ def _dilate_in_plane(mask, iterations):
 
 
 def test_orders_match_the_package():
-  assert P.SUBTYPE_ORDER == ich_jax.SUBTYPES
-  assert ich_jax.LABELS == ("any",) + P.SUBTYPE_ORDER
+  # The phantom keeps no subtype order of its own: masks, labels and the spec's per-subtype rows follow SUBTYPES.
+  assert ich_jax.LABELS == ("any",) + ich_jax.SUBTYPES
+  assert len(P.PhantomSpec().subtype_probs) == len(P.SEED001_SIZE_MIX) == len(ich_jax.SUBTYPES)
 
 
 @pytest.mark.parametrize("volume, expected", [
@@ -95,7 +97,7 @@ def test_volumes_labels_and_geometry_agree_with_masks(seed):
   np.testing.assert_array_equal(ph.slice_labels[:, 0], per_slice.any(axis=1).astype(np.float32))
 
   # Each bleed's own volume: bleeds of one subtype add up to at least the subtype's (union) volume.
-  for i, st in enumerate(P.SUBTYPE_ORDER):
+  for i, st in enumerate(ich_jax.SUBTYPES):
     own = sum(b["volume_ml"] for b in ph.bleeds if b["subtype"] == st)
     assert own >= ph.blood_ml[i] - 1e-9
     assert (own > 0) == (ph.blood_ml[i] > 0)
@@ -162,7 +164,7 @@ def test_blood_density_inside_masks():
   for ph in _fine_survey():
     hu = ph.hu.astype(np.float32)
     bone_edge = _dilate_in_plane(hu > 200, 2)
-    for i, st in enumerate(P.SUBTYPE_ORDER):
+    for i, st in enumerate(ich_jax.SUBTYPES):
       bleeds = [b for b in ph.bleeds if b["subtype"] == st]
       if not bleeds or ph.blood_ml[i] < 1.0 or any(b.get("isodense") for b in bleeds) or st == "subarachnoid":
         continue
@@ -177,7 +179,7 @@ def test_blood_density_inside_masks():
 def test_every_subtype_size_bin_and_mimic_occurs():
   studies = _fine_survey()
   bleeds = [b for ph in studies for b in ph.bleeds]
-  assert {b["subtype"] for b in bleeds} == set(P.SUBTYPE_ORDER)
+  assert {b["subtype"] for b in bleeds} == set(ich_jax.SUBTYPES)
   assert {b["size_bin"] for b in bleeds} == {"punctate", "small", "medium", "large"}
   mimics = {m for ph in studies for m in ph.mimics}
   assert {"pineal_calcification", "choroid_calcification", "dense_falx", "beam_hardening"} <= mimics
@@ -191,7 +193,7 @@ def test_every_subtype_size_bin_and_mimic_occurs():
     for b in ph.bleeds:
       k, r, c = (int(round(v)) for v in b["center_index"])
       if b["subtype"] == "intraparenchymal" and 0 <= k < ph.hu.shape[0]:
-        assert ph.masks[P.SUBTYPE_ORDER.index("intraparenchymal"), k, r, c]
+        assert ph.masks[ich_jax.SUBTYPES.index("intraparenchymal"), k, r, c]
   # Several subtypes in one study happen.
   assert any(len({b["subtype"] for b in ph.bleeds}) >= 2 for ph in studies)
 
@@ -200,13 +202,13 @@ def test_extra_axial_bleeds_touch_the_inner_table_and_ivh_stays_in_the_ventricle
   touched = ivh = 0
   for ph in _fine_survey():
     bone = ph.hu > 200    # partial volume: a thick slice cuts the vault obliquely
-    for i in (P.SUBTYPE_ORDER.index("epidural"), P.SUBTYPE_ORDER.index("subdural")):
+    for i in (ich_jax.SUBTYPES.index("epidural"), ich_jax.SUBTYPES.index("subdural")):
       if ph.masks[i].sum() >= 20:   # (a one-voxel bleed's centre may sit mid-thickness)
         # Lens and crescent lie against the inner table: a pixel or two out, the skull begins.
         assert (_dilate_in_plane(ph.masks[i], 2) & ~ph.intracranial).any()
         assert (_dilate_in_plane(ph.masks[i], 3) & bone).any()
         touched += 1
-    i = P.SUBTYPE_ORDER.index("intraventricular")
+    i = ich_jax.SUBTYPES.index("intraventricular")
     if ph.blood_ml[i] > 0:
       assert (ph.masks[i] & ~ph.ventricles).sum() <= 0.01 * ph.masks[i].sum()
       ivh += 1
@@ -218,7 +220,7 @@ def test_a_bleed_is_denser_than_the_brain_around_it():
   for ph in _fine_survey():
     hu = ph.hu.astype(np.float32)
     blood = ph.masks.any(axis=0)
-    for i, st in enumerate(P.SUBTYPE_ORDER):
+    for i, st in enumerate(ich_jax.SUBTYPES):
       big = [b for b in ph.bleeds if b["subtype"] == st and b["size_bin"] in ("medium", "large")]
       if not big or any(b.get("isodense") for b in ph.bleeds if b["subtype"] == st):
         continue
@@ -263,12 +265,12 @@ def test_size_mix_per_subtype_draws_each_subtype_from_its_own_bins():
   # One bin per subtype: every bleed's target volume must come from its subtype's bin.
   want = {"epidural": "large", "intraparenchymal": "small", "intraventricular": "medium",
           "subarachnoid": "punctate", "subdural": "small"}
-  rows = tuple(tuple(float(b == want[s]) for b in P.SIZE_BINS) for s in P.SUBTYPE_ORDER)
+  rows = tuple(tuple(float(b == want[s]) for b in P.SIZE_BINS) for s in ich_jax.SUBTYPES)
   spec = dataclasses.replace(COARSE, p_hemorrhage=1.0, p_extra_bleed=0.8, size_bin_probs_by_subtype=rows)
   seen = set()
   for seed in range(10):
     for b in P.make_phantom(seed, spec).bleeds:
-      lo, hi = P._BIN_TARGET_ML[want[b["subtype"]]]
+      lo, hi = bleeds.BIN_TARGET_ML[want[b["subtype"]]]
       assert lo <= b["target_ml"] <= hi, (b["subtype"], b["target_ml"])
       seen.add(b["subtype"])
   assert len(seen) >= 3
@@ -276,7 +278,7 @@ def test_size_mix_per_subtype_draws_each_subtype_from_its_own_bins():
 
 def test_seed001_size_mix_is_the_papers_table():
   # Seed 001 Table 1, cross-validation cohort: IPH, EDH/SDH, SAH rows; IVH pools them.
-  mix = dict(zip(P.SUBTYPE_ORDER, P.SEED001_SIZE_MIX, strict=True))
+  mix = dict(zip(ich_jax.SUBTYPES, P.SEED001_SIZE_MIX, strict=True))
   assert mix["intraparenchymal"] == (15, 63, 88, 192) and sum(mix["intraparenchymal"]) == 358
   assert mix["epidural"] == mix["subdural"] == (3, 49, 79, 188)
   assert mix["subarachnoid"] == (34, 52, 53, 85) and sum(mix["subarachnoid"]) == 224

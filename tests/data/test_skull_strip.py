@@ -6,7 +6,8 @@ import pydicom.data
 import pytest
 from ml_collections import ConfigDict
 
-from ich_jax.data import dicom, phantom, pipeline, resample, skull_strip, windows
+from ich_jax.data import config_defaults, dicom, phantom, pipeline, resample, skull_strip, slice_inputs, slice_plan
+from ich_jax.data import windows
 from ich_jax.eval import metrics as M
 
 
@@ -103,35 +104,35 @@ def test_skull_stripped_brain_window_is_a_recipe_channel(head):
   assert rescaled[..., 0][~skull_strip.brain_mask(hu, (0.9, 0.9))].max() == -3.0
 
   # Through the slice pipeline, from config data (lists, as JSON configs hold them).
-  cfg = pipeline.default_data_config()
+  cfg = config_defaults.default_data_config()
   cfg.recipe = [list(t) for t in windows.SEED000_4WINDOW]
   cfg.image_size = 256
   record = {"image": hu, "mask": np.zeros_like(hu, np.uint8), "labels": np.zeros(6, np.float32),
             "series_id": b"s", "slice_index": np.int32(0), "pixel_spacing": np.float32(head.pixel_spacing_mm)}
-  example = pipeline.preprocess(pipeline.read_example([record], 0, (0,)), cfg)
+  example = slice_inputs.preprocess(slice_inputs.read_example([record], 0, (0,)), cfg)
   np.testing.assert_array_equal(example["image"], image)
-  assert pipeline.num_channels(cfg) == 4
+  assert slice_plan.num_channels(cfg) == 4
   # Training batches (HostBatch: channels written straight into the batch, then resized) are the evaluation
   # preprocessing's, bit for bit: the stripped channel and the brain_mask target, at another image size too.
   cfg.image_size, cfg.brain_mask, cfg.augment.enabled = 128, True, False
   cfg.read_threads, cfg.prefetch_batches = 1, 1
-  want = pipeline.preprocess(pipeline.read_example([record], 0, (0,)), cfg)
+  want = slice_inputs.preprocess(slice_inputs.read_example([record], 0, (0,)), cfg)
   batch = next(pipeline.train_iterator([record], cfg, global_batch_size=2, seed=0))
   np.testing.assert_array_equal(batch["image"][0], want["image"])
   np.testing.assert_array_equal(batch["brain_mask"][0], want["brain_mask"])
-  np.testing.assert_array_equal(want["brain_mask"], pipeline.resize_mask(mask.astype(np.uint8), 128))
+  np.testing.assert_array_equal(want["brain_mask"], resample.resize_mask(mask.astype(np.uint8), 128))
   assert "brain" not in batch and want["image"][..., 3].max() > 0
   # Skull stripping is host work: "auto" keeps it on the host whatever the backend, "device" is refused.
-  assert not pipeline._plan(cfg).on_device
+  assert not slice_plan.from_config(cfg).on_device
   cfg.preprocess_on = "device"
   with pytest.raises(ValueError, match="skull stripping .* runs on the host"):
-    pipeline._plan(cfg)
+    slice_plan.from_config(cfg)
   cfg.preprocess_on, cfg.recipe = "auto", [[1, 40, 80]]
   with pytest.raises(ValueError, match="brain_mask=True needs the slice itself"):
-    pipeline._plan(cfg)
+    slice_plan.from_config(cfg)
   cfg.recipe = [[0, 40, 80, "skull_strip"]]
   with pytest.raises(ValueError, match="unknown channel op 'skull_strip'"):
-    pipeline.preprocess(pipeline.read_example([record], 0, (0,)), cfg)
+    slice_inputs.preprocess(slice_inputs.read_example([record], 0, (0,)), cfg)
 
 
 def test_skull_stripping_unet_trains_on_the_classical_masks(tiny_data_dir, tmp_path):
@@ -146,9 +147,9 @@ def test_skull_stripping_unet_trains_on_the_classical_masks(tiny_data_dir, tmp_p
   cfg.train.num_steps = cfg.train.checkpoint_every = 1
   # The pipeline's target is the classical mask of the (augmented) slice, resized with it.
   source = pipeline.open_split(cfg.dataset, "validation")
-  example = pipeline.load(source, pipeline._plan(cfg.data), 3)
-  full = pipeline.read_example(source, 3, (0,))
-  want = pipeline.resize_mask(skull_strip.brain_mask(full["image"], full["pixel_spacing"]).astype(np.uint8), 32)
+  example = slice_inputs.load(source, slice_plan.from_config(cfg.data), 3)
+  full = slice_inputs.read_example(source, 3, (0,))
+  want = resample.resize_mask(skull_strip.brain_mask(full["image"], full["pixel_spacing"]).astype(np.uint8), 32)
   np.testing.assert_array_equal(example["brain_mask"], want)
   assert want.any()
   old = jax.config.jax_default_prng_impl
@@ -159,6 +160,7 @@ def test_skull_stripping_unet_trains_on_the_classical_masks(tiny_data_dir, tmp_p
   finally:
     jax.config.update("jax_default_prng_impl", old)
   # Scored against the brain masks (not hemorrhage): every test slice with a brain counts.
-  n_brain = sum(int(pipeline.load(source, pipeline._plan(cfg.data), i)["brain_mask"].any()) for i in range(len(source)))
+  n_brain = sum(int(slice_inputs.load(source, slice_plan.from_config(cfg.data), i)["brain_mask"].any())
+                for i in range(len(source)))
   assert metrics["reference"] == "brain_mask" and metrics["n_slices"] == n_brain > 0
   assert 0 <= metrics["dice"]["mean"] <= 1 and "Predicted masks against `brain_mask`" in (tmp_path / "report.md").read_text()

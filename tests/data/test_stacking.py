@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ich_jax.data import folds, series, stacking
+from ich_jax.data import folds, stacking, stage_exports
 
 
 def _rows(studies, *, prob, slices=3):
@@ -28,17 +28,17 @@ def _fold_exports(tmp_path, n=3, studies=range(7)):
   dirs = []
   for k in range(n):
     mine = [s for s, f in zip(studies, fold_of) if f == k]
-    d = series.export_dir(tmp_path / f"fold{k}", f"train[fold={k}/{n}]")
-    series.write_export(d, _rows(mine, prob=0.1 * k), {"split": f"train[fold={k}/{n}]"})
+    d = stage_exports.export_dir(tmp_path / f"fold{k}", f"train[fold={k}/{n}]")
+    stage_exports.write_export(d, _rows(mine, prob=0.1 * k), {"split": f"train[fold={k}/{n}]"})
     dirs.append(d)
   return dirs, fold_of
 
 
 def test_out_of_fold_takes_each_fold_from_its_model_and_reads_back_by_folds(tmp_path):
   dirs, fold_of = _fold_exports(tmp_path)
-  out = stacking.out_of_fold(dirs, series.export_dir(tmp_path / "oof", "train"))
-  assert series.read_meta(out)["split"] == "train" and series.read_meta(out)["combined"] == "out_of_fold"
-  rows = series.read_export(out)
+  out = stacking.out_of_fold(dirs, stage_exports.export_dir(tmp_path / "oof", "train"))
+  assert stage_exports.read_meta(out)["split"] == "train" and stage_exports.read_meta(out)["combined"] == "out_of_fold"
+  rows = stage_exports.read_export(out)
   assert sorted(set(rows["series_id"])) == [f"s{k}" for k in range(7)] and len(rows["series_id"]) == 21
   assert "record_index" not in rows  # it numbered each fold run's own source
   for sid, prob, feat in zip(rows["series_id"], rows["probabilities"], rows["features"]):
@@ -46,7 +46,7 @@ def test_out_of_fold_takes_each_fold_from_its_model_and_reads_back_by_folds(tmp_
     assert prob[0] == pytest.approx(0.1 * fold_of[k] + 0.01 * feat[1]) and feat[0] == k
   # The training split's folds, as a sequence stage reads them, are the exporting models' folds.
   for k in range(3):
-    held_out = series.SeriesFeatureSource([tmp_path / "oof"], f"train[fold={k}/3]")
+    held_out = stage_exports.SeriesFeatureSource([tmp_path / "oof"], f"train[fold={k}/3]")
     assert sorted(held_out.series_id) == sorted(f"s{s}" for s in range(7) if fold_of[s] == k)
     assert all(held_out[i]["predictions"][0, 0, 0] == pytest.approx(0.1 * k) for i in range(len(held_out)))
 
@@ -57,13 +57,14 @@ def test_out_of_fold_refuses_missing_repeated_or_overlapping_folds(tmp_path):
     stacking.out_of_fold(dirs[:2], tmp_path / "x")
   with pytest.raises(ValueError, match="k = 0 … K-1, each once"):
     stacking.out_of_fold([dirs[0], dirs[0], dirs[2]], tmp_path / "x")
-  clash = series.export_dir(tmp_path / "clash", "train[fold=1/3]")
-  series.write_export(clash, _rows([0, 1, 2, 3, 4, 5, 6], prob=0.5), {"split": "train[fold=1/3]"})
+  clash = stage_exports.export_dir(tmp_path / "clash", "train[fold=1/3]")
+  stage_exports.write_export(clash, _rows([0, 1, 2, 3, 4, 5, 6], prob=0.5), {"split": "train[fold=1/3]"})
   with pytest.raises(ValueError, match="is in two fold exports"):
     stacking.out_of_fold([dirs[0], clash, dirs[2]], tmp_path / "x")
-  no_features = series.export_dir(tmp_path / "nf", "train[fold=1/3]")
-  series.write_export(no_features, {k: v for k, v in series.read_export(dirs[1]).items() if k != "features"},
-                      {"split": "train[fold=1/3]"})
+  no_features = stage_exports.export_dir(tmp_path / "nf", "train[fold=1/3]")
+  stage_exports.write_export(no_features,
+                             {k: v for k, v in stage_exports.read_export(dirs[1]).items() if k != "features"},
+                             {"split": "train[fold=1/3]"})
   with pytest.raises(ValueError, match="have features and"):
     stacking.out_of_fold([dirs[0], no_features, dirs[2]], tmp_path / "x")
 
@@ -71,17 +72,17 @@ def test_out_of_fold_refuses_missing_repeated_or_overlapping_folds(tmp_path):
 def test_mean_over_models_averages_outputs_of_the_same_slices(tmp_path):
   dirs = []
   for m, prob in enumerate((0.2, 0.4, 0.9)):
-    d = series.export_dir(tmp_path / f"model{m}", "test")
+    d = stage_exports.export_dir(tmp_path / f"model{m}", "test")
     rows = _rows(range(4), prob=prob)
     rows["features"] = rows["features"] * (m + 1)
-    series.write_export(d, rows, {"split": "test"})
+    stage_exports.write_export(d, rows, {"split": "test"})
     dirs.append(d)
-  out = series.read_export(stacking.mean_over_models(dirs, tmp_path / "mean"))
-  parts = [series.read_export(d) for d in dirs]
+  out = stage_exports.read_export(stacking.mean_over_models(dirs, tmp_path / "mean"))
+  parts = [stage_exports.read_export(d) for d in dirs]
   np.testing.assert_allclose(out["probabilities"], np.mean([p["probabilities"] for p in parts], 0), rtol=1e-6)
   np.testing.assert_allclose(out["features"][:, :2], 2 * parts[0]["features"][:, :2], rtol=1e-6)  # (1 + 2 + 3) / 3
   np.testing.assert_array_equal(out["labels"], parts[0]["labels"])
-  other = series.export_dir(tmp_path / "other", "test")
-  series.write_export(other, _rows(range(1, 5), prob=0.3), {"split": "test"})
+  other = stage_exports.export_dir(tmp_path / "other", "test")
+  stage_exports.write_export(other, _rows(range(1, 5), prob=0.3), {"split": "test"})
   with pytest.raises(ValueError, match="differ in series_id"):
     stacking.mean_over_models([dirs[0], other], tmp_path / "bad")

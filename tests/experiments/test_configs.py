@@ -14,7 +14,7 @@ from flax import nnx
 from configs import rsna_cascade, strong_vs_weak
 from ich_jax import experiments
 from ich_jax import LABELS, models
-from ich_jax.data import folds, pipeline
+from ich_jax.data import folds, slice_plan
 from ich_jax.train import optimizer, sharding, tasks
 
 
@@ -75,8 +75,8 @@ def test_the_full_cascade_constructs(arg, tmp_path):
       c = runs[f"{b}/cnn_fold{k}"]
       _common(c)
       assert c.dataset.train_split == f"train[fold!={k}/5]" and c.export.splits == [f"train[fold={k}/5]", "test"]
-      pipeline._plan(c.data)
-    model = cnn_models[b] = _model(c, pipeline.num_channels(c.data))
+      slice_plan.from_config(c.data)
+    model = cnn_models[b] = _model(c, slice_plan.num_channels(c.data))
     assert c.model.name == b and type(model).__name__ in ("ResNet", "DenseNet")
   for name, c in runs.items():
     if "/seq" in name:
@@ -95,9 +95,9 @@ def test_the_full_strong_vs_weak_constructs(tmp_path):
     _common(s.config)
     task = tasks.build(s.config.task)
     assert (task.saliency_loss_weight > 0) == s.name.endswith("/strong")
-    model = _model(s.config, pipeline.num_channels(s.config.data))
+    model = _model(s.config, slice_plan.num_channels(s.config.data))
     assert hasattr(model, "features_map") and hasattr(model, "classify")  # what the saliency loss needs
-    assert pipeline.num_channels(s.config.data) == 4                       # seed 000 §2.1.4's four channels
+    assert slice_plan.num_channels(s.config.data) == 4                       # seed 000 §2.1.4's four channels
   assert {s.config.model.name for s in stages[:-1]} == set(config.experiment.backbones)
 
 
@@ -118,12 +118,12 @@ def test_the_full_segmentation_experiments_construct(module, arg, tmp_path):
       assert s.config.train.batch_size == 2
       s.config.train.batch_size = 8
     _common(s.config)
-    pipeline._plan(s.config.data)
+    slice_plan.from_config(s.config.data)
     _model(s.config, loop.input_module(s.config).in_channels(s.config))
   if module == "weighted_ensemble":
     # Seed 000 §2.2: five base models on the four-channel input, five weight models on their maps.
     assert sum(s.config.model.name == "inception_unet" for s in runs) == 5
-    assert {pipeline.num_channels(s.config.data) for s in runs} == {4}
+    assert {slice_plan.num_channels(s.config.data) for s in runs} == {4}
     assert [len(s.config.dataset.exports) for s in runs if s.config.model.name == "ensemble_weights"] == [2, 3, 3, 3, 5]
   else:
     # Seed 002 §6: five rounds; the patch U-Net's windows are the data's and the stitching's.

@@ -6,7 +6,7 @@ import pytest
 
 from configs import rsna_cascade as cascade_config
 from ich_jax import LABELS, experiments
-from ich_jax.data import folds, series
+from ich_jax.data import folds, stage_exports
 from ich_jax.eval import metrics as M
 from ich_jax.eval import report
 from tests.experiments.conftest import run_smoke
@@ -37,18 +37,18 @@ def test_every_stage_ran_and_a_rerun_skips_them_all(cascade, capsys):
 def test_training_exports_are_out_of_fold_and_test_exports_the_fold_mean(cascade):
   config, root = cascade
   b = root / BACKBONES[1]
-  oof = series.read_export(series.export_dir(b / "cnn", "train"))
+  oof = stage_exports.read_export(stage_exports.export_dir(b / "cnn", "train"))
   study_fold = dict(zip(oof["study_id"], folds.study_folds(oof["study_id"], 2)))
   for k in range(2):
-    fold = series.read_export(series.export_dir(b / f"cnn_fold{k}", f"train[fold={k}/2]"))
+    fold = stage_exports.read_export(stage_exports.export_dir(b / f"cnn_fold{k}", f"train[fold={k}/2]"))
     # Fold k's export holds exactly fold k's studies, and the assembled export took those slices from it.
     assert {study_fold[s] for s in fold["study_id"]} == {k}
     mine = np.flatnonzero([study_fold[s] == k for s in oof["study_id"]])
     np.testing.assert_array_equal(oof["series_id"][mine], fold["series_id"])
     np.testing.assert_array_equal(oof["probabilities"][mine], fold["probabilities"])
     np.testing.assert_array_equal(oof["features"][mine], fold["features"])
-  test = [series.read_export(series.export_dir(b / f"cnn_fold{k}", "test")) for k in range(2)]
-  mean = series.read_export(series.export_dir(b / "cnn", "test"))
+  test = [stage_exports.read_export(stage_exports.export_dir(b / f"cnn_fold{k}", "test")) for k in range(2)]
+  mean = stage_exports.read_export(stage_exports.export_dir(b / "cnn", "test"))
   np.testing.assert_allclose(mean["probabilities"], (test[0]["probabilities"] + test[1]["probabilities"]) / 2,
                              rtol=1e-6)
   np.testing.assert_allclose(mean["features"], (test[0]["features"] + test[1]["features"]) / 2, rtol=1e-5)

@@ -92,7 +92,7 @@ def test_epochs_count_the_balanced_set_of_the_training_split(tiny_data_dir):
   config.run.train.epochs = 3
   run = runner.stage_config(config.run, config.dataset, 0, model=config.backbones.vgg19)
   assert run.model.name == "small_cnn" and tuple(run.model.options.widths) == (8, 8, 16)
-  labels = pipeline._metadata(pipeline.open_split(run.dataset, "train"), ("labels",))["labels"]
+  labels = pipeline.open_split(run.dataset, "train").metadata(("labels",))["labels"]
   balanced = 2 * int((labels[:, 0] > 0.5).sum())          # every lesion slice and as many normal ones
   resolved = runner.resolve_steps(run)
   assert resolved.train.steps_per_epoch == balanced // 8 and resolved.train.num_steps == 3 * (balanced // 8)

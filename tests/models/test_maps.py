@@ -5,18 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ich_jax.grid import patch_starts
 from ich_jax.models import maps
-
-
-def test_window_grids_of_the_paper_and_its_public_code():
-  # Seed 002: 640² slices in 160² windows at stride 80 and the public code's 512² in 128² at 64: 7 × 7 = 49 each.
-  assert maps.patch_starts(640, 160, 80) == (0, 80, 160, 240, 320, 400, 480)
-  assert len(maps.patch_grid((512, 512), 128, 64)) == 49
-  # A grid that stops short of the edge gets one more window flush with it: every pixel is covered.
-  assert maps.patch_starts(256, 160, 80) == (0, 80, 96)
-  assert maps.patch_starts(64, 64, 32) == (0,)
-  with pytest.raises(ValueError, match="larger than the image"):
-    maps.patch_starts(128, 160, 80)
 
 
 def test_sliding_window_averages_the_overlapping_windows():
@@ -30,8 +20,8 @@ def test_sliding_window_averages_the_overlapping_windows():
                                              x.shape[:3] + (1,))
   got = np.asarray(maps.sliding_window(row_in_window, images, (8, 6), (5, 4)))
   total, count = np.zeros((24, 20)), np.zeros((24, 20))
-  for y in maps.patch_starts(24, 8, 5):
-    for x in maps.patch_starts(20, 6, 4):
+  for y in patch_starts(24, 8, 5):
+    for x in patch_starts(20, 6, 4):
       total[y:y + 8, x:x + 6] += np.arange(8)[:, None]
       count[y:y + 8, x:x + 6] += 1
   np.testing.assert_allclose(got[0, ..., 0], total / count, rtol=1e-6)

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from ich_jax import models
-from ich_jax.models.sequence import SeqGRU1, SeqGRU2, slice_gaps, stage_features
+from ich_jax.models.sequence import SeqGRU1, SeqGRU2, stage_features
 from tests.models.fast_init import finite, materialize
 
 
@@ -108,10 +108,3 @@ def test_stage_features_are_mean_differences_predictions_and_gap():
   # Two models, one class, one slice: p = (0.2, 0.6), gap 5 → [mean, p1−p2, p2−p1, p1, p2, gap].
   got = stage_features(jnp.array([[[[0.2], [0.6]]]]), jnp.array([[5.0]]))
   np.testing.assert_allclose(got[0, 0, 0], [0.4, -0.4, 0.4, 0.2, 0.6, 5.0], rtol=1e-6)
-
-
-def test_slice_gaps_repeat_the_last_gap_and_respect_the_mask():
-  z = jnp.array([[0.0, 5.0, 10.0, 16.0, 0.0], [3.0, 0.0, 0.0, 0.0, 0.0]])
-  mask = jnp.array([[1, 1, 1, 1, 0], [1, 0, 0, 0, 0]], bool)
-  np.testing.assert_allclose(slice_gaps(z, mask), [[5, 5, 6, 6, 0], [0, 0, 0, 0, 0]])
-  np.testing.assert_allclose(slice_gaps(z[:1, :4]), [[5, 5, 6, 6]])

@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import ensemble as ensemble_config
 from configs import segmentation as seg_config
-from ich_jax.data import base_maps, pipeline, series, windows
+from ich_jax.data import base_maps, pipeline, slice_inputs, stage_exports, windows
 from ich_jax.train import evaluate, export, loop, tasks
 
 
@@ -111,7 +111,7 @@ def bases(tiny_data_dir, tmp_path_factory, rbg_prng_module):
 
 def test_exported_maps_are_the_base_models_predictions(bases):
   config, workdir = bases[0]
-  d = series.export_dir(workdir, "test")
+  d = stage_exports.export_dir(workdir, "test")
   maps = np.load(d / "maps.npy", mmap_mode="r")
   record_index = np.load(d / "record_index.npy")
   slices = pipeline.open_split(config.dataset, "test")
@@ -123,7 +123,7 @@ def test_exported_maps_are_the_base_models_predictions(bases):
   model = nnx.merge(exp.graphdef_eval, state["params"], state["model_state"])
   rows = [0, len(maps) // 2, len(maps) - 1]
   offsets = windows.recipe_offsets(config.data.recipe)
-  examples = [pipeline.preprocess(pipeline.read_example(slices, int(record_index[r]), offsets), config.data)
+  examples = [slice_inputs.preprocess(slice_inputs.read_example(slices, int(record_index[r]), offsets), config.data)
               for r in rows]
   direct = np.asarray(jax.nn.sigmoid(model(jnp.asarray(np.stack([e["image"] for e in examples])))))[..., 0]
   assert direct.std() > 1e-3  # maps that differ between pixels and slices, so a misplaced row would show
@@ -138,7 +138,7 @@ def test_exported_maps_are_the_base_models_predictions(bases):
   ens.dataset.data_dir = config.dataset.data_dir
   ens.dataset.exports = tuple(str(w) for _, w in bases)
   source = base_maps.open_split(ens.dataset, "test")
-  other = np.load(series.export_dir(bases[1][1], "test") / "maps.npy", mmap_mode="r")
+  other = np.load(stage_exports.export_dir(bases[1][1], "test") / "maps.npy", mmap_mode="r")
   for r in rows:
     example = base_maps.load(source, ens.data, int(record_index[r]))
     np.testing.assert_array_equal(example["maps"], np.stack([maps[r], other[r]], -1).astype(np.float32))

@@ -19,7 +19,7 @@ z_position (then slice_index); series are sorted by series_id.
   probabilities.npy  [N, 6] float32     the model's slice probabilities, ich_jax.LABELS order
   labels.npy         [N, 6] float32     reference slice labels
   z_position.npy     [N] float32        slice position along the scan axis (mm)
-  slice_gap.npy      [N] float32        `ich_jax.models.sequence.slice_gaps` of the whole series (mm)
+  slice_gap.npy      [N] float32        `ich_jax.grid.slice_gaps` of the whole series (mm)
   slice_index.npy    [N] int32          the dataset's slice index; (series_id, slice_index) names a slice
   study_blood_ml.npy, mimic.npy [N]     optional, copied when the dataset has them (report size bins)
   maps.npy           [N, H, W] float16  optional: a segmentation model's blood-probability map per slice, at
@@ -83,7 +83,7 @@ import ml_collections
 import numpy as np
 
 from ich_jax import atomic
-from ich_jax.data import folds, pipeline
+from ich_jax.data import folds, streams
 
 FORMAT = 1
 EXPORT_DIR = "export"
@@ -121,7 +121,7 @@ def write_export(directory, rows: Mapping[str, np.ndarray], meta: Mapping | None
   folder is written beside its destination and renamed into place, replacing
   an older export only once the new one is complete.
   """
-  from ich_jax.models.sequence import slice_gaps  # the models' definition of the gap input
+  from ich_jax.grid import slice_gaps  # the sequence models' gap input; JAX, so imported where it is used
 
   directory = pathlib.Path(directory)
   missing = [k for k in ID_FIELDS + ("probabilities",) if k not in rows]
@@ -365,8 +365,8 @@ def train_dataset(source: SeriesFeatureSource, cfg, *, global_batch_size: int, s
                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Batches of series cropped to `cfg.train_length` random windows; order and sharding as the slice pipeline."""
   window = functools.partial(random_window, length=int(cfg.train_length))
-  return pipeline.train_batches(
-      len(source), lambda ds: ds.map(source.__getitem__).random_map(window, seed=pipeline.derived_seed(seed, 1)),
+  return streams.train_batches(
+      len(source), lambda ds: ds.map(source.__getitem__).random_map(window, seed=streams.derived_seed(seed, 1)),
       cfg, global_batch_size=global_batch_size, seed=seed, process_index=process_index, process_count=process_count)
 
 
@@ -385,7 +385,7 @@ def _eval_example(source: SeriesFeatureSource, length: int, index: int) -> dict:
 def eval_batches(source: SeriesFeatureSource, cfg, *, batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
   """Whole series padded to the split's longest, one pass in series order (`pipeline.eval_batches`' contract)."""
-  return pipeline.sharded_eval_batches(
+  return streams.sharded_eval_batches(
       len(source), functools.partial(_eval_example, source, source.max_length), cfg, batch_size=batch_size,
       process_index=process_index, process_count=process_count)
 
