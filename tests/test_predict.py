@@ -21,7 +21,7 @@ from ich_jax import bundle as bundle_lib
 from ich_jax import predict
 from ich_jax.data import dicom, phantom, pipeline, study as study_lib
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report as eval_report
+from ich_jax.eval.prediction_files import PROB_COLUMNS
 from ich_jax.train import checkpoint, export, loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a
   rows = _csv(out / "predictions.csv")
   assert [r["sop_uid"] for r in rows] == [pydicom.dcmread(f).SOPInstanceUID for f in files]
   np.testing.assert_allclose([float(r["z_position"]) for r in rows], p.z_positions_mm, atol=1e-4)
-  prob = np.array([[float(r[c]) for c in eval_report.PROB_COLUMNS] for r in rows])
+  prob = np.array([[float(r[c]) for c in PROB_COLUMNS] for r in rows])
   expected = _eval_probabilities(runs["cls_config"], runs["cls"], p.hu)
   np.testing.assert_allclose(prob, expected, rtol=1e-5, atol=1e-6)
   # Study level: the most suspicious slice's probability, decided at the bundle's threshold.
@@ -175,7 +175,7 @@ def test_nifti_input_predicts_and_its_mask_keeps_the_files_shape_and_affine(runs
   report = predict.predict_study(runs["pair"], tmp_path / "head.nii.gz", tmp_path / "out", OPTIONS)
   rows = _csv(tmp_path / "out" / "predictions.csv")
   assert [int(r["source_slice"]) for r in rows] == list(range(len(p.hu)))
-  prob = np.array([[float(r[c]) for c in eval_report.PROB_COLUMNS] for r in rows])
+  prob = np.array([[float(r[c]) for c in PROB_COLUMNS] for r in rows])
   np.testing.assert_allclose(prob, _eval_probabilities(runs["cls_config"], runs["cls"], p.hu), rtol=1e-5, atol=1e-6)
   img = nib.load(tmp_path / "out" / "mask.nii.gz")
   assert img.shape == ras.shape
@@ -195,7 +195,7 @@ def test_the_real_pydicom_head_slice_is_a_one_slice_study(runs, tmp_path):
   report = predict.predict_study(runs["cls_bundle"], tmp_path / "study", tmp_path / "out", OPTIONS)
   assert report["series"]["num_slices"] == 1 and report["series"]["matrix"] == [512, 512]
   assert "axial (tilt" in report["series"]["selection"]["reason"]
-  prob = np.array([[float(r[c]) for c in eval_report.PROB_COLUMNS] for r in _csv(tmp_path / "out" / "predictions.csv")])
+  prob = np.array([[float(r[c]) for c in PROB_COLUMNS] for r in _csv(tmp_path / "out" / "predictions.csv")])
   ds = pydicom.dcmread(src)
   np.testing.assert_allclose(prob, _eval_probabilities(runs["cls_config"], runs["cls"],
                                                        np.rint(dicom.to_hu(ds))[None].astype(np.int16)),

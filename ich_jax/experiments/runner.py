@@ -61,14 +61,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 
 from ich_jax import atomic
+from ich_jax.jsonable import jsonable
 
 log = logging.getLogger("ich_jax.experiments")
 
 STEPS = ("train", "select_checkpoint", "eval", "export")
 MARKER = "stage.json"
+# Host-step functions that moved, by their name now → the name finished stages were fingerprinted with, so
+# that a rerun still finds those stages done (their stage.json holds the fingerprint of the old name).
+MOVED = {"ich_jax.experiments.threshold_baseline.run_stage": "ich_jax.eval.threshold.run_stage"}
 
 
 @dataclasses.dataclass
@@ -92,27 +95,16 @@ class Stage:
 # --- Fingerprints and markers ----------------------------------------------------------------
 
 
-def _jsonable(x):
-  if hasattr(x, "to_dict"):
-    x = x.to_dict()
-  if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in sorted(x.items())}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (pathlib.Path, np.generic)):
-    return str(x) if isinstance(x, pathlib.Path) else x.item()
-  return x
-
-
 def fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
   """sha256 of what the stage's outputs depend on: config, steps, params, the upstream stages' fingerprints."""
   missing = [a for a in stage.after if a not in upstream]
   if missing:
     raise ValueError(f"stage {stage.name!r} reads {missing}, which do not come before it")
   fn = getattr(stage.fn, "func", stage.fn)  # a functools.partial: its function (the arguments go in `params`)
-  what = {"config": _jsonable(stage.config), "steps": list(stage.steps) if stage.config is not None else [],
-          "fn": None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', '')}",
-          "params": _jsonable(dict(stage.params)), "after": {a: upstream[a] for a in stage.after}}
+  name = None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', '')}"
+  what = {"config": jsonable(stage.config), "steps": list(stage.steps) if stage.config is not None else [],
+          "fn": MOVED.get(name, name),
+          "params": jsonable(dict(stage.params)), "after": {a: upstream[a] for a in stage.after}}
   return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -307,7 +299,7 @@ def stage_config(template, dataset, seed: int, *, model=None, **fields):
 
 # Host steps a planned stage may name: "module:function", called as function(workdir, config=stage config).
 HOST_STEPS = {
-    "threshold_baseline": "ich_jax.eval.threshold:run_stage",   # seed 002's grid-search baseline
+    "threshold_baseline": "ich_jax.experiments.threshold_baseline:run_stage",   # seed 002's grid-search baseline
 }
 
 
@@ -451,7 +443,9 @@ def _entry_name(entry: Mapping[str, Any]) -> str:
 
 
 def _short(value) -> str:
-  return json.dumps(_jsonable(value), separators=(",", ":")) if isinstance(value, (list, tuple, dict)) else str(value)
+  if not isinstance(value, (list, tuple, dict)):
+    return str(value)
+  return json.dumps(jsonable(value), separators=(",", ":"), sort_keys=True)
 
 
 def sweep_stages(base, entries: Sequence[Mapping[str, Any]]) -> list[Stage]:
@@ -480,18 +474,6 @@ def evaluation_dir(stage: Stage, root) -> pathlib.Path:
   return workdir
 
 
-def _ci(entry: Mapping) -> str:
-  lo, hi = entry.get("auc_ci") or (None, None)
-  auc = entry.get("auc")
-  if auc is None:
-    return "n/a"
-  return f"{auc:.3f}" if lo is None else f"{auc:.3f} [{lo:.3f}–{hi:.3f}]"
-
-
-def _f(x) -> str:
-  return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
-
-
 def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[dict]:
   """Reads every stage's evaluation; writes `<root>/<out_name>.md` and `.csv`; returns the rows.
 
@@ -500,14 +482,15 @@ def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[d
   each row's AUC(any) against the first row's (same scans only).
   """
   from ich_jax.eval import metrics as M
-  from ich_jax.eval import report
+  from ich_jax.eval import prediction_files
+  from ich_jax.eval.formatting import auc_ci, number, p_value
 
   root = pathlib.Path(root)
   rows, first = [], None
   for stage in stages:
     d = evaluation_dir(stage, root)
     m = json.loads((d / "metrics.json").read_text())
-    preds = report.read_predictions(d / "predictions.csv")
+    preds = prediction_files.read_predictions(d / "predictions.csv")
     row = {"name": stage.name, "overrides": _short(dict(stage.params.get("overrides", {}))), "dir": str(d)}
     for level in ("slice", "scan"):
       any_ = m[level]["any"]
@@ -529,12 +512,13 @@ def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[d
   header = ["Run", "Overrides", "Slice AUC(any) [95% CI]", "Scan AUC(any) [95% CI]", "Slice log-loss",
             "Scan log-loss", "Scan sens.", "Scan spec.", f"Δ scan AUC vs {rows[0]['name']}", "DeLong p"]
   table = [[r["name"], f"`{r['overrides']}`",
-            _ci({"auc": r["slice_auc_any"], "auc_ci": r["slice_auc_any_ci"]}),
-            _ci({"auc": r["scan_auc_any"], "auc_ci": r["scan_auc_any_ci"]}),
-            _f(r["slice_log_loss"]), _f(r["scan_log_loss"]), _f(r["scan_sensitivity_any"]),
-            _f(r["scan_specificity_any"]),
-            "—" if r["delta_scan_auc"] is None else f"{r['delta_scan_auc']:+.3f}",
-            "—" if r["delong_p"] is None else (f"{r['delong_p']:.4f}" if r["delong_p"] >= 1e-4 else "< 0.0001")]
+            auc_ci({"auc": r["slice_auc_any"], "auc_ci": r["slice_auc_any_ci"]}),
+            auc_ci({"auc": r["scan_auc_any"], "auc_ci": r["scan_auc_any_ci"]}),
+            number(r["slice_log_loss"]), number(r["scan_log_loss"]), number(r["scan_sensitivity_any"]),
+            number(r["scan_specificity_any"]),
+            # "—": no comparison made (the first row, or other scans), rather than a number that is missing.
+            "—" if r["delta_scan_auc"] is None else number(r["delta_scan_auc"], "+.3f"),
+            "—" if r["delong_p"] is None else p_value(r["delong_p"])]
            for r in rows]
   lines = [f"# Sweep: {len(rows)} runs", "",
            "Each run's own report.md is in its folder. AUC intervals: the runs' bootstrap; DeLong p: two-sided, "

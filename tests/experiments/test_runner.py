@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report
+from ich_jax.eval import prediction_files, report
 from ich_jax.experiments import runner
 from ich_jax.experiments.runner import Stage
 
@@ -121,7 +121,7 @@ def test_a_sweep_trains_each_entry_once_and_collates_its_evaluations(smoke_confi
   assert run["data"]["recipe"] == [[0, 40, 40], [0, 40, 80], [0, 500, 3000]]
   table = (root / "sweep.md").read_text()
   # The table's numbers are the runs' own: recompute the second row from its predictions.csv.
-  preds = {n: report.read_predictions(root / n / "predictions.csv") for n in ("rsna", "seed000")}
+  preds = {n: prediction_files.read_predictions(root / n / "predictions.csv") for n in ("rsna", "seed000")}
   ids, scan = zip(*(M.scan_scores(preds[n]["probabilities"][:, 0], preds[n]["study_id"]) for n in ("rsna", "seed000")))
   _, y = M.scan_scores(preds["rsna"]["labels"][:, 0], preds["rsna"]["study_id"])
   auc = M.roc_auc(y > 0.5, scan[1])
@@ -147,7 +147,7 @@ def test_a_sweep_over_an_experiment_runs_it_per_entry_and_collates_its_final_sta
   from ml_collections import ConfigDict
 
   from ich_jax import experiments
-  from ich_jax.train import evaluate
+  from ich_jax.eval import report
 
   def write(workdir, *, shift):
     rng = np.random.default_rng(0)
@@ -156,8 +156,8 @@ def test_a_sweep_over_an_experiment_runs_it_per_entry_and_collates_its_final_sta
     prob = np.clip(0.5 * labels + shift * rng.random((40, 6)), 0, 1)
     preds = {"probabilities": prob, "labels": labels, "study_id": np.array([f"s{i // 2}" for i in range(40)]),
              "series_id": np.array([f"s{i // 2}" for i in range(40)]), "slice_index": np.arange(40) % 2}
-    evaluate.write_evaluation(preds, workdir, ConfigDict({"threshold": 0.5, "n_boot": 10, "figures": False}),
-                              title="fake", quiet=True)
+    report.write_evaluation(preds, workdir, ConfigDict({"threshold": 0.5, "n_boot": 10, "figures": False}),
+                            title="fake", quiet=True)
 
   fake = types.ModuleType("fake_experiment")
   fake.FINAL = "final"
@@ -170,7 +170,7 @@ def test_a_sweep_over_an_experiment_runs_it_per_entry_and_collates_its_final_sta
   runner.run_stages(stages, tmp_path)
   rows = runner.collate(stages, tmp_path)
   assert (tmp_path / "large" / "final" / "predictions.csv").is_file()
-  preds = report.read_predictions(tmp_path / "large" / "final" / "predictions.csv")
+  preds = prediction_files.read_predictions(tmp_path / "large" / "final" / "predictions.csv")
   _, scan = M.scan_scores(preds["probabilities"][:, 0], preds["study_id"])
   _, y = M.scan_scores(preds["labels"][:, 0], preds["study_id"])
   assert rows[1]["scan_auc_any"] == pytest.approx(M.roc_auc(y > 0.5, scan)) and rows[1]["delong_p"] is not None

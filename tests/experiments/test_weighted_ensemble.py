@@ -12,7 +12,7 @@ from configs import weighted_ensemble
 from ich_jax import bundle as bundle_lib
 from ich_jax import experiments
 from ich_jax.data import pipeline
-from ich_jax.eval import ensemble_tables, report
+from ich_jax.eval import ensemble_tables, prediction_files
 from ich_jax.eval import metrics as M
 from ich_jax.experiments import runner
 from ich_jax.train import loop
@@ -73,7 +73,7 @@ def test_every_table_is_filled_from_the_runs(ensemble_run):
       text.index(f"| {label} |") for label, _ in c.experiment.table3)
   for label, stage in c.experiment.table3:
     entry = rows[label]
-    scans = ensemble_tables.scan_table(report.read_predictions(workdir / stage / "predictions.csv"))
+    scans = ensemble_tables.scan_table(prediction_files.read_predictions(workdir / stage / "predictions.csv"))
     assert entry["all"]["auc"] == pytest.approx(M.roc_auc(scans["labels"][:, 0], scans["prob"]))
     for subset in ("all", "subdural", "subarachnoid", "small"):
       assert entry[subset]["n_positive"] > 0 and entry[subset]["n_negative"] > 0
@@ -85,7 +85,7 @@ def test_every_table_is_filled_from_the_runs(ensemble_run):
     s = t["table3"]["subsets"][subset]
     assert s["n_scans"] == 2 * s["n_positive"]
   # Difficult cases: the final ensemble's scans that metrics.difficult_cases picks, all of them listed.
-  final = ensemble_tables.scan_table(report.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
+  final = ensemble_tables.scan_table(prediction_files.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
   hard = M.difficult_cases(final["labels"][:, 0], final["prob"])
   assert sorted(r["study_id"] for r in t["difficult"]) == sorted(final["study_id"][hard])
   assert len((workdir / "difficult_cases.csv").read_text().splitlines()) == 1 + hard.sum()
@@ -97,11 +97,11 @@ def test_table4_compares_the_final_ensemble_with_the_strong_vs_weak_runs(ensembl
   t4 = json.loads((workdir / "tables.json").read_text())["table4"]
   text = (workdir / "report.md").read_text().split("## Table 4")[1].split("## Difficult")[0]
   assert sorted(t4) == sorted(c.experiment.classifiers) and "not run" not in text
-  final = ensemble_tables.scan_table(report.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
+  final = ensemble_tables.scan_table(prediction_files.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
   for b in c.experiment.classifiers:
     e = t4[b]
     # Recomputed from the strong run's own predictions.csv, on the scans both predicted (both held out "test").
-    strong = ensemble_tables.scan_table(report.read_predictions(svw_root / b / "strong" / "predictions.csv"))
+    strong = ensemble_tables.scan_table(prediction_files.read_predictions(svw_root / b / "strong" / "predictions.csv"))
     common, i, j = np.intersect1d(final["study_id"], strong["study_id"], return_indices=True)
     assert e["status"] == "ok" and e["n_scans"] == len(common) == len(final["study_id"])
     assert e["workdir"] == str(svw_root / b / "strong")
