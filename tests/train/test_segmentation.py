@@ -6,7 +6,6 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import segmentation as seg_config
@@ -24,47 +23,6 @@ def _square(size=8, lo=2, hi=5):
 
 def _logits(binary):
   return jnp.asarray(np.where(binary > 0, BIG, -BIG), jnp.float32)
-
-
-def test_dice_loss_perfect_disjoint_and_partial():
-  t = _square()[None, :, :, None]                               # 9 blood pixels
-  assert float(seg.dice_loss(_logits(t), jnp.asarray(t))) == pytest.approx(0.0, abs=1e-6)
-  disjoint = np.zeros_like(t)
-  disjoint[0, 6:8, 6:8, 0] = 1                                  # 4 pixels, no overlap
-  # 1 − (0 + 1) / (4 + 9 + 1): the smoothing term is all that keeps it below 1.
-  assert float(seg.dice_loss(_logits(disjoint), jnp.asarray(t))) == pytest.approx(1 - 1 / 14, rel=1e-6)
-  half = np.zeros_like(t)
-  half[0, 2:5, 2:4, 0] = 1                                      # 6 of the 9 pixels
-  assert float(seg.dice_loss(_logits(half), jnp.asarray(t))) == pytest.approx(1 - 13 / 16, rel=1e-6)
-  # Soft probabilities enter linearly: p = 0.5 everywhere on 64 pixels.
-  soft = seg.dice_loss(jnp.zeros_like(jnp.asarray(t)), jnp.asarray(t))
-  assert float(soft) == pytest.approx(1 - (2 * 4.5 + 1) / (32 + 9 + 1), rel=1e-6)
-
-
-def test_dice_over_slices_or_batch_and_what_empty_means():
-  blood = _square()
-  t = jnp.asarray(np.stack([blood, np.zeros_like(blood)])[..., None])
-  false_pos = np.stack([blood, _square(lo=0, hi=1)])[..., None]  # slice 2: 1 pixel where there is no blood
-  pred = _logits(false_pos)
-  # Per slice: perfect (0) and an empty slice with one false pixel: 1 − 1 / (1 + 0 + 1).
-  assert float(seg.dice_loss(pred, t, over="slice")) == pytest.approx((0 + 0.5) / 2, rel=1e-6)
-  # Ignoring empty targets (metrics.dice's empty=NaN): only the blood slice is scored.
-  assert float(seg.dice_loss(pred, t, over="slice", ignore_empty=True)) == pytest.approx(0.0, abs=1e-6)
-  # Pooled over the batch: 1 − (18 + 1) / (10 + 9 + 1).
-  assert float(seg.dice_loss(pred, t, over="batch")) == pytest.approx(1 - 19 / 20, rel=1e-6)
-  # An empty target predicted empty is perfect agreement (metrics.dice(..., empty=1.0) in the limit).
-  empty = jnp.zeros((1, 8, 8, 1))
-  assert float(seg.dice_loss(_logits(np.zeros((1, 8, 8, 1))), empty, over="slice")) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_bce_matches_optax_and_the_definition():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(2, 8, 8, 1)).astype(np.float32) * 3
-  t = (rng.random((2, 8, 8, 1)) > 0.8).astype(np.float32)
-  got = float(seg.bce_loss(jnp.asarray(logits), jnp.asarray(t)))
-  assert got == pytest.approx(float(optax.sigmoid_binary_cross_entropy(logits, t).mean()), rel=1e-6)
-  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
-  assert got == pytest.approx(float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean()), rel=1e-5)
 
 
 def test_targets_any_and_per_subtype():

@@ -9,7 +9,7 @@ from flax import nnx
 
 from configs import sequence as sequence_config
 from ich_jax.data import folds, pipeline, series, windows
-from ich_jax.train import evaluate, export, loop, optimizer, tasks
+from ich_jax.train import evaluate, export, loop, losses, optimizer, tasks
 
 
 # --- A hand-made export: slice s of series k carries its identity in its features ---------
@@ -192,8 +192,8 @@ def test_sequence_loss_ignores_padded_slices():
 
   loss, loss_garbage, logits = run(model, batch, garbage)
   assert float(loss) == pytest.approx(float(loss_garbage), rel=1e-6)
-  per_slice = np.asarray(tasks.weighted_bce(jnp.asarray(logits), jnp.asarray(batch["labels"]),
-                                            jnp.array(task.label_weights)))
+  per_slice = np.asarray(losses.weighted_bce(jnp.asarray(logits), jnp.asarray(batch["labels"]),
+                                             jnp.array(task.label_weights)))
   assert float(loss) == pytest.approx(per_slice[valid].mean(), rel=1e-5)
 
 
