@@ -116,13 +116,14 @@ def _run(config, workdir: pathlib.Path, *, several: bool, allow: bool) -> None:
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=config.train.num_steps)
   elif _MODE.value == "eval":
     evaluate.evaluate(config, workdir)
-  else:
+  elif _MODE.value == "export_features":
     from ich_jax.train import export
 
-    if _MODE.value == "export_features":
-      export.export_features(config, workdir)
-    else:
-      export.export_bundle(config, workdir, _OUT.value)
+    export.export_features(config, workdir)
+  else:
+    from ich_jax.bundle import export
+
+    export.export_bundle(config, workdir, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from flax import nnx
 from configs import physionet_patch_unet
 from ich_jax import bundle as bundle_lib
 from ich_jax import experiments
+from ich_jax.bundle import export, members
 from ich_jax.data import pipeline
 from ich_jax.eval import metrics as M
 from ich_jax.models import maps
-from ich_jax.train import evaluate, export, loop
+from ich_jax.train import evaluate, loop
 from tests.experiments.conftest import run_smoke
 
 
@@ -84,7 +85,7 @@ def test_the_patch_unet_bundle_predicts_by_sliding_window(patch_run, tmp_path):
   manifest = bundle_lib.read_manifest(out)
   (entry,) = manifest["members"]
   assert entry["task"]["patch"] == 16 and entry["task"]["stride"] == 8 and entry["data"]["image_size"] == 32
-  assert bundle_lib.window(entry) == {"patch": 16, "stride": 8}
+  assert members.window(entry) == {"patch": 16, "stride": 8}
   assert entry["source"]["step"] == evaluate.selected_step(run)
   b = bundle_lib.load(out)
   assert b.describe()[0]["window"] == {"patch": 16, "stride": 8}

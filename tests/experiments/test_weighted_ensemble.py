@@ -10,6 +10,7 @@ from flax import nnx
 
 from configs import weighted_ensemble
 from ich_jax import bundle as bundle_lib
+from ich_jax.bundle import __main__ as bundle_cli
 from ich_jax import experiments
 from ich_jax.data import pipeline
 from ich_jax.eval import ensemble_tables, prediction_files
@@ -135,8 +136,8 @@ def test_the_exported_ensemble_predicts_what_its_evaluation_did(ensemble_run, tm
   c, workdir = ensemble_run
   run = workdir / "ensemble_all"
   # An experiment's stage is exported by its folder (its config.json and checkpoints).
-  assert bundle_lib.main(["export", "--run", str(run), "--out", str(tmp_path / "bundle")]) == 0
-  assert bundle_lib.main(["export", "--run", str(tmp_path)]) == 1                 # no config.json: named, exit 1
+  assert bundle_cli.main(["export", "--run", str(run), "--out", str(tmp_path / "bundle")]) == 0
+  assert bundle_cli.main(["export", "--run", str(tmp_path)]) == 1                 # no config.json: named, exit 1
   b = bundle_lib.load(tmp_path / "bundle")
   roles = {m.name: m.role for m in b.members.values()}
   assert roles == {**{n: "segmentation" for n in weighted_ensemble.BASES}, "ensemble_all": "ensemble_weights"}
