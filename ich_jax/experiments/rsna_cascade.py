@@ -32,7 +32,8 @@ from ich_jax import LABELS
 from ich_jax.data import folds, series, stacking
 from ich_jax.eval import report
 from ich_jax.eval.formatting import auc_ci, md_table, number
-from ich_jax.experiments.runner import Stage, stage_config
+from ich_jax.experiments.runner import Stage
+from ich_jax.experiments.stage_configs import stage_config
 
 FINAL = "ensemble"
 SEQUENCE_STAGES = ("seq1", "seq2")

@@ -24,7 +24,8 @@ import numpy as np
 from ich_jax.eval import metrics as M
 from ich_jax.eval import prediction_files, report
 from ich_jax.eval.formatting import auc_ci, md_table, number, p_value
-from ich_jax.experiments.runner import Stage, stage_config
+from ich_jax.experiments.runner import Stage
+from ich_jax.experiments.stage_configs import stage_config
 
 FINAL = None
 ANNOTATIONS = ("weak", "strong")

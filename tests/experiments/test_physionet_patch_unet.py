@@ -14,6 +14,7 @@ from ich_jax import experiments
 from ich_jax.bundle import export, members
 from ich_jax.data import pipeline
 from ich_jax.eval import metrics as M
+from ich_jax.experiments.physionet_patch_unet import METHODS
 from ich_jax.models import maps
 from ich_jax.train import evaluate, loop
 from tests.experiments.conftest import run_smoke
@@ -24,15 +25,15 @@ def test_per_fold_stages_get_their_rounds_splits(tiny_data_dir, tmp_path):
   p.dataset.data_dir = tiny_data_dir
   p.experiment.cv.folds = (0, 3)
   plan = experiments.stages(p, tmp_path)
-  assert [s.name for s in plan] == [f"fold{k}/{m}" for k in (0, 3) for m in physionet_patch_unet.METHODS] + ["report"]
+  assert [s.name for s in plan] == [f"fold{k}/{m}" for k in (0, 3) for m in METHODS] + ["report"]
   patch = plan[-2].config
   assert (patch.dataset.train_split, patch.dataset.validation_split, patch.dataset.eval_split) == (
       "train+validation+test[fold=0,1,2/5]", "train+validation+test[fold=4/5]", "train+validation+test[fold=3/5]")
   assert patch.dataset.kind == "patches" and (patch.task.patch, patch.task.stride) == (16, 8)
   assert plan[1].config.train.batch_size == 8 and plan[1].config.data.sampling.mode == "balanced"
   assert plan[1].steps == ("train", "select_checkpoint", "eval") and plan[0].fn is not None   # threshold: host step
-  p.experiment.stages.threshold.links = (("model.init_from", "patch_unet"),)
-  with pytest.raises(KeyError, match="not a stage before"):
+  p.experiment.cv.folds = ()
+  with pytest.raises(ValueError, match="experiment.cv.folds is empty"):
     experiments.stages(p, tmp_path)
 
 
