@@ -29,15 +29,7 @@ pixels at 512², the public code's). small256 (256²) is the same heads at twice
 from ml_collections import ConfigDict
 
 from configs import segmentation
-
-
-def _parse(arg):
-  tokens = [t for t in (arg or "").split(":") if t]
-  known = ("smoke", "physionet", "paper_patches")
-  unknown = [t for t in tokens if t not in known]
-  if unknown:
-    raise ValueError(f"configs/physionet_patch_unet.py: unknown argument {unknown[0]!r}; expected {known}")
-  return {t: t in tokens for t in known}
+from configs.common import parse_arg
 
 
 def _geometry(c, image_size: int, patch: int, stride: int) -> None:
@@ -51,10 +43,10 @@ def _geometry(c, image_size: int, patch: int, stride: int) -> None:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  v = _parse(arg)
+  v = parse_arg(arg, config="configs/physionet_patch_unet.py", smoke=False, physionet=False, paper_patches=False)
   # configs/segmentation.py's seed 002 U-Net: the brain window (level 40, width 120) as one grey channel
   # (§3), the 24-layer network at width 64 (§4), cross-entropy, Adam at 1e-5, batch 32 for windows (§6).
-  c = segmentation.get_config("unet:smoke" if v["smoke"] else "unet")
+  c = segmentation.get_config("unet:smoke" if v.smoke else "unet")
   c.dataset.kind = "slices"
   c.dataset.manual_dir = ""
   # Set per round by the experiment (experiment.cv); these are what a single stage run would read.
@@ -100,18 +92,18 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                     "overrides": {"dataset": {"kind": "patches"},
                                                   "task": {"patch": 0, "stride": 0}}})
 
-  if v["physionet"]:
+  if v.physionet:
     c.dataset.name = "physionet_ct_ich"
     c.dataset.config = "slices"
     _geometry(c, 512, 128, 64)           # the public code's windows on the 512² NIfTI slices
   else:
     _geometry(c, 128, 32, 16)            # synthetic_ich/small: a quarter of the slice, stride an eighth
-  if v["paper_patches"]:
+  if v.paper_patches:
     if c.data.image_size < 160:
       raise ValueError("configs/physionet_patch_unet.py:paper_patches needs slices of at least 160 pixels; "
                        "combine it with physionet (512²)")
     c.data.patch.size, c.data.patch.stride = 160, 80   # seed 002 §5: 160 × 160 windows, stride 80
-  if v["smoke"]:
+  if v.smoke:
     c.data.read_threads = 2
     c.data.prefetch_batches = 2
     _geometry(c, 32, 16, 8)

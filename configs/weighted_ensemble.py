@@ -28,6 +28,7 @@ copy of Supplementary Table S2.
 from ml_collections import ConfigDict
 
 from configs import ensemble, segmentation
+from configs.common import parse_arg
 from ich_jax.data import windows
 from ich_jax.experiments.weighted_ensemble import BASES, ENSEMBLES, PRETRAIN
 
@@ -39,15 +40,8 @@ TABLE3 = (("basic (1+2)", "ensemble_basic"), ("+SDH (1+2+3)", "ensemble_sdh"), (
 CLASSIFIERS = ("densenet121", "inception_resnet_v2", "mobilenet_v2", "vgg19")
 
 
-def _parse(arg):
-  tokens = [t for t in (arg or "").split(":") if t]
-  if any(t != "smoke" for t in tokens):
-    raise ValueError(f"configs/weighted_ensemble.py: unknown argument {arg!r}; expected '' or 'smoke'")
-  return "smoke" in tokens
-
-
 def get_config(arg: str | None = None) -> ConfigDict:
-  smoke = _parse(arg)
+  smoke = parse_arg(arg, config="configs/weighted_ensemble.py", smoke=False).smoke
   # The base models are configs/segmentation.py's Inception U-Net (seed 000 §2.2.2: "2D U-net with the
   # Inception module", Dice loss, Adam at 1e-4, threshold 0.5), here with the paper's inputs and subsets.
   c = segmentation.get_config("inception_unet:smoke" if smoke else "inception_unet")
