@@ -29,7 +29,8 @@ def parse_arg(arg: str | None, *, config: str, models: Sequence[str] = (), **spe
       try:
         out[key] = types[key](value)
       except ValueError:
-        raise ValueError(f"{config}: argument {token!r} in {arg!r}: {value!r} cannot be read as {types[key].__name__}") from None
+        raise ValueError(f"{config}: argument {token!r} in {arg!r}: {value!r} cannot be read as "
+                         f"{types[key].__name__}") from None
     elif not eq and token in models:
       chosen.append(token)
       out["model"] = token
@@ -38,7 +39,8 @@ def parse_arg(arg: str | None, *, config: str, models: Sequence[str] = (), **spe
     else:
       raise ValueError(f"{config}: unknown argument {token!r} in {arg!r}; expected {_takes(models, defaults, types)}")
   if len(set(chosen)) > 1:
-    raise ValueError(f"{config}: argument {arg!r} names {len(set(chosen))} models {chosen}; give one of {tuple(models)}")
+    raise ValueError(f"{config}: argument {arg!r} names {len(set(chosen))} models {chosen}; give one of "
+                     f"{tuple(models)}")
   return ConfigDict(out)
 
 
