@@ -1,6 +1,8 @@
 """Studies and run folders for the bundle and prediction tests: phantom CT written as a scanner writes it, and
 run folders as training leaves them."""
 import dataclasses
+import json
+import shutil
 
 import jax
 import numpy as np
@@ -59,3 +61,16 @@ def make_run(config, workdir, seed):
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
   ckpt.save(1, state)
   ckpt.close()
+
+
+def edited_bundle(src, dst, **fields):
+  """A copy of bundle `src` at `dst` with manifest `fields` changed and the manifest's own hash recomputed: a
+  consistent edit, which loads as a bundle but is not the one `verify` printed for `src`."""
+  from ich_jax.bundle import format as bundle_format
+
+  shutil.copytree(src, dst)
+  manifest = json.loads((dst / "manifest.json").read_text())
+  manifest.update(fields)
+  manifest["hash"] = bundle_format.manifest_hash(manifest)
+  (dst / "manifest.json").write_text(json.dumps(manifest))
+  return dst

@@ -16,12 +16,11 @@ import pytest
 from ich_jax import bundle as bundle_lib
 from ich_jax import predict
 from ich_jax.bundle import export
-from ich_jax.bundle import format as bundle_format
 from ich_jax.data import dicom, pipeline, study as study_lib
 from ich_jax.eval import metrics as M
 from ich_jax.eval.prediction_files import PROB_COLUMNS
 from ich_jax.train import loop
-from tests.fake_runs import make_phantom, write_study
+from tests.fake_runs import edited_bundle, make_phantom, write_study
 
 OPTIONS = predict.Options(batch_size=8, progress=False)
 
@@ -300,12 +299,7 @@ def test_a_bundle_other_than_the_pinned_one_is_refused_before_any_output(runs, t
   """`--expect-sha256`: an edited bundle whose manifest hash was recomputed loads as a bundle, not as the pinned one."""
   src = runs["root"] / "cls_bundle"
   identity = bundle_lib.manifest_sha256(src)
-  edited = tmp_path / "edited"
-  shutil.copytree(src, edited)
-  manifest = json.loads((edited / "manifest.json").read_text())
-  manifest["threshold"] = 0.01
-  manifest["hash"] = bundle_format.manifest_hash(manifest)
-  (edited / "manifest.json").write_text(json.dumps(manifest))
+  edited = edited_bundle(src, tmp_path / "edited", threshold=0.01)
   study = tmp_path / "study"
   write_study(study, make_phantom(14), decoys=False)
   assert predict.main(["--model", str(edited), "--expect-sha256", identity, "--input", str(study), "--output",

@@ -8,6 +8,7 @@ import pytest
 from ich_jax import bundle as bundle_lib
 from ich_jax.bundle import __main__ as bundle_cli
 from ich_jax.bundle import format as bundle_format
+from tests.fake_runs import edited_bundle
 
 
 def test_tampered_or_incomplete_bundles_are_refused(runs, tmp_path):
@@ -44,12 +45,7 @@ def test_every_loaded_file_is_listed_and_the_bundle_identity_can_be_pinned(runs,
   assert f"sha256 {identity}" in capsys.readouterr().out
   assert runs["cls_bundle"].hash == identity
   # An edit that recomputes the manifest's internal hash loads as a bundle, but not as the verified one.
-  edited = tmp_path / "edited"
-  shutil.copytree(src, edited)
-  manifest = json.loads((edited / "manifest.json").read_text())
-  manifest["threshold"] = 0.01
-  manifest["hash"] = bundle_format.manifest_hash(manifest)
-  (edited / "manifest.json").write_text(json.dumps(manifest))
+  edited = edited_bundle(src, tmp_path / "edited", threshold=0.01)
   assert bundle_lib.read_manifest(edited)["threshold"] == 0.01
   with pytest.raises(bundle_lib.BundleError, match=f"is not the expected {identity}"):
     bundle_lib.load(edited, expected_sha256=identity)

@@ -6,18 +6,7 @@ import optax
 import pytest
 
 from ich_jax.train import losses
-
-BIG = 30.0  # |logit| at which sigmoid is 0 or 1 to float32 precision
-
-
-def _square(size=8, lo=2, hi=5):
-  m = np.zeros((size, size), np.float32)
-  m[lo:hi, lo:hi] = 1
-  return m
-
-
-def _logits(binary):
-  return jnp.asarray(np.where(binary > 0, BIG, -BIG), jnp.float32)
+from tests.train import masks
 
 
 def test_weighted_bce_is_the_rsna_metric():
@@ -32,25 +21,25 @@ def test_weighted_bce_is_the_rsna_metric():
 
 
 def test_dice_loss_perfect_disjoint_and_partial():
-  t = _square()[None, :, :, None]                               # 9 blood pixels
-  assert float(losses.dice_loss(_logits(t), jnp.asarray(t))) == pytest.approx(0.0, abs=1e-6)
+  t = masks.square()[None, :, :, None]                               # 9 blood pixels
+  assert float(losses.dice_loss(masks.logits(t), jnp.asarray(t))) == pytest.approx(0.0, abs=1e-6)
   disjoint = np.zeros_like(t)
   disjoint[0, 6:8, 6:8, 0] = 1                                  # 4 pixels, no overlap
   # 1 − (0 + 1) / (4 + 9 + 1): the smoothing term is all that keeps it below 1.
-  assert float(losses.dice_loss(_logits(disjoint), jnp.asarray(t))) == pytest.approx(1 - 1 / 14, rel=1e-6)
+  assert float(losses.dice_loss(masks.logits(disjoint), jnp.asarray(t))) == pytest.approx(1 - 1 / 14, rel=1e-6)
   half = np.zeros_like(t)
   half[0, 2:5, 2:4, 0] = 1                                      # 6 of the 9 pixels
-  assert float(losses.dice_loss(_logits(half), jnp.asarray(t))) == pytest.approx(1 - 13 / 16, rel=1e-6)
+  assert float(losses.dice_loss(masks.logits(half), jnp.asarray(t))) == pytest.approx(1 - 13 / 16, rel=1e-6)
   # Soft probabilities enter linearly: p = 0.5 everywhere on 64 pixels.
   soft = losses.dice_loss(jnp.zeros_like(jnp.asarray(t)), jnp.asarray(t))
   assert float(soft) == pytest.approx(1 - (2 * 4.5 + 1) / (32 + 9 + 1), rel=1e-6)
 
 
 def test_dice_over_slices_or_batch_and_what_empty_means():
-  blood = _square()
+  blood = masks.square()
   t = jnp.asarray(np.stack([blood, np.zeros_like(blood)])[..., None])
-  false_pos = np.stack([blood, _square(lo=0, hi=1)])[..., None]  # slice 2: 1 pixel where there is no blood
-  pred = _logits(false_pos)
+  false_pos = np.stack([blood, masks.square(lo=0, hi=1)])[..., None]  # slice 2: 1 pixel where there is no blood
+  pred = masks.logits(false_pos)
   # Per slice: perfect (0) and an empty slice with one false pixel: 1 − 1 / (1 + 0 + 1).
   assert float(losses.dice_loss(pred, t, over="slice")) == pytest.approx((0 + 0.5) / 2, rel=1e-6)
   # Ignoring empty targets (metrics.dice's empty=NaN): only the blood slice is scored.
@@ -59,7 +48,8 @@ def test_dice_over_slices_or_batch_and_what_empty_means():
   assert float(losses.dice_loss(pred, t, over="batch")) == pytest.approx(1 - 19 / 20, rel=1e-6)
   # An empty target predicted empty is perfect agreement (metrics.dice(..., empty=1.0) in the limit).
   empty = jnp.zeros((1, 8, 8, 1))
-  assert float(losses.dice_loss(_logits(np.zeros((1, 8, 8, 1))), empty, over="slice")) == pytest.approx(0.0, abs=1e-6)
+  nothing = masks.logits(np.zeros((1, 8, 8, 1)))
+  assert float(losses.dice_loss(nothing, empty, over="slice")) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_bce_matches_optax_and_the_definition():
