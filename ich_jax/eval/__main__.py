@@ -6,7 +6,7 @@ Writes metrics.json, report.md, difficult_scans.csv and ROC figures (plus
 volumes.csv and volumes.png when the predictions are a run's predictions.npz
 with masks) into --out, default `<predictions stem>_eval/` beside the
 predictions file, and prints the short table. The CSV formats are described in
-ich_jax/eval/report.py.
+ich_jax/eval/prediction_files.py.
 """
 from __future__ import annotations
 

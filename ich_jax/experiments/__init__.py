@@ -5,8 +5,8 @@
                                                config's sections (their configs: `stage_configs`);
   FINAL                                        the stage whose folder holds the headline evaluation
                                                (metrics.json, predictions.csv), or None.
-`launch.py --config C --workdir W` runs them (`run`), skipping finished stages. The modules here import
-the runner, never this registry: the runner is handed `run` for a nested experiment (a sweep's entry).
+`launch.py --config C --workdir W` runs them (`run`), skipping finished stages. The runner, below this
+registry, never imports it: it is handed `run` for a nested experiment (a sweep's entry is a whole experiment).
 """
 from __future__ import annotations
 
