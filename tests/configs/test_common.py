@@ -19,7 +19,7 @@ def test_flags_models_and_typed_keys_in_either_spelling():
     ("unet:fpn", r"configs/x.py: argument 'unet:fpn' names 2 models \['unet', 'fpn'\]"),
     ("fold=two", r"configs/x.py: argument 'fold=two' in 'fold=two': 'two' cannot be read as int"),
     ("smoke=1", r"unknown argument 'smoke=1'"),
-])
+], ids=["unknown", "two models", "not an int", "a flag with a value"])
 def test_what_a_config_does_not_take_is_named(arg, message):
   with pytest.raises(ValueError, match=message):
     parse_arg(arg, config="configs/x.py", models=("unet", "fpn"), smoke=False, fold=(None, int))
