@@ -32,13 +32,13 @@ def get_sweep(arg):
 
 
 def test_a_sweep_trains_each_entry_once_and_collates_its_evaluations(smoke_config, tmp_path, capsys):
-  sweep = tmp_path / "sweep.py"
-  sweep.write_text(SWEEP)
+  sweep_file = tmp_path / "sweep.py"
+  sweep_file.write_text(SWEEP)
   root = tmp_path / "runs"
   smoke_config.eval.n_boot = 20
   smoke_config.eval.figures = False
   smoke_config.eval.baseline = False
-  rows = sweep.run_sweep(smoke_config, f"{sweep}", root)
+  rows = sweep.run_sweep(smoke_config, f"{sweep_file}", root)
   assert [r["name"] for r in rows] == ["rsna", "seed000"]
   run = json.loads((root / "seed000" / "config.json").read_text())
   assert run["data"]["recipe"] == [[0, 40, 40], [0, 40, 80], [0, 500, 3000]]
@@ -57,7 +57,7 @@ def test_a_sweep_trains_each_entry_once_and_collates_its_evaluations(smoke_confi
   # A rerun trains nothing; a longer sweep runs only its new entry.
   capsys.readouterr()
   mtime = (root / "rsna" / "predictions.csv").stat().st_mtime_ns
-  sweep.run_sweep(smoke_config, f"{sweep}:1", root)
+  sweep.run_sweep(smoke_config, f"{sweep_file}:1", root)
   assert "rsna: done, skipped" in capsys.readouterr().out
   assert (root / "rsna" / "predictions.csv").stat().st_mtime_ns == mtime
 
