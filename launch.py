@@ -38,7 +38,7 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "Sweep file (path[:arg]) whose get_sweep(arg) lists dicts of config overrides: each entry "
     "trains and evaluates (or runs the experiment) in WORKDIR/<name>, finished ones are skipped, then one table "
-    "(WORKDIR/sweep.md). See ich_jax/experiments/runner.py.")
+    "(WORKDIR/sweep.md). See ich_jax/experiments/sweep.py.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -106,13 +106,13 @@ def _run(config, workdir: pathlib.Path, *, several: bool, allow: bool) -> None:
     # Several runs of the one loop, each in its own folder (ich_jax.experiments), checked there: the root's
     # config.json records the whole config and its changes (a sweep entry or a fold added is not an error).
     from ich_jax import experiments
-    from ich_jax.experiments import runner
+    from ich_jax.experiments import sweep
     from ich_jax.train import config_record
 
     config_record.record(workdir, config, at_step=0, allow_change=True, write=jax.process_index() == 0,
                          how="sweep or experiment root: each stage is checked in its own folder")
     if _SWEEP.value:
-      runner.run_sweep(config, _SWEEP.value, workdir, allow_config_change=allow)
+      sweep.run_sweep(config, _SWEEP.value, workdir, allow_config_change=allow)
     else:
       experiments.run(config, workdir, allow_config_change=allow)
   elif _MODE.value == "train":
@@ -120,13 +120,14 @@ def _run(config, workdir: pathlib.Path, *, several: bool, allow: bool) -> None:
     evaluate.evaluate(config, workdir, exp=exp, state=state, step=config.train.num_steps)
   elif _MODE.value == "eval":
     evaluate.evaluate(config, workdir)
-  else:
+  elif _MODE.value == "export_features":
     from ich_jax.train import export
 
-    if _MODE.value == "export_features":
-      export.export_features(config, workdir)
-    else:
-      export.export_bundle(config, workdir, _OUT.value)
+    export.export_features(config, workdir)
+  else:
+    from ich_jax.bundle import export
+
+    export.export_bundle(config, workdir, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def make_bundle(name: str, out: pathlib.Path) -> pathlib.Path:
   import jax
   from flax import nnx
 
-  from ich_jax import LABELS, bundle, models
+  from ich_jax import LABELS, models
+  from ich_jax.bundle import format as bundle_format
 
   c = _config(name)
   jax.config.update("jax_default_prng_impl", "rbg")   # eager init: one kernel per weight shape, rbg is faster
@@ -66,12 +67,12 @@ def make_bundle(name: str, out: pathlib.Path) -> pathlib.Path:
                        **c.model.options)
   jax.config.update("jax_default_prng_impl", "threefry2x32")
   _, params, rest = nnx.split(model, nnx.Param, ...)
-  entry, arrays, _ = bundle.member_entry(
+  entry, arrays, _ = bundle_format.member_entry(
       name, model={"name": c.model.name, "num_classes": len(LABELS), "in_channels": len(c.data.recipe),
                    "options": c.model.options}, task=c.task, state={"params": params, "model_state": rest},
-      data=bundle.data_entry(c.data), source={"benchmark": "initial weights"})
-  return bundle.write(out, [(entry, arrays)], {"probabilities": {"combine": "mean", "members": [name]},
-                                               "gradcam": name}, threshold=c.eval.threshold)
+      data=bundle_format.data_entry(c.data), source={"benchmark": "initial weights"})
+  return bundle_format.write(out, [(entry, arrays)], {"probabilities": {"combine": "mean", "members": [name]},
+                                                      "gradcam": name}, threshold=c.eval.threshold)
 
 
 def write_study(folder: pathlib.Path, slices: int) -> pathlib.Path:

@@ -25,19 +25,13 @@ in-sample: the weight model learns from maps better than the test split's
 """
 from ml_collections import ConfigDict
 
+from configs.common import parse_arg
 from ich_jax.data import config_defaults, windows
 
 
-def _parse(arg: str | None) -> tuple[bool, bool]:
-  tokens = [t for t in (arg or "").split(":") if t]
-  unknown = [t for t in tokens if t not in ("smoke", "image")]
-  if unknown:
-    raise ValueError(f"configs/ensemble.py: unknown argument {unknown[0]!r} in {arg!r}; expected 'smoke', 'image'")
-  return "smoke" in tokens, "image" in tokens
-
-
 def get_config(arg: str | None = None) -> ConfigDict:
-  smoke, with_image = _parse(arg)
+  a = parse_arg(arg, config="configs/ensemble.py", smoke=False, image=False)
+  smoke, with_image = a.smoke, a.image
   c = ConfigDict()
   c.seed = 0
 

@@ -8,9 +8,10 @@
 Variants (colon-separated): `physionet` (physionet_ct_ich/slices at its native 512², the builder's subject
 folds), `paper_patches` (160 × 160 windows at stride 80, the paper's numbers, instead of the public code's
 128/64), `smoke` (synthetic_ich/tiny, CPU minutes). Every cross-validation round (experiment.cv.folds) runs
-three stages through the shared loop (ich_jax/experiments/runner.py, stages planned here in `experiment`;
-ich_jax/experiments/physionet_patch_unet.py) and report.md pools their held-out
-predictions (`ich_jax.eval.segmentation_tables`: Tables 5 and 6, Dice per subtype):
+three stages through the shared loop (ich_jax/experiments/runner.py; the stages:
+ich_jax/experiments/physionet_patch_unet.py, the U-Nets' steps and overrides here in `experiment`) and
+report.md pools their held-out predictions (`ich_jax.eval.segmentation_tables`: Tables 5 and 6, Dice per
+subtype):
   threshold   the grid-search baseline (ich_jax.eval.threshold)
   full_unet   the U-Net on whole slices, blood-free slices undersampled to as many as the slices with blood
   patch_unet  the U-Net on windows, blood-free windows undersampled; stitched by sliding-window inference
@@ -28,17 +29,7 @@ pixels at 512², the public code's). small256 (256²) is the same heads at twice
 from ml_collections import ConfigDict
 
 from configs import segmentation
-
-METHODS = ("threshold", "full_unet", "patch_unet")
-
-
-def _parse(arg):
-  tokens = [t for t in (arg or "").split(":") if t]
-  known = ("smoke", "physionet", "paper_patches")
-  unknown = [t for t in tokens if t not in known]
-  if unknown:
-    raise ValueError(f"configs/physionet_patch_unet.py: unknown argument {unknown[0]!r}; expected {known}")
-  return {t: t in tokens for t in known}
+from configs.common import parse_arg
 
 
 def _geometry(c, image_size: int, patch: int, stride: int) -> None:
@@ -52,10 +43,10 @@ def _geometry(c, image_size: int, patch: int, stride: int) -> None:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  v = _parse(arg)
+  v = parse_arg(arg, config="configs/physionet_patch_unet.py", smoke=False, physionet=False, paper_patches=False)
   # configs/segmentation.py's seed 002 U-Net: the brain window (level 40, width 120) as one grey channel
   # (§3), the 24-layer network at width 64 (§4), cross-entropy, Adam at 1e-5, batch 32 for windows (§6).
-  c = segmentation.get_config("unet:smoke" if v["smoke"] else "unet")
+  c = segmentation.get_config("unet:smoke" if v.smoke else "unet")
   c.dataset.kind = "slices"
   c.dataset.manual_dir = ""
   # Set per round by the experiment (experiment.cv); these are what a single stage run would read.
@@ -86,35 +77,33 @@ def get_config(arg: str | None = None) -> ConfigDict:
   e = c.experiment = ConfigDict()
   e.name = "physionet_patch_unet"
   e.only = ()                            # stage names or folder prefixes to run alone (runner.run_stages)
-  e.order = METHODS
   # Seed 002 §6: "Subject-based, 5-fold cross-validation"; a dataset without stored folds is folded by study
   # over all of its splits (every phantom study is held out once over the five rounds).
   e.cv = ConfigDict({"num_folds": 5, "folds": (0, 1, 2, 3, 4), "pool": "train+validation+test"})
-  e.templates = ConfigDict()
+  # The U-Nets' steps, and overrides merged over the base (the threshold baseline is a host step of its own).
   e.stages = ConfigDict()
-  e.stages.threshold = ConfigDict({"steps": ("threshold_baseline",), "per_fold": True})
-  e.stages.full_unet = ConfigDict({"steps": ("train", "select_checkpoint", "eval"), "per_fold": True,
+  e.stages.full_unet = ConfigDict({"steps": ("train", "select_checkpoint", "eval"),
                                    "overrides": {
       # Seed 002 §6: the full-slice U-Net with "random undersampling" of the slices without ICH, batch 2,
       # 150 epochs of ~640 slices.
       "data": {"sampling": {"mode": "balanced", "lesion": "any", "balance_subtypes": False}},
       "train": {"batch_size": 2, "num_steps": 50000, "checkpoint_every": 5000}}})
-  e.stages.patch_unet = ConfigDict({"steps": ("train", "select_checkpoint", "eval"), "per_fold": True,
+  e.stages.patch_unet = ConfigDict({"steps": ("train", "select_checkpoint", "eval"),
                                     "overrides": {"dataset": {"kind": "patches"},
                                                   "task": {"patch": 0, "stride": 0}}})
 
-  if v["physionet"]:
+  if v.physionet:
     c.dataset.name = "physionet_ct_ich"
     c.dataset.config = "slices"
     _geometry(c, 512, 128, 64)           # the public code's windows on the 512² NIfTI slices
   else:
     _geometry(c, 128, 32, 16)            # synthetic_ich/small: a quarter of the slice, stride an eighth
-  if v["paper_patches"]:
+  if v.paper_patches:
     if c.data.image_size < 160:
       raise ValueError("configs/physionet_patch_unet.py:paper_patches needs slices of at least 160 pixels; "
                        "combine it with physionet (512²)")
     c.data.patch.size, c.data.patch.stride = 160, 80   # seed 002 §5: 160 × 160 windows, stride 80
-  if v["smoke"]:
+  if v.smoke:
     c.data.read_threads = 2
     c.data.prefetch_batches = 2
     _geometry(c, 32, 16, 8)

@@ -8,10 +8,12 @@ the network and the step count are sized for 2 CPU cores.
 """
 from ml_collections import ConfigDict, config_dict
 
+from configs.common import parse_arg
 from ich_jax.data import config_defaults, windows
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
+  smoke = parse_arg(arg, config="configs/quickstart.py", smoke=False).smoke
   c = ConfigDict()
   c.seed = 0
 
@@ -68,7 +70,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.eval.threshold = 0.5
   c.eval.baseline = True
 
-  if arg == "smoke":
+  if smoke:
     c.dataset.config = "tiny"
     c.data.image_size = 64
     c.model.options.widths = (8, 16)
@@ -78,6 +80,4 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.train.checkpoint_every = 3
     c.eval.batch_size = 16
     c.train.progress = False
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/quickstart.py: unknown variant {arg!r}; expected '' or 'smoke'")
   return c

@@ -24,18 +24,8 @@ the labelled batch-1 test set.
 from ml_collections import ConfigDict
 
 from configs import sequence
+from configs.common import parse_arg
 from ich_jax.data import config_defaults, windows
-
-ARGS = ("smoke", "neighbours")
-
-
-def _parse(arg: str | None) -> set[str]:
-  tokens = set(filter(None, (arg or "").split(",")))
-  unknown = tokens - set(ARGS)
-  if unknown:
-    raise ValueError(f"configs/rsna_cascade.py: unknown argument(s) {sorted(unknown)} in {arg!r}; expected {ARGS}")
-  return tokens
-
 
 def _cnn(neighbours: bool) -> ConfigDict:
   """Stage 1: the 2D CNN (model name and options per backbone, config.backbones)."""
@@ -96,8 +86,8 @@ def _sequence(model: str) -> ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  tokens = _parse(arg)
-  smoke = "smoke" in tokens
+  a = parse_arg(arg, config="configs/rsna_cascade.py", smoke=False, neighbours=False)
+  smoke = a.smoke
   c = ConfigDict()
   c.seed = 0
 
@@ -122,7 +112,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.backbones = ConfigDict({name: ConfigDict({"name": name, "options": ConfigDict()})
                             for name in c.experiment.backbones})
 
-  c.cnn = _cnn("neighbours" in tokens)
+  c.cnn = _cnn(a.neighbours)
   c.seq1 = _sequence("seq_gru_1")
   c.seq2 = _sequence("seq_gru_2")
 

@@ -13,22 +13,15 @@ subtype; then set `model.num_classes = 5`.
 """
 from ml_collections import ConfigDict
 
+from configs.common import parse_arg
 from ich_jax.data import config_defaults, windows
 
 MODELS = ("unet", "inception_unet", "fpn")
 
 
-def _parse(arg: str | None) -> tuple[str, bool]:
-  parts = [p for p in (arg or "").split(":") if p]
-  smoke = "smoke" in parts
-  names = [p for p in parts if p != "smoke"]
-  if len(names) > 1 or (names and names[0] not in MODELS):
-    raise ValueError(f"configs/segmentation.py: variant {arg!r}; expected MODEL[:smoke] with MODEL in {MODELS}")
-  return (names[0] if names else "unet"), smoke
-
-
 def get_config(arg: str | None = None) -> ConfigDict:
-  name, smoke = _parse(arg)
+  a = parse_arg(arg, config="configs/segmentation.py", models=MODELS, smoke=False)
+  name, smoke = a.model, a.smoke
   c = ConfigDict()
   c.seed = 0
 

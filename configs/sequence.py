@@ -20,29 +20,16 @@ stacks out-of-fold predictions (the cascade config of issue 6 runs the folds).
 """
 from ml_collections import ConfigDict
 
+from configs.common import parse_arg
 from ich_jax.data import stage_exports
 
 MODELS = ("seq_gru_1", "seq_gru_2")
 NUM_FOLDS = 10          # seed 003 §2 "Network training procedure": 10-fold cross-validation
 
 
-def _parse(arg: str | None) -> tuple[str, bool, int | None]:
-  model, smoke, fold = "seq_gru_1", False, None
-  for token in filter(None, (arg or "").split(",")):
-    if token in MODELS:
-      model = token
-    elif token == "smoke":
-      smoke = True
-    elif token.startswith("fold="):
-      fold = int(token[len("fold="):])
-    else:
-      raise ValueError(f"configs/sequence.py: unknown argument {token!r} in {arg!r}; expected one of "
-                       f"{MODELS}, 'smoke', 'fold=K'")
-  return model, smoke, fold
-
-
 def get_config(arg: str | None = None) -> ConfigDict:
-  model, smoke, fold = _parse(arg)
+  a = parse_arg(arg, config="configs/sequence.py", models=MODELS, smoke=False, fold=(None, int))
+  model, smoke, fold = a.model, a.smoke, a.fold
   c = ConfigDict()
   c.seed = 0
 

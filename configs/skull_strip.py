@@ -14,12 +14,11 @@ op uses the classical mask.
 from ml_collections import ConfigDict
 
 from configs import segmentation
+from configs.common import parse_arg
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  if arg not in (None, "", "smoke"):
-    raise ValueError(f"configs/skull_strip.py: unknown variant {arg!r}; expected '' or 'smoke'")
-  smoke = arg == "smoke"
+  smoke = parse_arg(arg, config="configs/skull_strip.py", smoke=False).smoke
   c = segmentation.get_config("unet:smoke" if smoke else "unet")
   # What the classical method reads: soft tissue (brain window 40/80) and bone (500/3000, seed 000 §2.1.4).
   c.data.recipe = ((0, 40, 80), (0, 500, 3000))

@@ -19,12 +19,12 @@ same code path in CPU minutes.
 """
 from ml_collections import ConfigDict
 
+from configs.common import parse_arg
 from ich_jax.data import config_defaults, windows
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  if arg not in (None, "", "smoke"):
-    raise ValueError(f"configs/strong_vs_weak.py: unknown variant {arg!r}; expected '' or 'smoke'")
+  smoke = parse_arg(arg, config="configs/strong_vs_weak.py", smoke=False).smoke
   c = ConfigDict()
   c.seed = 0
 
@@ -101,7 +101,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # Seed 000 §2.1.5 adds "the segmentation loss in addition to the classification loss", no weight given: 1.
   c.strong.saliency_loss_weight = 1.0
 
-  if arg == "smoke":
+  if smoke:
     # synthetic_ich/tiny: 12 training studies, 22 slices with blood; 8 test studies.
     c.dataset.config = "tiny"
     for name, widths in zip(c.experiment.backbones, ((8, 16), (8, 12, 16), (12, 16), (8, 8, 16))):

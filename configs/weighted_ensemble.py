@@ -5,9 +5,9 @@
   # the real data: an AI-Hub-like strongly annotated set is not public; the builders with masks are
   #   --config.dataset.name=physionet_ct_ich --config.dataset.config=slices256 --config.dataset.manual_dir=...
 
-One command runs every stage through the shared loop (ich_jax/experiments/runner.py, stages planned here in
-`experiment`; ich_jax/experiments/weighted_ensemble.py), skipping finished ones on a rerun, and writes
-report.md (`ich_jax.eval.ensemble_tables`):
+One command runs every stage through the shared loop (ich_jax/experiments/runner.py; the stages:
+ich_jax/experiments/weighted_ensemble.py, their steps and overrides here in `experiment`), skipping finished
+ones on a rerun, and writes report.md (`ich_jax.eval.ensemble_tables`):
   pretrain_encoder   the U-Net's encoder under a subtype head (multilabel BCE): Model 2's pre-training
   model1_all         Model 1: all ICH, balanced normal/lesion slices, subtypes balanced
   model2_pretrained  Model 2: the same, encoder initialised from pretrain_encoder
@@ -28,27 +28,20 @@ copy of Supplementary Table S2.
 from ml_collections import ConfigDict
 
 from configs import ensemble, segmentation
+from configs.common import parse_arg
 from ich_jax.data import windows
+from ich_jax.experiments.weighted_ensemble import BASES, ENSEMBLES, PRETRAIN
 
-BASES = ("model1_all", "model2_pretrained", "model3_sdh", "model4_sah", "model5_small")
-# Table 3's rows: label → the ensemble stage, and which base models it combines.
-COMBINATIONS = (("basic (1+2)", "ensemble_basic", (0, 1)), ("+SDH (1+2+3)", "ensemble_sdh", (0, 1, 2)),
-                ("+SAH (1+2+4)", "ensemble_sah", (0, 1, 3)), ("+small (1+2+5)", "ensemble_small", (0, 1, 4)),
-                ("all five (1–5)", "ensemble_all", (0, 1, 2, 3, 4)))
+# Table 3's rows: label → the ensemble stage (the base models it combines: ENSEMBLES).
+TABLE3 = (("basic (1+2)", "ensemble_basic"), ("+SDH (1+2+3)", "ensemble_sdh"), ("+SAH (1+2+4)", "ensemble_sah"),
+          ("+small (1+2+5)", "ensemble_small"), ("all five (1–5)", "ensemble_all"))
 # Table 4 (seed 000 §3.4) compares the final ensemble with DenseNet121, InceptionResNetV2, MobileNetV2 and
 # VGG19 trained on strong annotation: the strong-vs-weak experiment's workdirs (configs/strong_vs_weak.py).
 CLASSIFIERS = ("densenet121", "inception_resnet_v2", "mobilenet_v2", "vgg19")
 
 
-def _parse(arg):
-  tokens = [t for t in (arg or "").split(":") if t]
-  if any(t != "smoke" for t in tokens):
-    raise ValueError(f"configs/weighted_ensemble.py: unknown argument {arg!r}; expected '' or 'smoke'")
-  return "smoke" in tokens
-
-
 def get_config(arg: str | None = None) -> ConfigDict:
-  smoke = _parse(arg)
+  smoke = parse_arg(arg, config="configs/weighted_ensemble.py", smoke=False).smoke
   # The base models are configs/segmentation.py's Inception U-Net (seed 000 §2.2.2: "2D U-net with the
   # Inception module", Dice loss, Adam at 1e-4, threshold 0.5), here with the paper's inputs and subsets.
   c = segmentation.get_config("inception_unet:smoke" if smoke else "inception_unet")
@@ -76,12 +69,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
   e = c.experiment = ConfigDict()
   e.name = "weighted_ensemble"
   e.only = ()                            # stage names or folder prefixes to run alone (runner.run_stages)
-  e.order = ("pretrain_encoder",) + BASES + tuple(stage for _, stage, _ in COMBINATIONS)
-  e.table3 = tuple((label, stage) for label, stage, _ in COMBINATIONS)
+  e.table3 = TABLE3
   # Table 4's classifiers: the strong runs <strong_vs_weak>/<backbone>/strong of that experiment's workdir.
   e.strong_vs_weak = "runs/strong_vs_weak"
   e.classifiers = CLASSIFIERS
-  e.cv = ConfigDict({"num_folds": 0, "folds": (), "pool": ""})   # no cross-validation in seed 000
 
   e.templates = ConfigDict()
   # Model 2's pre-training: "down-sampling layers of U-net were pre-trained using hemorrhage subtype labeling"
@@ -98,18 +89,17 @@ def get_config(arg: str | None = None) -> ConfigDict:
       "train": {"num_steps": weights.train.num_steps},
   })
 
+  # Each stage's steps, and overrides merged over the base (the pre-training over `templates.pretrain`, the
+  # weight models over `templates.weights`); which stage reads which: ich_jax/experiments/weighted_ensemble.py.
   e.stages = ConfigDict()
-  e.stages.pretrain_encoder = ConfigDict({"steps": ("train",), "template": "pretrain", "replace": ("task",)})
+  e.stages[PRETRAIN] = ConfigDict({"steps": ("train",)})
   for name in BASES:
-    e.stages[name] = ConfigDict({"steps": ("train", "export"), "template": "", "overrides": {}})
-  e.stages.model2_pretrained.links = (("model.init_from", "pretrain_encoder"),)
+    e.stages[name] = ConfigDict({"steps": ("train", "export"), "overrides": {}})
   e.stages.model3_sdh.overrides = ConfigDict({"data": {"sampling": {"lesion": "subdural"}}})
   e.stages.model4_sah.overrides = ConfigDict({"data": {"sampling": {"lesion": "subarachnoid"}}})
   e.stages.model5_small.overrides = ConfigDict({"data": {"sampling": {"lesion": "small"}}})
-  for _, stage, members in COMBINATIONS:
-    e.stages[stage] = ConfigDict({"steps": ("train", "eval"), "template": "weights",
-                                  "replace": ("task", "model"),
-                                  "links": (("dataset.exports", tuple(BASES[m] for m in members)),)})
+  for stage, _ in ENSEMBLES:
+    e.stages[stage] = ConfigDict({"steps": ("train", "eval")})
 
   if smoke:
     # tiny's 12 training studies hold no subarachnoid slice, which Model 4 trains on: the smoke trains on

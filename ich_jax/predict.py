@@ -61,6 +61,8 @@ import numpy as np
 
 from ich_jax import LABELS, SUBTYPES, atomic, lock
 from ich_jax.data import study as study_lib
+from ich_jax.eval.formatting import MISSING, number
+from ich_jax.jsonable import jsonable
 
 SHORT = {"any": "ICH", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
          "subarachnoid": "SAH", "subdural": "SDH"}
@@ -213,10 +215,6 @@ def _size_check(bundle, options: Options):
 # --- Writing ----------------------------------------------------------------------------------------------
 
 
-def _fmt(p) -> str:
-  return "n/a" if p is None else f"{p:.3f}"
-
-
 def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -> tuple[list[dict], str]:
   from ich_jax.data import resample, windows
   from ich_jax.data.windows import BRAIN_WINDOW
@@ -260,8 +258,8 @@ def _markdown(report: Mapping) -> str:
   lines += ["## Findings", "", "| | probability | decision | most suspicious slice |", "|---|---|---|---|"]
   for name in LABELS:
     f = report["findings"][name]
-    decision = "n/a" if f["positive"] is None else ("**POSITIVE**" if f["positive"] else "negative")
-    lines.append(f"| {name} | {_fmt(f['probability'])} | {decision} | {f['slice_index']} |")
+    decision = MISSING if f["positive"] is None else ("**POSITIVE**" if f["positive"] else "negative")
+    lines.append(f"| {name} | {number(f['probability'])} | {decision} | {f['slice_index']} |")
   lines.append("")
   v = report.get("volumes")
   if v:
@@ -302,8 +300,6 @@ def predict_study(bundle, input_path, out_dir, options: Options = Options()) -> 
 
 
 def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) -> dict:
-  from ich_jax.eval import report as eval_report
-
   clock = _Clock()
   clock.start("read")
   study = study_lib.read_study(input_path, min_slices=options.min_slices,
@@ -350,7 +346,7 @@ def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) 
 
 
 def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, label, clock, options) -> None:
-  from ich_jax.eval import report as eval_report
+  from ich_jax.eval.prediction_files import write_predictions_csv
 
   prob = outputs["probabilities"]
   preds = {"study_id": np.full(study.num_slices, study.study_id), "series_id": np.full(study.num_slices, study.series_id),
@@ -373,7 +369,7 @@ def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, lab
     written.append("mask.nii.gz")
     if options.overview_slices:
       tiles, label = _overview_tiles(study, images, bundle, outputs, rows, mask_native)
-  eval_report.write_predictions_csv(preds, tmp / "predictions.csv", extra_columns=extra)
+  write_predictions_csv(preds, tmp / "predictions.csv", extra_columns=extra)
   if tiles:
     from ich_jax.eval import plots
     plots.study_overview(tiles, tmp / "overview.png", title=f"{study.path.name}: most suspicious slices",
@@ -383,7 +379,7 @@ def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, lab
   clock.stop()
   report["timings"] = clock.as_dict()
   (tmp / "report.md").write_text(_markdown(report))
-  (tmp / "report.json").write_text(json.dumps(eval_report._jsonable(report), indent=2))
+  (tmp / "report.json").write_text(json.dumps(jsonable(report), indent=2))
 
 
 # --- Many studies ------------------------------------------------------------------------------------------

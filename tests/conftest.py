@@ -1,4 +1,5 @@
-"""Test-wide set-up: 8 virtual CPU devices (multi-device code paths), a tiny built dataset."""
+"""Test-wide set-up: 8 virtual CPU devices (multi-device code paths), a tiny built dataset, run folders and their
+bundles (`runs`, for tests/bundle and tests/test_predict.py)."""
 import os
 
 # Must precede the first JAX import of the session: the data-parallel mesh then
@@ -6,7 +7,11 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pathlib  # noqa: E402
+
 import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +34,42 @@ def smoke_config(tiny_data_dir):
   config = quickstart.get_config("smoke")
   config.dataset.data_dir = tiny_data_dir
   return config
+
+
+@pytest.fixture(scope="session")
+def runs(tiny_data_dir, tmp_path_factory):
+  """A classifier run (quickstart smoke) exported through launch.py; a U-Net run exported by export_bundle;
+  and the pair combined: probabilities from the classifier, the mask from the U-Net. Built once per session
+  for the bundle's tests (tests/bundle) and prediction's (tests/test_predict.py)."""
+  import subprocess
+  import sys
+
+  import jax
+
+  from configs import quickstart
+  from configs import segmentation as seg_config
+  from ich_jax import bundle as bundle_lib
+  from ich_jax.bundle import export
+  from tests.fake_runs import make_run
+
+  root = tmp_path_factory.mktemp("runs")
+  cls = quickstart.get_config("smoke")
+  cls.dataset.data_dir = tiny_data_dir
+  seg = seg_config.get_config("unet:smoke")
+  seg.dataset.data_dir = tiny_data_dir
+  old = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")   # eager init is a fifth as slow (tests/train/test_segmentation)
+  try:
+    make_run(cls, root / "cls", 0)
+    make_run(seg, root / "seg", 1)
+  finally:
+    jax.config.update("jax_default_prng_impl", old)
+  run = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config", "configs/quickstart.py:smoke",
+                        f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={root / 'cls'}", "--mode=export",
+                        f"--out={root / 'cls_bundle'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "Exported bundle (1 member: cls)" in run.stdout
+  export.export_bundle(seg, root / "seg")
+  bundle_lib.combine(root / "pair", average=[root / "cls_bundle"], mask=root / "seg" / "bundle")
+  return {"cls_config": cls, "cls": root / "cls", "cls_bundle": bundle_lib.load(root / "cls_bundle"),
+          "pair": bundle_lib.load(root / "pair"), "root": root}

@@ -1,108 +1,28 @@
-"""Export → bundle → predict on studies as a scanner writes them: phantom DICOM with decoy series, NIfTI, a
-real head slice, broken folders, batch mode, tampered bundles, ensembles of bundles."""
+"""Bundle → predict on studies as a scanner writes them: phantom DICOM with decoy series, NIfTI, a real head
+slice, broken folders, batch mode, outputs that would overwrite inputs, a pinned bundle identity. The bundle's
+own behaviour (tampering, combining, exporting) is tested in tests/bundle; the `runs` fixture is tests/conftest.py's."""
 import csv
 import dataclasses
 import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
-import jax
-import ml_collections
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
-from configs import quickstart, segmentation as seg_config
 from ich_jax import bundle as bundle_lib
 from ich_jax import predict
-from ich_jax.data import dicom, phantom, series_index, study as study_lib
+from ich_jax.bundle import export
+from ich_jax.data import dicom, series_index, study as study_lib
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report as eval_report
-from ich_jax.train import checkpoint, export, loop
+from ich_jax.eval.prediction_files import PROB_COLUMNS
+from ich_jax.train import loop
+from tests.fake_runs import edited_bundle, make_phantom, write_study
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-# 128² phantoms at ~1.8 mm pixels, 5 mm slices: about ten slices, a bleed in each study.
-SPEC = phantom.PhantomSpec(matrix=128, pixel_spacing_mm=(1.7, 1.9), slice_thickness_mm=(5.0,), max_slices=10,
-                           p_hemorrhage=1.0)
 OPTIONS = predict.Options(batch_size=8, progress=False)
-
-
-def _phantom(seed, slices=10):
-  """10 slices cover 45 mm, less than a head (the study is incomplete); 18 cover 85 mm."""
-  return phantom.make_phantom(seed, dataclasses.replace(SPEC, max_slices=slices))
-
-
-def _write_study(folder, p, *, decoys=True, **kw):
-  """The phantom's soft-tissue axial series (random file names, nested), plus a bone-kernel twin and a sagittal
-  reformat of the same study, and a stray text file: what a scanner folder holds."""
-  study_uid = pydicom.uid.generate_uid(entropy_srcs=[str(folder)])
-  spacing = (p.slice_thickness_mm, *p.pixel_spacing_mm)
-  files = dicom.write_series(p.hu, spacing, folder / "a" / "b", study_uid=study_uid, file_names="random", rng=0,
-                             z_positions=p.z_positions_mm, **kw)
-  if decoys:
-    dicom.write_series(p.hu, spacing, folder / "bone", study_uid=study_uid, kernel="BONE", series_number=2,
-                       series_description="HEAD BONE", z_positions=p.z_positions_mm)
-    sagittal = np.ascontiguousarray(p.hu[:, :, ::8].transpose(2, 1, 0))
-    dicom.write_series(sagittal, (8 * p.pixel_spacing_mm[1], 5.0, p.pixel_spacing_mm[0]), folder / "sag",
-                       study_uid=study_uid, orientation=(0, 1, 0, 0, 0, -1), series_number=3,
-                       series_description="SAG MPR")
-  (folder / "README.txt").write_text("exported by a PACS")
-  return files
-
-
-def _run(config, workdir, seed):
-  """A run's workdir as training leaves it (config.json, an Orbax checkpoint through the training
-  Checkpointer), holding initial weights with BatchNorm statistics drawn away from 0/1: training adds nothing
-  these tests check, and statistics a bundle forgot or applied in train mode would change every output."""
-  exp = loop.make_experiment(config)
-  state = exp.init_state()
-  rng = np.random.default_rng(seed)
-
-  def perturb(path, x):
-    name = jax.tree_util.keystr(path, simple=True, separator="/")
-    if name.endswith("mean/value"):
-      return x + rng.normal(0, 0.2, x.shape).astype(x.dtype)
-    if name.endswith("var/value"):
-      return x * rng.uniform(0.5, 2.0, x.shape).astype(x.dtype)
-    return x
-
-  state["model_state"] = jax.tree_util.tree_map_with_path(perturb, state["model_state"])
-  workdir.mkdir(parents=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
-  ckpt.save(1, state)
-  ckpt.close()
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_data_dir, tmp_path_factory):
-  """A classifier run (quickstart smoke) exported through launch.py; a U-Net run exported by export_bundle;
-  and the pair combined: probabilities from the classifier, the mask from the U-Net."""
-  root = tmp_path_factory.mktemp("runs")
-  cls = quickstart.get_config("smoke")
-  cls.dataset.data_dir = tiny_data_dir
-  seg = seg_config.get_config("unet:smoke")
-  seg.dataset.data_dir = tiny_data_dir
-  old = jax.config.jax_default_prng_impl
-  jax.config.update("jax_default_prng_impl", "rbg")   # eager init is a fifth as slow (tests/train/test_segmentation)
-  try:
-    _run(cls, root / "cls", 0)
-    _run(seg, root / "seg", 1)
-  finally:
-    jax.config.update("jax_default_prng_impl", old)
-  run = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config", "configs/quickstart.py:smoke",
-                        f"--config.dataset.data_dir={tiny_data_dir}", f"--workdir={root / 'cls'}", "--mode=export",
-                        f"--out={root / 'cls_bundle'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "Exported bundle (1 member: cls)" in run.stdout
-  export.export_bundle(seg, root / "seg")
-  bundle_lib.combine(root / "pair", average=[root / "cls_bundle"], mask=root / "seg" / "bundle")
-  return {"cls_config": cls, "cls": root / "cls", "cls_bundle": bundle_lib.load(root / "cls_bundle"),
-          "pair": bundle_lib.load(root / "pair"), "root": root}
 
 
 def _csv(path):
@@ -119,8 +39,8 @@ def _eval_probabilities(config, workdir, hu):
 
 
 def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a_mask_on_its_grid(runs, tmp_path):
-  p = _phantom(3)
-  files = _write_study(tmp_path / "study", p)
+  p = make_phantom(3)
+  files = write_study(tmp_path / "study", p)
   report = predict.predict_study(runs["pair"], tmp_path / "study", tmp_path / "out", OPTIONS)
   out = tmp_path / "out"
   assert sorted(f.name for f in out.iterdir()) == [".ich-jax-output.json", "mask.nii.gz", "overview.png",
@@ -134,7 +54,7 @@ def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a
   rows = _csv(out / "predictions.csv")
   assert [r["sop_uid"] for r in rows] == [pydicom.dcmread(f).SOPInstanceUID for f in files]
   np.testing.assert_allclose([float(r["z_position"]) for r in rows], p.z_positions_mm, atol=1e-4)
-  prob = np.array([[float(r[c]) for c in eval_report.PROB_COLUMNS] for r in rows])
+  prob = np.array([[float(r[c]) for c in PROB_COLUMNS] for r in rows])
   expected = _eval_probabilities(runs["cls_config"], runs["cls"], p.hu)
   np.testing.assert_allclose(prob, expected, rtol=1e-5, atol=1e-6)
   # Study level: the most suspicious slice's probability, decided at the bundle's threshold.
@@ -166,7 +86,7 @@ def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a
 
 
 def test_nifti_input_predicts_and_its_mask_keeps_the_files_shape_and_affine(runs, tmp_path):
-  p = _phantom(4)
+  p = make_phantom(4)
   # Stored RAS (x to the right, y anterior) with an offset origin: the reverse of the axial L, P, S order.
   ras = np.ascontiguousarray(p.hu[:, ::-1, ::-1].transpose(2, 1, 0))
   affine = np.diag([p.pixel_spacing_mm[1], p.pixel_spacing_mm[0], 5.0, 1.0])
@@ -175,7 +95,7 @@ def test_nifti_input_predicts_and_its_mask_keeps_the_files_shape_and_affine(runs
   report = predict.predict_study(runs["pair"], tmp_path / "head.nii.gz", tmp_path / "out", OPTIONS)
   rows = _csv(tmp_path / "out" / "predictions.csv")
   assert [int(r["source_slice"]) for r in rows] == list(range(len(p.hu)))
-  prob = np.array([[float(r[c]) for c in eval_report.PROB_COLUMNS] for r in rows])
+  prob = np.array([[float(r[c]) for c in PROB_COLUMNS] for r in rows])
   np.testing.assert_allclose(prob, _eval_probabilities(runs["cls_config"], runs["cls"], p.hu), rtol=1e-5, atol=1e-6)
   img = nib.load(tmp_path / "out" / "mask.nii.gz")
   assert img.shape == ras.shape
@@ -195,7 +115,7 @@ def test_the_real_pydicom_head_slice_is_a_one_slice_study(runs, tmp_path):
   report = predict.predict_study(runs["cls_bundle"], tmp_path / "study", tmp_path / "out", OPTIONS)
   assert report["series"]["num_slices"] == 1 and report["series"]["matrix"] == [512, 512]
   assert "axial (tilt" in report["series"]["selection"]["reason"]
-  prob = np.array([[float(r[c]) for c in eval_report.PROB_COLUMNS] for r in _csv(tmp_path / "out" / "predictions.csv")])
+  prob = np.array([[float(r[c]) for c in PROB_COLUMNS] for r in _csv(tmp_path / "out" / "predictions.csv")])
   ds = pydicom.dcmread(src)
   np.testing.assert_allclose(prob, _eval_probabilities(runs["cls_config"], runs["cls"],
                                                        np.rint(dicom.to_hu(ds))[None].astype(np.int16)),
@@ -222,7 +142,7 @@ def test_folders_that_are_no_ct_study_fail_naming_folder_and_reason(tmp_path):
   with pytest.raises(study_lib.StudyError, match="no such file or folder"):
     study_lib.read_study(tmp_path / "nowhere")
   # A missing slice: one gap twice the others.
-  p = _phantom(5)
+  p = make_phantom(5)
   z = np.r_[p.z_positions_mm[:4], p.z_positions_mm[5:]]
   dicom.write_series(p.hu[np.r_[0:4, 5:len(p.hu)]], (5.0, *p.pixel_spacing_mm), tmp_path / "gap", z_positions=z)
   with pytest.raises(study_lib.StudyError, match=r"gap: inconsistent slice spacing .* slices 3 and 4 .* 10 mm apart"):
@@ -237,10 +157,10 @@ def test_folders_that_are_no_ct_study_fail_naming_folder_and_reason(tmp_path):
 
 def test_batch_mode_reports_a_broken_study_and_predicts_the_others(runs, tmp_path, capsys):
   studies = tmp_path / "studies"
-  _write_study(studies / "alpha", _phantom(6, slices=18), decoys=False)
-  broken = _write_study(studies / "broken", _phantom(9), decoys=False)
+  write_study(studies / "alpha", make_phantom(6, slices=18), decoys=False)
+  broken = write_study(studies / "broken", make_phantom(9), decoys=False)
   broken[4].write_bytes(broken[4].read_bytes()[:-500])   # a slice cut short in transfer
-  p = _phantom(7, slices=18)
+  p = make_phantom(7, slices=18)
   nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
            studies / "gamma.nii.gz")
   code = predict.main(["--model", str(runs["root"] / "cls_bundle"), "--input", str(studies), "--output",
@@ -260,7 +180,7 @@ def test_batch_mode_reports_a_broken_study_and_predicts_the_others(runs, tmp_pat
 
 def test_an_incomplete_study_is_reported_incomplete_and_strict_makes_it_an_error(runs, tmp_path):
   studies = tmp_path / "studies"
-  _write_study(studies / "short", _phantom(11), decoys=False)   # 45 mm of a head: slices missing at both ends
+  write_study(studies / "short", make_phantom(11), decoys=False)   # 45 mm of a head: slices missing at both ends
   code = predict.main(["--model", str(runs["root"] / "cls_bundle"), "--input", str(studies), "--output",
                        str(tmp_path / "out"), "--batch", "--no-progress", "--overview-slices", "0"])
   assert code == 0   # predicted, and said to be incomplete
@@ -282,123 +202,11 @@ def test_an_incomplete_study_is_reported_incomplete_and_strict_makes_it_an_error
   assert not (tmp_path / "strict" / "short").exists()
 
 
-def test_tampered_or_incomplete_bundles_are_refused(runs, tmp_path):
-  src = runs["root"] / "cls_bundle"
-  params = next((src / "params").glob("*.npz")).relative_to(src)
-  bad = tmp_path / "bytes"
-  shutil.copytree(src, bad)
-  data = bytearray((bad / params).read_bytes())
-  data[-200] ^= 0xFF
-  (bad / params).write_bytes(bytes(data))
-  with pytest.raises(bundle_lib.BundleError, match=f"{params.name}: SHA-256 differs"):
-    bundle_lib.load(bad)
-  edited = tmp_path / "edited"
-  shutil.copytree(src, edited)
-  manifest = json.loads((edited / "manifest.json").read_text())
-  manifest["threshold"] = 0.01
-  (edited / "manifest.json").write_text(json.dumps(manifest))
-  with pytest.raises(bundle_lib.BundleError, match="manifest's hash does not match"):
-    bundle_lib.load(edited)
-  partial = tmp_path / "partial"
-  shutil.copytree(src, partial)
-  (partial / params).unlink()
-  with pytest.raises(bundle_lib.BundleError, match=f"{params} is missing"):
-    bundle_lib.load(partial)
-  with pytest.raises(bundle_lib.BundleError, match="not a model bundle"):
-    bundle_lib.load(tmp_path)
-  assert bundle_lib.main(["verify", str(src)]) == 0 and bundle_lib.main(["verify", str(bad)]) == 1
-
-
-def test_combined_bundle_averages_its_classifiers(runs, tmp_path):
-  """A second classifier (the first's weights, head changed) and their average, as `combine` makes it."""
-  src = runs["root"] / "cls_bundle"
-  manifest = bundle_lib.read_manifest(src)
-  entry = manifest["members"][0]
-  with np.load(src / entry["params"]) as z:
-    arrays = {k: z[k] for k in z.files}
-  head = [k for k in arrays if k.startswith("params/head/")]
-  assert head
-  for k in head:
-    arrays[k] = arrays[k] * -0.5
-  bundle_lib.write(tmp_path / "other", [(entry, arrays)], manifest["outputs"], threshold=manifest["threshold"])
-  bundle_lib.combine(tmp_path / "mean", average=[src, tmp_path / "other"])
-  mean = bundle_lib.load(tmp_path / "mean")
-  assert [m["role"] for m in mean.describe()] == ["classifier", "classifier"]
-  p = _phantom(8)
-  records = [{"image": p.hu[i], "series_id": "s", "slice_index": i} for i in range(len(p.hu))]
-  z = p.z_positions_mm
-  images = mean.preprocess(records)
-  # Loading needs the bundle alone: not the run's workdir, not its config.
-  hidden = runs["cls"].with_name("hidden")
-  runs["cls"].rename(hidden)
-  try:
-    got = bundle_lib.load(tmp_path / "mean").predict(images, z, batch_size=8)
-  finally:
-    hidden.rename(runs["cls"])
-  one = runs["cls_bundle"].predict(runs["cls_bundle"].preprocess(records), z, batch_size=8)["probabilities"]
-  first, second = mean.outputs["probabilities"]["members"]
-  other = got["members"][second]["probabilities"]
-  assert not np.allclose(one, other, atol=1e-3)
-  np.testing.assert_allclose(got["members"][first]["probabilities"], one, rtol=1e-6)
-  np.testing.assert_allclose(got["probabilities"], (one + other) / 2, rtol=1e-6)
-  with pytest.raises(bundle_lib.BundleError, match="predicts no mask"):
-    bundle_lib.combine(tmp_path / "x", average=[src], mask=src)
-
-
-def test_seed003_cascade_exports_as_one_bundle_and_predicts_as_its_stages_were_trained(runs, tmp_path):
-  """CNN → seq_gru_1 (its features) → seq_gru_2 (both stages' probabilities and the slice gap): export_bundle
-  brings the input runs along; the bundle's answer equals each stage evaluated on the previous stage's export
-  (ich_jax.data.stage_exports), the path the sequence models train and evaluate on."""
-  from configs import sequence as sequence_config
-  from ich_jax.data import stage_exports
-
-  p = _phantom(10)
-  n = len(p.hu)
-  records = [{"image": p.hu[i], "series_id": b"phantom", "study_id": b"phantom", "slice_index": i,
-              "z_position": np.float32(p.z_positions_mm[i]), "labels": np.zeros(6, np.float32)} for i in range(n)]
-  source = series_index.SeriesSource(records)
-
-  def export_stage(config, workdir):
-    exp, state, _ = loop.restore_for_eval(config, workdir)
-    split_source = source if config.dataset.get("kind", "slices") == "slices" else \
-        stage_exports.SeriesFeatureSource(config.dataset.exports, "train")
-    rows = loop.predict_split(exp, state, split_source, batch_size=8, method="export",
-                              fields=stage_exports.ID_FIELDS + stage_exports.EXTRA_FIELDS)
-    stage_exports.write_export(stage_exports.export_dir(workdir, "train"), rows)
-    return rows["probabilities"]
-
-  # The stage-1 run's export of this one series is the "training split" the sequence runs were built on.
-  cls = runs["root"] / "cascade_cls"
-  shutil.copytree(runs["cls"], cls, ignore=shutil.ignore_patterns("bundle"))
-  export_stage(runs["cls_config"], cls)
-  configs = {}
-  old = jax.config.jax_default_prng_impl
-  jax.config.update("jax_default_prng_impl", "rbg")
-  try:
-    for name, exports in (("seq_gru_1", (cls,)), ("seq_gru_2", (cls, tmp_path / "seq_gru_1"))):
-      config = sequence_config.get_config(f"{name},smoke")
-      config.dataset.exports = tuple(str(e) for e in exports)
-      _run(config, tmp_path / name, 2)
-      configs[name] = config
-      stage = export_stage(config, tmp_path / name)
-  finally:
-    jax.config.update("jax_default_prng_impl", old)
-  export.export_bundle(configs["seq_gru_2"], tmp_path / "seq_gru_2", tmp_path / "bundle")
-  cascade = bundle_lib.load(tmp_path / "bundle")
-  assert [(m["name"], m["role"], m["inputs"]) for m in cascade.describe()] == [
-      ("cascade_cls", "classifier", []), ("seq_gru_1", "sequence", ["cascade_cls"]),
-      ("seq_gru_2", "sequence", ["cascade_cls", "seq_gru_1"])]
-  assert cascade.outputs["probabilities"]["members"] == ["seq_gru_2"] and cascade.outputs["gradcam"] == "cascade_cls"
-  got = cascade.predict(cascade.preprocess(records), p.z_positions_mm, batch_size=8)
-  np.testing.assert_allclose(got["probabilities"], stage, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(got["members"]["seq_gru_1"]["probabilities"], got["probabilities"], atol=1e-3)
-
-
 def test_outputs_that_would_delete_inputs_run_folders_or_others_files_are_refused(runs, tmp_path, capsys):
   from ich_jax import atomic
 
   incoming = tmp_path / "incoming"
-  files = _write_study(incoming / "s42", _phantom(11), decoys=False)
+  files = write_study(incoming / "s42", make_phantom(11), decoys=False)
   before = {f: f.read_bytes() for f in files}
   model = str(runs["root"] / "cls_bundle")
   args = ["--model", model, "--batch-size", "8", "--no-progress"]
@@ -434,8 +242,8 @@ def test_batch_names_are_unique_a_failed_study_loses_its_old_report_and_one_writ
   from ich_jax import atomic, lock
 
   studies = tmp_path / "studies"
-  files = _write_study(studies / "s1", _phantom(12, slices=18), decoys=False)
-  p = _phantom(13, slices=18)
+  files = write_study(studies / "s1", make_phantom(12, slices=18), decoys=False)
+  p = make_phantom(13, slices=18)
   nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
            studies / "s1.nii.gz")
   out = tmp_path / "out"
@@ -468,47 +276,13 @@ def test_output_names_disambiguate_collisions():
   assert predict.output_names(entries) == ["S1", "s1.nii.gz", "s2.nii", "s2.nii.gz", "s3", "summary.csv-2"]
 
 
-def test_every_loaded_file_is_listed_and_the_bundle_identity_can_be_pinned(runs, tmp_path, capsys):
-  src = runs["root"] / "cls_bundle"
-  identity = bundle_lib.manifest_sha256(src)
-  assert bundle_lib.main(["verify", str(src)]) == 0
-  assert f"sha256 {identity}" in capsys.readouterr().out
-  assert runs["cls_bundle"].hash == identity
-  # An edit that recomputes the manifest's internal hash loads as a bundle, but not as the verified one.
-  edited = tmp_path / "edited"
-  shutil.copytree(src, edited)
-  manifest = json.loads((edited / "manifest.json").read_text())
-  manifest["threshold"] = 0.01
-  manifest["hash"] = bundle_lib._manifest_hash(manifest)
-  (edited / "manifest.json").write_text(json.dumps(manifest))
-  assert bundle_lib.read_manifest(edited)["threshold"] == 0.01
-  with pytest.raises(bundle_lib.BundleError, match=f"is not the expected {identity}"):
-    bundle_lib.load(edited, expected_sha256=identity)
-  assert bundle_lib.main(["verify", str(edited), "--expect-sha256", identity]) == 1
-  study = tmp_path / "study"
-  _write_study(study, _phantom(14), decoys=False)
-  assert predict.main(["--model", str(edited), "--expect-sha256", identity, "--input", str(study), "--output",
-                       str(tmp_path / "out"), "--no-progress"]) == 1
-  assert "is not the expected" in capsys.readouterr().err and not (tmp_path / "out").exists()
-  # A member whose params file the manifest does not list with a hash: refused, even if consistent otherwise.
-  unlisted = tmp_path / "unlisted"
-  shutil.copytree(src, unlisted)
-  manifest = json.loads((unlisted / "manifest.json").read_text())
-  params = manifest["members"][0]["params"]
-  del manifest["files"][params]
-  manifest["hash"] = bundle_lib._manifest_hash(manifest)
-  (unlisted / "manifest.json").write_text(json.dumps(manifest))
-  with pytest.raises(bundle_lib.BundleError, match=f"loads '{params}', which the manifest's `files` does not list"):
-    bundle_lib.load(unlisted)
-
-
 def test_a_study_too_large_for_memory_is_refused_before_its_pixels_are_read(runs, tmp_path):
   bundle = runs["cls_bundle"]
   studies = tmp_path / "studies"
-  _write_study(studies / "a_small", _phantom(15, slices=18), decoys=False)
-  big = _write_study(studies / "b_large", _phantom(16, slices=24), decoys=False)
+  write_study(studies / "a_small", make_phantom(15, slices=18), decoys=False)
+  big = write_study(studies / "b_large", make_phantom(16, slices=24), decoys=False)
   big[5].write_bytes(big[5].read_bytes()[:-2000])    # its pixels would fail to decode, were they read
-  p = _phantom(17, slices=24)
+  p = make_phantom(17, slices=24)
   nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
            studies / "c_large.nii.gz")
   small, large = (predict.study_memory_bytes(n, 128, 128, bundle) for n in (18, 24))
@@ -519,3 +293,15 @@ def test_a_study_too_large_for_memory_is_refused_before_its_pixels_are_read(runs
   for row, name in zip(rows[1:], ("b_large", "c_large.nii.gz")):
     assert f"{name}: too large to predict in memory: 24 slices of 128x128 need about {large / 1e9:.2f} GB" \
         in row["error"] and "refused before reading its pixels" in row["error"]
+
+
+def test_a_bundle_other_than_the_pinned_one_is_refused_before_any_output(runs, tmp_path, capsys):
+  """`--expect-sha256`: an edited bundle whose manifest hash was recomputed loads as a bundle, not as the pinned one."""
+  src = runs["root"] / "cls_bundle"
+  identity = bundle_lib.manifest_sha256(src)
+  edited = edited_bundle(src, tmp_path / "edited", threshold=0.01)
+  study = tmp_path / "study"
+  write_study(study, make_phantom(14), decoys=False)
+  assert predict.main(["--model", str(edited), "--expect-sha256", identity, "--input", str(study), "--output",
+                       str(tmp_path / "out"), "--no-progress"]) == 1
+  assert "is not the expected" in capsys.readouterr().err and not (tmp_path / "out").exists()

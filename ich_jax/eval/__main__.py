@@ -6,7 +6,7 @@ Writes metrics.json, report.md, difficult_scans.csv and ROC figures (plus
 volumes.csv and volumes.png when the predictions are a run's predictions.npz
 with masks) into --out, default `<predictions stem>_eval/` beside the
 predictions file, and prints the short table. The CSV formats are described in
-ich_jax/eval/report.py.
+ich_jax/eval/prediction_files.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import argparse
 import pathlib
 import sys
 
-from ich_jax.eval import report
+from ich_jax.eval import classification, prediction_files, report, report_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,20 +40,20 @@ def main(argv=None) -> int:
   if args.n_boot < 0:
     raise SystemExit(f"--n-boot={args.n_boot} must be >= 0")
   try:
-    preds = report.read_predictions(args.predictions)
+    preds = prediction_files.read_predictions(args.predictions)
     if args.labels:
-      preds = report.attach_labels(preds, report.read_labels(args.labels),
-                                   names=(str(args.predictions), str(args.labels)))
+      preds = prediction_files.attach_labels(preds, prediction_files.read_labels(args.labels),
+                                             names=(str(args.predictions), str(args.labels)))
     compare = None
     names = (args.predictions.stem, None)
     if args.compare:
-      compare = report.align(preds, report.read_predictions(args.compare),
-                             names=(str(args.predictions), str(args.compare)))
+      compare = prediction_files.align(preds, prediction_files.read_predictions(args.compare),
+                                       names=(str(args.predictions), str(args.compare)))
       names = (args.predictions.stem, args.compare.stem)
       if names[0] == names[1]:
         names = (str(args.predictions), str(args.compare))
-    metrics = report.classification_metrics(preds, threshold=args.threshold, compare=compare, names=names,
-                                            n_boot=args.n_boot, seed=args.seed)
+    metrics = classification.classification_metrics(preds, threshold=args.threshold, compare=compare, names=names,
+                                                    n_boot=args.n_boot, seed=args.seed)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
   out = args.out or args.predictions.parent / f"{args.predictions.stem}_eval"
   report.write_report(metrics, preds, out, compare=compare, figures=not args.no_figures,
                       title=f"Evaluation of {args.predictions.name}")
-  print(report.format_table(metrics))
+  print(report_text.format_table(metrics))
   print(f"\nWrote {out / 'report.md'} and {out / 'metrics.json'}")
   return 0
 

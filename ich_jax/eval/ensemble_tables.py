@@ -31,7 +31,9 @@ import numpy as np
 
 from ich_jax import LABELS
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report as R
+from ich_jax.eval.classification import DIFFICULT_NEG_MIN, DIFFICULT_POS_MAX
+from ich_jax.eval.formatting import MISSING, auc_ci, md_table, number, p_value
+from ich_jax.eval.prediction_files import read_predictions
 
 
 def scan_table(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -50,7 +52,7 @@ def load(workdir) -> dict[str, np.ndarray] | None:
   d = pathlib.Path(workdir)
   for name in ("predictions.npz", "predictions.csv"):
     if (d / name).is_file():
-      return R.read_predictions(d / name)
+      return read_predictions(d / name)
   return None
 
 
@@ -132,7 +134,7 @@ def table4(final: dict, classifiers: dict[str, str], n_boot: int, seed: int, thr
 
 def difficult(final: dict) -> list[dict]:
   """The final ensemble's difficult scans (§2.3), the missed ones first."""
-  hard = M.difficult_cases(final["labels"][:, 0], final["prob"], R.DIFFICULT_POS_MAX, R.DIFFICULT_NEG_MIN)
+  hard = M.difficult_cases(final["labels"][:, 0], final["prob"], DIFFICULT_POS_MAX, DIFFICULT_NEG_MIN)
   rows = []
   for k in np.flatnonzero(hard):
     rows.append({"study_id": str(final["study_id"][k]), "any": int(final["labels"][k, 0]),
@@ -143,11 +145,10 @@ def difficult(final: dict) -> list[dict]:
 
 
 def _ci(e) -> str:
-  return R._auc_ci(e) if e is not None else "NA"
+  return auc_ci(e) if e is not None else MISSING
 
 
 def format_markdown(t: dict, *, title: str, meta: str, max_difficult: int = 25) -> str:
-  f3 = R._f3
   lines = [f"# {title}", "", meta, ""]
   t3 = t["table3"]
   lines += ["## Table 3: combinations of the base models", ""]
@@ -168,9 +169,9 @@ def format_markdown(t: dict, *, title: str, meta: str, max_difficult: int = 25) 
       for s in subs:
         e = entry[s]
         d = e["delong_vs_basic"]
-        cells += [_ci(e), "—" if d is None else R._p(d["p_value"])]
+        cells += [_ci(e), "—" if d is None else p_value(d["p_value"])]
       rows.append(cells)
-    lines += R._md_table(header, rows) + [""]
+    lines += md_table(header, rows) + [""]
   lines += ["## Table 4: the final ensemble against the strong-vs-weak classifiers", ""]
   t4 = t["table4"]
   if not t4:
@@ -182,20 +183,21 @@ def format_markdown(t: dict, *, title: str, meta: str, max_difficult: int = 25) 
         rows.append([name, e["status"], "", "", "", ""])
         continue
       c, w = e["classifier"], e["ensemble"]
-      rows.append([name, str(e["n_scans"]), f"{_ci(c)} vs {_ci(w)}", f"{f3(c['sensitivity'])} vs {f3(w['sensitivity'])}",
-                   f"{f3(c['specificity'])} vs {f3(w['specificity'])}", R._p(e["delong"]["p_value"])])
+      rows.append([name, str(e["n_scans"]), f"{_ci(c)} vs {_ci(w)}",
+                   f"{number(c['sensitivity'])} vs {number(w['sensitivity'])}",
+                   f"{number(c['specificity'])} vs {number(w['specificity'])}", p_value(e["delong"]["p_value"])])
     lines += ["Classifier vs final ensemble on the scans both predicted; sensitivity and specificity at 0.5; "
               "DeLong p.", ""]
-    lines += R._md_table(["Classifier", "Scans", "AUC [95% CI] classifier vs ensemble", "Sensitivity",
-                          "Specificity", "p"], rows) + [""]
+    lines += md_table(["Classifier", "Scans", "AUC [95% CI] classifier vs ensemble", "Sensitivity",
+                       "Specificity", "p"], rows) + [""]
   hard = t["difficult"]
   n_pos = sum(r["any"] for r in hard)
   lines += ["## Difficult cases (seed 000 §2.3)", "",
-            (f"Final ensemble: {len(hard)} difficult scans, {n_pos} with blood scored ≤ {R.DIFFICULT_POS_MAX} and "
-             f"{len(hard) - n_pos} without blood scored ≥ {R.DIFFICULT_NEG_MIN}; all in difficult_cases.csv"
+            (f"Final ensemble: {len(hard)} difficult scans, {n_pos} with blood scored ≤ {DIFFICULT_POS_MAX} and "
+             f"{len(hard) - n_pos} without blood scored ≥ {DIFFICULT_NEG_MIN}; all in difficult_cases.csv"
              + (f", the first {max_difficult} here." if len(hard) > max_difficult else ".")), ""]
   if hard:
-    lines += R._md_table(["Study", "Blood", "P(any)", "Subtypes", "Blood (mL)"],
-                         [[r["study_id"], str(r["any"]), f3(r["prob_any"]), r["subtypes"] or "—", f3(r["blood_ml"])]
-                          for r in hard[:max_difficult]]) + [""]
+    lines += md_table(["Study", "Blood", "P(any)", "Subtypes", "Blood (mL)"],
+                      [[r["study_id"], str(r["any"]), number(r["prob_any"]), r["subtypes"] or "—",
+                        number(r["blood_ml"])] for r in hard[:max_difficult]]) + [""]
   return "\n".join(lines)

@@ -41,7 +41,7 @@ def _check_binary(y_true, name="y_true") -> np.ndarray:
   return y.astype(bool)
 
 
-def _check_scores(score, name="score") -> np.ndarray:
+def check_scores(score, name="score") -> np.ndarray:
   s = np.asarray(score, dtype=np.float64)
   bad = ~np.isfinite(s)
   if bad.any():
@@ -53,7 +53,7 @@ def _check_scores(score, name="score") -> np.ndarray:
 
 def _check_pair(y_true, score, score_name="score") -> tuple[np.ndarray, np.ndarray]:
   y = _check_binary(y_true)
-  s = _check_scores(score, score_name)
+  s = check_scores(score, score_name)
   if y.shape != s.shape:
     raise ValueError(f"y_true shape {y.shape} != {score_name} shape {s.shape}")
   return y, s
@@ -141,7 +141,7 @@ def weighted_log_loss(y_true, prob, weights: Sequence[float] = (2, 1, 1, 1, 1, 1
   [1e-7, 1 - 1e-7].
   """
   y = np.asarray(y_true, dtype=np.float64)
-  p = np.clip(_check_scores(prob, "prob"), 1e-7, 1 - 1e-7)
+  p = np.clip(check_scores(prob, "prob"), 1e-7, 1 - 1e-7)
   w = np.asarray(weights, dtype=np.float64)
   if y.shape != p.shape or y.shape[-1] != w.size:
     raise ValueError(f"y_true {y.shape}, prob {p.shape} and weights {w.shape} disagree")
@@ -369,7 +369,7 @@ def abc2_ml(mask, spacing_mm) -> float:
 
 def pearson_r(x, y) -> float:
   """Pearson's correlation; NaN with fewer than 2 pairs or a constant input."""
-  a, b = _check_scores(x, "x").ravel(), _check_scores(y, "y").ravel()
+  a, b = check_scores(x, "x").ravel(), check_scores(y, "y").ravel()
   if a.shape != b.shape:
     raise ValueError(f"x has {a.size} values, y {b.size}")
   if a.size < 2:

@@ -32,7 +32,8 @@ import numpy as np
 
 from ich_jax import LABELS, SUBTYPES
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report as R
+from ich_jax.eval.classification import SWEEP_THRESHOLDS
+from ich_jax.eval.formatting import md_table, number, percent
 
 METHODS = (("threshold", "Threshold baseline (grid search)"), ("full_unet", "U-Net, full slices"),
            ("patch_unet", "U-Net, patches (stitched)"))
@@ -81,7 +82,7 @@ def method_metrics(preds: dict[str, np.ndarray], threshold: float = 0.5) -> dict
   table5 = {k: _summary(np.asarray(v, np.float64)) for k, v in per_study.items()}
   pooled = M.binary_stats(y, p, threshold)
   sweep = [{"threshold": t, **{k: M.binary_stats(y, p, t)[k] for k in ("sensitivity", "specificity", "accuracy")}}
-           for t in R.SWEEP_THRESHOLDS]
+           for t in SWEEP_THRESHOLDS]
   labels = np.asarray(preds["labels"]) > 0.5
   per_subtype = {}
   for name in SUBTYPES:
@@ -114,7 +115,6 @@ def tables(runs, threshold: float = 0.5) -> dict:
 
 
 def format_markdown(t: dict, *, title: str, dataset: str, folds: str) -> str:
-  f3, pct = R._f3, R._pct
   lines = [f"# {title}", "", f"Dataset {dataset}; {folds}. Held-out predictions of every round run, pooled.", ""]
   lines += ["## Dice on slices with blood", "",
             "Mean slice Dice and Jaccard over every held-out slice with blood (seed 002: thresholds 0.135, "
@@ -123,9 +123,9 @@ def format_markdown(t: dict, *, title: str, dataset: str, folds: str) -> str:
   for method, label in METHODS:
     m = t["methods"][method]
     rows.append([label] + (["not run"] * 4 if m is None else
-                           [str(m["n_slices_with_blood"]), str(m["n_slices"]), f3(m["dice_slices_with_blood"]),
-                            f3(m["jaccard_slices_with_blood"])]))
-  lines += R._md_table(["Method", "Slices with blood", "Slices", "Dice", "Jaccard"], rows) + [""]
+                           [str(m["n_slices_with_blood"]), str(m["n_slices"]), number(m["dice_slices_with_blood"]),
+                            number(m["jaccard_slices_with_blood"])]))
+  lines += md_table(["Method", "Slices with blood", "Slices", "Dice", "Jaccard"], rows) + [""]
   for method, label in METHODS:
     m = t["methods"][method]
     if m is None:
@@ -137,20 +137,21 @@ def format_markdown(t: dict, *, title: str, dataset: str, folds: str) -> str:
                f"over its slices with blood ({t5['dice']['n']} studies). Sensitivity and specificity: slice level "
                f"within each study ({t5['sensitivity']['n']} / {t5['specificity']['n']} studies), at threshold "
                "0.5; pooled over all slices in the last row."), ""]
-    rows = [[stat.capitalize() if stat != "std" else "STD", f3(t5["jaccard"][stat]), f3(t5["dice"][stat]),
-             pct(t5["sensitivity"][stat]), pct(t5["specificity"][stat])] for stat in ("min", "max", "std", "mean")]
-    rows.append(["Pooled slices", f3(m["jaccard_slices_with_blood"]), f3(m["dice_slices_with_blood"]),
-                 pct(m["pooled"]["sensitivity"]), pct(m["pooled"]["specificity"])])
-    lines += R._md_table(["", "Jaccard", "Dice", "Sensitivity (%)", "Specificity (%)"], rows) + [""]
+    rows = [[stat.capitalize() if stat != "std" else "STD", number(t5["jaccard"][stat]), number(t5["dice"][stat]),
+             percent(t5["sensitivity"][stat]), percent(t5["specificity"][stat])]
+            for stat in ("min", "max", "std", "mean")]
+    rows.append(["Pooled slices", number(m["jaccard_slices_with_blood"]), number(m["dice_slices_with_blood"]),
+                 percent(m["pooled"]["sensitivity"]), percent(m["pooled"]["specificity"])])
+    lines += md_table(["", "Jaccard", "Dice", "Sensitivity (%)", "Specificity (%)"], rows) + [""]
     lines += [f"### {label}: Table 6 (slice level)", ""]
-    lines += R._md_table(["Threshold", "Sensitivity (%)", "Specificity (%)", "Accuracy (%)"],
-                         [[f"{r['threshold']:.1f}", pct(r["sensitivity"]), pct(r["specificity"]), pct(r["accuracy"])]
-                          for r in m["table6"]]) + [""]
+    lines += md_table(["Threshold", "Sensitivity (%)", "Specificity (%)", "Accuracy (%)"],
+                      [[f"{r['threshold']:.1f}", percent(r["sensitivity"]), percent(r["specificity"]),
+                        percent(r["accuracy"])] for r in m["table6"]]) + [""]
     if method == "threshold":
       lines += ["The baseline's slice probability is 0 or 1, so every threshold gives the same row.", ""]
     lines += [f"### {label}: Dice per subtype", ""]
-    lines += R._md_table(["Subtype", "Slices", "Dice"],
-                         [[name, str(e["n_slices"]), f3(e["dice"])] for name, e in m["dice_per_subtype"].items()])
+    lines += md_table(["Subtype", "Slices", "Dice"],
+                      [[name, str(e["n_slices"]), number(e["dice"])] for name, e in m["dice_per_subtype"].items()])
     lines += [""]
   if t["rounds"]:
     lines += ["## What each round chose", ""]
@@ -160,5 +161,5 @@ def format_markdown(t: dict, *, title: str, dataset: str, folds: str) -> str:
         rows.append([key, f"thresholds {r['lower']}–{r['upper']} (training Jaccard {r['train_jaccard']:.3f})"])
       else:
         rows.append([key, f"checkpoint {r['step']} (validation Jaccard {r['scores'][str(r['step'])]:.3f})"])
-    lines += R._md_table(["Round / stage", "Choice"], rows) + [""]
+    lines += md_table(["Round / stage", "Choice"], rows) + [""]
   return "\n".join(lines)

@@ -11,22 +11,11 @@ blood pixels) give every pair's Jaccard from cumulative sums, so the search
 costs one pass over the training slices. No post-processing: the paper
 describes none for this baseline.
 
-`run_stage` is an experiment's host step (`ich_jax.experiments.runner.HOST_STEPS`): it reads the
-stage's training split through the slice pipeline (the first recipe channel,
-i.e. the image the U-Nets see, as 8 bits), searches, and writes the held-out
-split's predictions and report like any evaluation (`predictions.npz`,
-`predictions.csv`, `metrics.json`, `report.md`); a slice's probability is 1
-when any of its pixels is in range, else 0.
+Seed 002's experiment runs it as a stage: `ich_jax.experiments.threshold_baseline`.
 """
 from __future__ import annotations
 
-import json
-import pathlib
-
 import numpy as np
-
-from ich_jax import atomic
-from ich_jax.eval import metrics as M
 
 LOWER = tuple(range(100, 211))   # seed 002 §6: "a lower threshold in a 100 to 210 range"
 UPPER = tuple(range(210, 256))   # "and an upper threshold in 210 to 255 range"
@@ -84,47 +73,3 @@ def segment(grey: np.ndarray, lower: int, upper: int) -> np.ndarray:
   """uint8 masks: 1 where lower ≤ grey ≤ upper."""
   grey = np.asarray(grey)
   return ((grey >= lower) & (grey <= upper)).astype(np.uint8)
-
-
-# --- The experiment step ------------------------------------------------------------------------------------
-
-
-def _gather(config, split: str) -> dict[str, np.ndarray]:
-  """Every slice of `split` through the slice pipeline (no augmentation): ids, labels, masks, 8-bit grey."""
-  from ich_jax.data import pipeline
-
-  source = pipeline.open_split(config.dataset, split)
-  out: dict[str, list] = {}
-  for batch in pipeline.eval_batches(source, config.data, batch_size=int(config.eval.batch_size)):
-    keep = np.asarray(batch["valid"]).astype(bool)
-    batch = dict(batch)
-    batch["grey"] = to_uint8(batch.pop("image")[..., 0])
-    for k, v in batch.items():
-      if k != "valid":
-        out.setdefault(k, []).append(np.asarray(v)[keep])
-  return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def run_stage(workdir, *, config) -> dict:
-  """Grid search on `config`'s training split, predictions and report on its held-out split, in `workdir`."""
-  from ich_jax.train import evaluate
-
-  workdir = pathlib.Path(workdir)
-  train = _gather(config, config.dataset.train_split)
-  chosen = search(*histograms(train["grey"], train["mask"]))
-  test = _gather(config, config.dataset.eval_split)
-  grey = test.pop("grey")
-  preds = dict(test)
-  preds["pred_mask"] = segment(grey, chosen["lower"], chosen["upper"])
-  any_pixel = preds["pred_mask"].reshape(len(grey), -1).any(1).astype(np.float32)
-  preds["probabilities"] = np.repeat(any_pixel[:, None], 6, axis=1)
-  workdir.mkdir(parents=True, exist_ok=True)
-  meta = {"split": config.dataset.eval_split, "dataset": f"{config.dataset.name}/{config.dataset.config}",
-          "step": None, "threshold_baseline": {**chosen, "train_split": config.dataset.train_split}}
-  metrics = evaluate.write_evaluation(preds, workdir, config.eval, meta=meta, quiet=True,
-                                      title=f"Threshold baseline {chosen['lower']}–{chosen['upper']} ({workdir.name})")
-  atomic.write_text(workdir / "thresholds.json", json.dumps(chosen, indent=2))
-  print(f"Threshold baseline: {chosen['lower']}–{chosen['upper']} (training Jaccard {chosen['train_jaccard']:.3f}); "
-        f"held-out Dice on slices with blood {metrics['volumes']['dice']['slices_with_blood']['dice']:.3f}",
-        flush=True)
-  return metrics

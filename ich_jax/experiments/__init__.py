@@ -1,11 +1,12 @@
 """Experiments by name: a config with an `experiment` field runs as stages of the one loop.
 
 `config.experiment.name` picks a module here. Each defines
-  stages(config, root) -> list[runner.Stage]   the runs and host steps, in order (written in Python, or
-                                               spelled out in the config: runner.planned_stages);
+  stages(config, root) -> list[runner.Stage]   the runs and host steps, in order, written in Python from the
+                                               config's sections (their configs: `stage_configs`);
   FINAL                                        the stage whose folder holds the headline evaluation
                                                (metrics.json, predictions.csv), or None.
-`launch.py --config C --workdir W` runs them (`run`), skipping finished stages.
+`launch.py --config C --workdir W` runs them (`run`), skipping finished stages. The runner, below this
+registry, never imports it: it is handed `run` for a nested experiment (a sweep's entry is a whole experiment).
 """
 from __future__ import annotations
 
@@ -43,4 +44,4 @@ def run(config, workdir, *, allow_config_change: bool = False) -> dict[str, str]
 
   workdir = pathlib.Path(workdir)
   return runner.run_stages(stages(config, workdir), workdir, only=config.experiment.get("only", None) or None,
-                           allow_config_change=allow_config_change)
+                           allow_config_change=allow_config_change, run_experiment=run)

@@ -1,9 +1,10 @@
 """Seed 002: the threshold baseline, the full-slice U-Net and the patch U-Net, cross-validated; Tables 5 and 6.
 
-The stages are spelled out in the config (configs/physionet_patch_unet.py, `runner.planned_stages`); under
-the workdir W, for every cross-validation round k of `config.experiment.cv.folds`:
+The stages, under the workdir W, for every cross-validation round k of `config.experiment.cv.folds` (the
+round's splits: `experiment.cv`); each of the config without its `experiment` section (the base), the U-Nets
+with the steps and overrides of `experiment.stages.<method>` (configs/physionet_patch_unet.py):
 
-  fold<k>/threshold   the grid-search baseline (host step `threshold_baseline`, ich_jax.eval.threshold)
+  fold<k>/threshold   the grid-search baseline (a host step: ich_jax.experiments.threshold_baseline)
   fold<k>/full_unet   the U-Net on whole slices: train, keep the checkpoint of best validation Jaccard, evaluate
   fold<k>/patch_unet  the U-Net on windows (dataset kind "patches"), evaluated stitched (sliding window)
   report              W/report.md and W/tables.json: every round's held-out predictions pooled per method
@@ -15,16 +16,32 @@ from __future__ import annotations
 import functools
 import pathlib
 
+from ml_collections import ConfigDict
+
 from ich_jax.eval import report as R
 from ich_jax.eval import segmentation_tables as T
-from ich_jax.experiments import runner
+from ich_jax.experiments import stage_configs, threshold_baseline
 from ich_jax.experiments.runner import Stage
 
+METHODS = ("threshold", "full_unet", "patch_unet")
 FINAL = None   # the report pools the rounds: no single stage holds the headline evaluation
 
 
 def stages(config, root: pathlib.Path) -> list[Stage]:
-  planned = runner.planned_stages(config, root)
+  e = config.experiment
+  rounds = tuple(int(k) for k in e.cv.folds)
+  if not rounds:
+    raise ValueError("config experiment.cv.folds is empty: name the cross-validation rounds to run")
+  base = stage_configs.base_config(config)
+  planned = []
+  for k in rounds:
+    threshold = ConfigDict(stage_configs.cv_round(stage_configs.derive(base), e.cv, k))
+    planned.append(Stage(f"fold{k}/threshold", fn=functools.partial(threshold_baseline.run_stage, config=threshold),
+                         params={"config": threshold}))
+    for method in METHODS[1:]:
+      spec = e.stages[method]
+      cfg = stage_configs.cv_round(stage_configs.derive(base, spec.get("overrides", {})), e.cv, k)
+      planned.append(Stage(f"fold{k}/{method}", ConfigDict(cfg), steps=tuple(spec.steps)))
   runs = []
   for s in planned:
     fold, _, method = s.name.partition("/")

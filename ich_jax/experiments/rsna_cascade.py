@@ -17,7 +17,7 @@ The stages under the workdir W, per backbone B (config.experiment.backbones):
                     sensitivity, specificity per stage, slice and scan level) and Table 4 (per class)
 
 Every row of the tables is read from that stage's metrics.json, computed from
-its predictions.csv (`evaluate.write_evaluation`). The test split's stage-1
+its predictions.csv (`report.write_evaluation`). The test split's stage-1
 input to the sequence models is the mean over the K fold CNNs of features and
 probabilities (ich_jax.data.stacking); each sequence stage's test output is
 the mean over its J fold models, as the public code averages its 10 folds.
@@ -30,8 +30,10 @@ import pathlib
 
 from ich_jax import LABELS
 from ich_jax.data import folds, stacking, stage_exports
-from ich_jax.experiments import tables
-from ich_jax.experiments.runner import Stage, stage_config
+from ich_jax.eval import report
+from ich_jax.eval.formatting import auc_ci, md_table, number
+from ich_jax.experiments.runner import Stage
+from ich_jax.experiments.stage_configs import stage_config
 
 FINAL = "ensemble"
 SEQUENCE_STAGES = ("seq1", "seq2")
@@ -90,12 +92,10 @@ def ensemble(workdir: pathlib.Path, *, stage_dirs, train_split: str, eval_split:
 
 def evaluate_exports(workdir: pathlib.Path, *, train_split, eval_split, eval_config, dataset, title, what) -> None:
   """The standard evaluation of a combined stage: its eval split in workdir, its out-of-fold training split in oof/."""
-  from ich_jax.train import evaluate
-
   for split, out, label in ((eval_split, workdir, what), (train_split, workdir / "oof", "out of fold")):
     out.mkdir(parents=True, exist_ok=True)
     rows = stacking.evaluation_rows(stage_exports.read_export(stage_exports.export_dir(workdir, split)))
-    evaluate.write_evaluation(rows, out, eval_config, title=f"{title}: {split} ({label})",
+    report.write_evaluation(rows, out, eval_config, title=f"{title}: {split} ({label})",
                               meta={"split": split, "dataset": dataset, "source": label}, quiet=True)
 
 
@@ -143,8 +143,8 @@ def stages(config, root: pathlib.Path) -> list[Stage]:
 
 def table_rows(root: pathlib.Path, rows) -> list[tuple[str, str, dict]]:
   """(backbone, row label, metrics) for every stage of Table 3, the ensemble last."""
-  out = [(b, ROW_NAMES[s], tables.read_metrics(root / b / s)) for b, s in rows]
-  return out + [("all", "Model_ensemble", tables.read_metrics(root / FINAL))]
+  out = [(b, ROW_NAMES[s], report.read_metrics(root / b / s)) for b, s in rows]
+  return out + [("all", "Model_ensemble", report.read_metrics(root / FINAL))]
 
 
 def write_report(workdir: pathlib.Path, *, root: pathlib.Path, rows, config) -> None:
@@ -166,32 +166,30 @@ def write_report(workdir: pathlib.Path, *, root: pathlib.Path, rows, config) -> 
     body = []
     for b, label, m in entries:
       e = m[level]["any"]
-      body.append([backbone_names.get(b, b), label, tables.f3(m[level]["weighted_log_loss"]), tables.auc_ci(e),
-                   tables.f3(e["specificity"]), tables.f3(e["sensitivity"])])
+      body.append([backbone_names.get(b, b), label, number(m[level]["weighted_log_loss"]), auc_ci(e),
+                   number(e["specificity"]), number(e["sensitivity"])])
       summary["table3"].setdefault(level, []).append(
           {"backbone": b, "row": label, "weighted_log_loss": m[level]["weighted_log_loss"], "auc_any": e["auc"],
            "auc_any_ci": e["auc_ci"], "specificity_any": e["specificity"], "sensitivity_any": e["sensitivity"]})
     lines += [f"## Table 3, {level} level: performance at each stage", ""]
-    lines += tables.md_table(["Backbone", "Model", "Log_loss", "AUC(any) [95% CI]", "Specificity", "Sensitivity"],
-                             body) + [""]
+    lines += md_table(["Backbone", "Model", "Log_loss", "AUC(any) [95% CI]", "Specificity", "Sensitivity"],
+                      body) + [""]
   for level in ("slice", "scan"):
     m = entries[-1][2]
-    body = [[name, tables.auc_ci(m[level][name]), tables.f3(m[level][name]["specificity"]),
-             tables.f3(m[level][name]["sensitivity"]), f"{m[level][name]['n_positive']}/{m[level][name]['n_negative']}"]
+    body = [[name, auc_ci(m[level][name]), number(m[level][name]["specificity"]),
+             number(m[level][name]["sensitivity"]), f"{m[level][name]['n_positive']}/{m[level][name]['n_negative']}"]
             for name in LABELS]
     summary["table4"][level] = {name: {k: m[level][name][k] for k in ("auc", "auc_ci", "specificity", "sensitivity")}
                                 for name in LABELS}
     lines += [f"## Table 4, {level} level: the ensemble per class", ""]
-    lines += tables.md_table(["Class", "AUC [95% CI]", "Specificity", "Sensitivity", "n+/n−"], body) + [""]
+    lines += md_table(["Class", "AUC [95% CI]", "Specificity", "Sensitivity", "n+/n−"], body) + [""]
   lines += ["## AUC per class at every stage (scan level)", ""]
-  lines += tables.md_table(["Backbone", "Model"] + list(LABELS),
-                           [[backbone_names.get(b, b), label] + [tables.f3(m["scan"][n]["auc"]) for n in LABELS]
-                            for b, label, m in entries]) + [""]
+  lines += md_table(["Backbone", "Model"] + list(LABELS),
+                    [[backbone_names.get(b, b), label] + [number(m["scan"][n]["auc"]) for n in LABELS]
+                     for b, label, m in entries]) + [""]
   lines += ["Out-of-fold (cross-validated) evaluations of the training split are in each stage's oof/ folder.", ""]
   summary["stages"] = [f"{b}/{s}" for b, s in rows] + [FINAL]
   text = "\n".join(lines)
-  tables.write_text(root / "report.md", text)
-  from ich_jax.eval import report
-
+  report.write_text(root / "report.md", text)
   report.write_metrics(summary, root / "metrics.json")
   print(text, flush=True)

@@ -32,43 +32,32 @@ A config whose `train.steps_per_epoch` is 0 gets `num_steps = train.epochs ×
 training split of a later stage may only exist by then): a balanced epoch
 (config.data.sampling) counts the balanced set, a series dataset its series.
 
-An experiment may also spell its stages out in its config (`planned_stages`):
-config.experiment.order names them, `stages.<name>` says each one's steps,
-template, overrides and links to earlier stages, `cv` repeats the per-fold ones
-once per cross-validation round (seed 000's weighted ensemble, seed 002's
-patch U-Net); every planned stage is a loop run or a host step of HOST_STEPS.
-
-Sweeps (`python launch.py --config C --sweep S --workdir W`): S is a Python
-file whose `get_sweep(arg)` returns a list of dicts of dotted config
-overrides, one run each (key "name" names its folder; otherwise the overrides
-do). `sweep_stages` makes the stages, `collate` the table over their
-evaluations.
+The stages of an experiment are written in Python by its module
+(`ich_jax.experiments`, their configs from `stage_configs`); sweeps make one
+stage per entry (`ich_jax.experiments.sweep`).
 """
 from __future__ import annotations
 
-import copy
-import csv
 import dataclasses
 import datetime
-import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import pathlib
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from ich_jax import atomic
+from ich_jax.jsonable import jsonable
 
 log = logging.getLogger("ich_jax.experiments")
 
 STEPS = ("train", "select_checkpoint", "eval", "export")
 MARKER = "stage.json"
+# Host-step functions that moved, by their name now → the name finished stages were fingerprinted with, so
+# that a rerun still finds those stages done (their stage.json holds the fingerprint of the old name).
+MOVED = {"ich_jax.experiments.threshold_baseline.run_stage": "ich_jax.eval.threshold.run_stage"}
 
 
 @dataclasses.dataclass
@@ -92,27 +81,16 @@ class Stage:
 # --- Fingerprints and markers ----------------------------------------------------------------
 
 
-def _jsonable(x):
-  if hasattr(x, "to_dict"):
-    x = x.to_dict()
-  if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in sorted(x.items())}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (pathlib.Path, np.generic)):
-    return str(x) if isinstance(x, pathlib.Path) else x.item()
-  return x
-
-
 def fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
   """sha256 of what the stage's outputs depend on: config, steps, params, the upstream stages' fingerprints."""
   missing = [a for a in stage.after if a not in upstream]
   if missing:
     raise ValueError(f"stage {stage.name!r} reads {missing}, which do not come before it")
   fn = getattr(stage.fn, "func", stage.fn)  # a functools.partial: its function (the arguments go in `params`)
-  what = {"config": _jsonable(stage.config), "steps": list(stage.steps) if stage.config is not None else [],
-          "fn": None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', '')}",
-          "params": _jsonable(dict(stage.params)), "after": {a: upstream[a] for a in stage.after}}
+  name = None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', '')}"
+  what = {"config": jsonable(stage.config), "steps": list(stage.steps) if stage.config is not None else [],
+          "fn": MOVED.get(name, name),
+          "params": jsonable(dict(stage.params)), "after": {a: upstream[a] for a in stage.after}}
   return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -178,9 +156,12 @@ def _run_loop(config, workdir: pathlib.Path, steps: Sequence[str], allow_config_
     export.export_features(config, workdir, exp=exp, state=state, step=step)
 
 
-def run_stage(stage: Stage, workdir: pathlib.Path, *, allow_config_change: bool = False) -> None:
+def run_stage(stage: Stage, workdir: pathlib.Path, *, allow_config_change: bool = False,
+              run_experiment: Callable | None = None) -> None:
   """Runs one stage in `workdir`; `allow_config_change`: a loop run may resume under a config that differs
-  from its recorded config.json in keys that change the run (ich_jax.train.config_record)."""
+  from its recorded config.json in keys that change the run (ich_jax.train.config_record).
+  `run_experiment`: how a nested experiment runs (`ich_jax.experiments.run`, which the callers above this
+  module pass down: the runner knows no experiment by name)."""
   import jax
 
   if stage.fn is not None:
@@ -189,9 +170,10 @@ def run_stage(stage: Stage, workdir: pathlib.Path, *, allow_config_change: bool 
       workdir.mkdir(parents=True, exist_ok=True)
       stage.fn(workdir)
   elif stage.config.get("experiment") is not None:
-    from ich_jax import experiments
-
-    experiments.run(stage.config, workdir, allow_config_change=allow_config_change)
+    if run_experiment is None:
+      raise ValueError(f"stage {stage.name!r} is an experiment ({stage.config.experiment.name!r}): run it with "
+                       "run_experiment=ich_jax.experiments.run")
+    run_experiment(stage.config, workdir, allow_config_change=allow_config_change)
   else:
     _run_loop(stage.config, workdir, stage.steps, allow_config_change)
 
@@ -210,14 +192,14 @@ def use_compile_cache(directory) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = None,
-               compile_cache: bool = True, allow_config_change: bool = False) -> dict[str, str]:
+def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = None, compile_cache: bool = True,
+               allow_config_change: bool = False, run_experiment: Callable | None = None) -> dict[str, str]:
   """Runs `stages` in order under `root`, skipping finished ones; returns {name: fingerprint}.
 
   `only`: names (or folder prefixes, "densenet121/") to run; the others are
   not run but still fingerprinted (a later stage's fingerprint depends on them).
   `compile_cache`: keep compiled programs in `root/compile_cache` (`use_compile_cache`).
-  `allow_config_change`: see `run_stage` (a stale fingerprint is refused all the same).
+  `allow_config_change`, `run_experiment`: see `run_stage` (a stale fingerprint is refused all the same).
   """
   import jax
 
@@ -261,7 +243,7 @@ def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = No
       _write_marker(workdir, entry)
     sharding.sync(f"stage {stage.name} start")
     wall, cpu = time.perf_counter(), time.process_time()
-    run_stage(stage, workdir, allow_config_change=allow_config_change)
+    run_stage(stage, workdir, allow_config_change=allow_config_change, run_experiment=run_experiment)
     sharding.sync(f"stage {stage.name} end")
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(f"[{i + 1}/{len(stages)}] {stage.name}: done in {wall:.1f} s ({cpu:.1f} CPU-s)", flush=True)
@@ -269,292 +251,3 @@ def run_stages(stages: Sequence[Stage], root, *, only: Sequence[str] | None = No
       _write_marker(workdir, {**entry, "status": "done", "finished": _now(), "wall_s": round(wall, 1),
                               "cpu_s": round(cpu, 1)})
   return prints
-
-
-def stage_config(template, dataset, seed: int, *, model=None, **fields):
-  """A loop config from an experiment's parts: `template` (data, model, task, optimizer, train, eval), its dataset
-  and seed; `model` ({"name", "options"}) replaces the template's model; `fields` set dataset fields (splits,
-  kind, exports)."""
-  config, dataset = template.copy_and_resolve_references(), dataset.copy_and_resolve_references()
-  with dataset.unlocked():
-    for key, value in fields.items():
-      dataset[key] = value
-  with config.unlocked():
-    config.seed = int(seed)
-    config.dataset = dataset
-    if model is not None:
-      config.model = {"name": model.name, "options": model.get("options", {})}
-  return config
-
-
-# --- Stages planned in the config ---------------------------------------------------------------
-#
-# config.experiment (the rest of the config is the base every planned stage starts from):
-#   order      stage names, in run order
-#   templates  name → overrides shared by several stages (shaped like the config)
-#   stages     name → spec:
-#     steps      loop steps (STEPS, in that order), or one host step of HOST_STEPS
-#     template   a template name, or ""
-#     overrides  merged over the base after the template (nested sections merge key by key)
-#     replace    config sections (dotted) that the template or overrides replace instead of merging
-#                (e.g. "task" when a stage trains another task)
-#     links      ((config path, stage name or names), ...): the path gets those stages' workdirs
-#                (`model.init_from`, `dataset.exports`), and the stage reads them (`Stage.after`);
-#                a per-fold stage links to the same round's copy of a per-fold stage
-#     per_fold   one copy per cross-validation round, `fold<k>/<name>`, with the round's splits
-#   cv         num_folds, folds (the rounds to run), pool (the splits a dataset without stored folds is
-#              cross-validated over; `ich_jax.data.datasets.cv_round`)
-
-# Host steps a planned stage may name: "module:function", called as function(workdir, config=stage config).
-HOST_STEPS = {
-    "threshold_baseline": "ich_jax.eval.threshold:run_stage",   # seed 002's grid-search baseline
-}
-
-
-def _plain(c) -> dict:
-  return c.to_dict() if hasattr(c, "to_dict") else dict(c)
-
-
-def merge(base: dict, overrides: Mapping, replace: Sequence[str] = (), prefix: str = "") -> dict:
-  """`base` (a plain nested dict, changed in place) with `overrides` merged in: nested mappings key by key,
-  anything else replaces; a dotted path in `replace` is replaced whole."""
-  for key, value in _plain(overrides).items():
-    path = f"{prefix}{key}"
-    if isinstance(value, Mapping) and isinstance(base.get(key), Mapping) and path not in replace:
-      merge(base[key], value, replace, prefix=f"{path}.")
-    else:
-      base[key] = json.loads(json.dumps(value, default=list)) if isinstance(value, (Mapping, list, tuple)) else value
-  return base
-
-
-def _set_path(d: dict, path: str, value, where: str) -> None:
-  *parents, last = path.split(".")
-  for p in parents:
-    if not isinstance(d.get(p), Mapping):
-      raise KeyError(f"{where}: {p!r} of link {path!r} is not a section of the stage's config")
-    d = d[p]
-  d[last] = value
-
-
-def _host_step(name: str) -> Callable:
-  module, fn = HOST_STEPS[name].split(":")
-  return getattr(importlib.import_module(module), fn)
-
-
-def planned_stages(config, root) -> list[Stage]:
-  """The stages `config.experiment` spells out (see above), in run order: loop runs and host steps."""
-  from ml_collections import ConfigDict
-
-  from ich_jax.data import datasets
-
-  root = pathlib.Path(root)
-  exp = config.experiment
-  base = {k: v for k, v in _plain(config).items() if k != "experiment"}
-  order = list(exp.order)
-  unknown = [n for n in order if n not in exp.stages]
-  if unknown:
-    raise KeyError(f"config experiment.order names {unknown}, which experiment.stages lacks")
-  per_fold = {n for n in order if exp.stages[n].get("per_fold", False)}
-  rounds = tuple(int(k) for k in exp.cv.folds) if per_fold else ()
-  if per_fold and not rounds:
-    raise ValueError(f"config experiment.cv.folds is empty, but stages {sorted(per_fold)} run per fold")
-
-  def key(name: str, fold: int | None) -> str:
-    return name if fold is None else f"fold{fold}/{name}"
-
-  out = []
-  for fold in (None,) + rounds:
-    for position, name in enumerate(order):
-      spec, where = exp.stages[name], f"config experiment.stages.{name}"
-      if (name in per_fold) != (fold is not None):
-        continue
-      cfg = json.loads(json.dumps(base, default=list))
-      replace = tuple(spec.get("replace", ()))
-      template = spec.get("template", "")
-      if template:
-        if template not in exp.templates:
-          raise KeyError(f"{where}.template={template!r} is not in config experiment.templates")
-        merge(cfg, exp.templates[template], replace)
-      merge(cfg, spec.get("overrides", {}), replace)
-      if fold is not None:
-        splits = datasets.cv_round(ConfigDict(cfg["dataset"]), int(exp.cv.num_folds), fold, exp.cv.pool)
-        cfg["dataset"].update(train_split=splits["train"], validation_split=splits["validation"],
-                              eval_split=splits["test"])
-      after = []
-      for path, targets in spec.get("links", ()):
-        names = (targets,) if isinstance(targets, str) else tuple(targets)
-        dirs = []
-        for target in names:
-          if target not in order[:position]:
-            raise KeyError(f"{where}.links: {target!r} is not a stage before {name!r}")
-          if target in per_fold and fold is None:
-            raise KeyError(f"{where}.links: {target!r} runs per fold and {name!r} does not")
-          after.append(key(target, fold if target in per_fold else None))
-          dirs.append(str((root / after[-1]).absolute()))
-        _set_path(cfg, path, dirs[0] if isinstance(targets, str) else tuple(dirs), where)
-      steps = tuple(spec.steps)
-      hosts = [st for st in steps if st in HOST_STEPS]
-      unknown = [st for st in steps if st not in HOST_STEPS and st not in STEPS]
-      if unknown or (hosts and len(steps) > 1):
-        raise KeyError(f"{where}.steps={steps}: expected loop steps among {STEPS} or one host step among "
-                       f"{sorted(HOST_STEPS)}")
-      stage_cfg = ConfigDict(cfg)
-      if hosts:
-        out.append(Stage(key(name, fold), fn=functools.partial(_host_step(hosts[0]), config=stage_cfg),
-                         params={"config": stage_cfg}, after=tuple(after)))
-      else:
-        out.append(Stage(key(name, fold), stage_cfg, steps=steps, after=tuple(after)))
-  return out
-
-
-# --- Sweeps ---------------------------------------------------------------------------------
-
-
-def load_python(spec: str, function: str):
-  """`path[:arg]` of a Python file → `function(arg)` of it (the config-file convention, for sweep files)."""
-  path, _, arg = spec.partition(":")
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise FileNotFoundError(f"{path}: no such file")
-  module_spec = importlib.util.spec_from_file_location(f"_ich_jax_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, function):
-    raise AttributeError(f"{path} defines no {function}(arg)")
-  return getattr(module, function)(arg or None)
-
-
-def override(config, overrides: Mapping[str, Any], *, what: str = "override"):
-  """A copy of `config` with dotted keys set ("data.recipe": ...); a key the config lacks is an error."""
-  out = copy.deepcopy(config)
-  for key, value in overrides.items():
-    parts = key.split(".")
-    target = out
-    for depth, part in enumerate(parts[:-1]):
-      if part not in target:
-        raise KeyError(f"{what}: the config has no field {'.'.join(parts[:depth + 1])!r} (in {key!r})")
-      target = target[part]
-    if parts[-1] not in target:
-      raise KeyError(f"{what}: the config has no field {key!r}")
-    target[parts[-1]] = value
-  return out
-
-
-def _entry_name(entry: Mapping[str, Any]) -> str:
-  if "name" in entry:
-    name = str(entry["name"])
-  else:
-    name = ",".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in entry.items()) or "base"
-  if not re.fullmatch(r"[A-Za-z0-9_.=,+\-]+", name):
-    name = re.sub(r"[^A-Za-z0-9_.=,+\-]+", "_", name).strip("_")
-  return name
-
-
-def _short(value) -> str:
-  return json.dumps(_jsonable(value), separators=(",", ":")) if isinstance(value, (list, tuple, dict)) else str(value)
-
-
-def sweep_stages(base, entries: Sequence[Mapping[str, Any]]) -> list[Stage]:
-  """One stage per sweep entry: the base config with the entry's overrides (train and evaluate, or the experiment)."""
-  if not entries:
-    raise ValueError("the sweep has no entries")
-  stages = []
-  for i, entry in enumerate(entries):
-    name = _entry_name(entry)
-    overrides = {k: v for k, v in entry.items() if k != "name"}
-    config = override(base, overrides, what=f"sweep entry {i} ({name})")
-    stages.append(Stage(name, config, params={"overrides": overrides}))
-  return stages
-
-
-def evaluation_dir(stage: Stage, root) -> pathlib.Path:
-  """Where a stage's evaluation (metrics.json, predictions.csv) lies: its folder, or its experiment's final stage."""
-  workdir = pathlib.Path(root) / stage.name
-  if stage.config is not None and stage.config.get("experiment") is not None:
-    from ich_jax import experiments
-
-    final = experiments.final_stage(stage.config)
-    if final is None:
-      raise ValueError(f"experiment {stage.config.experiment.name!r} has no single final evaluation to collate")
-    workdir = workdir / final
-  return workdir
-
-
-def _ci(entry: Mapping) -> str:
-  lo, hi = entry.get("auc_ci") or (None, None)
-  auc = entry.get("auc")
-  if auc is None:
-    return "n/a"
-  return f"{auc:.3f}" if lo is None else f"{auc:.3f} [{lo:.3f}–{hi:.3f}]"
-
-
-def _f(x) -> str:
-  return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
-
-
-def collate(stages: Sequence[Stage], root, *, out_name: str = "sweep") -> list[dict]:
-  """Reads every stage's evaluation; writes `<root>/<out_name>.md` and `.csv`; returns the rows.
-
-  Columns: AUC(any) with its CI, weighted log-loss, sensitivity and
-  specificity at slice and scan level, and the scan-level DeLong test of
-  each row's AUC(any) against the first row's (same scans only).
-  """
-  from ich_jax.eval import metrics as M
-  from ich_jax.eval import report
-
-  root = pathlib.Path(root)
-  rows, first = [], None
-  for stage in stages:
-    d = evaluation_dir(stage, root)
-    m = json.loads((d / "metrics.json").read_text())
-    preds = report.read_predictions(d / "predictions.csv")
-    row = {"name": stage.name, "overrides": _short(dict(stage.params.get("overrides", {}))), "dir": str(d)}
-    for level in ("slice", "scan"):
-      any_ = m[level]["any"]
-      row.update({f"{level}_auc_any": any_["auc"], f"{level}_auc_any_ci": any_.get("auc_ci"),
-                  f"{level}_log_loss": m[level]["weighted_log_loss"],
-                  f"{level}_sensitivity_any": any_["sensitivity"], f"{level}_specificity_any": any_["specificity"]})
-    ids, scan_p = M.scan_scores(preds["probabilities"][:, 0], preds["study_id"])
-    _, scan_y = M.scan_scores(preds["labels"][:, 0], preds["study_id"])
-    if first is None:
-      first = (ids, scan_y, scan_p)
-      row.update(delta_scan_auc=None, delong_p=None)
-    elif len(ids) == len(first[0]) and (ids == first[0]).all():
-      t = M.delong_test(first[1] > 0.5, scan_p, first[2])
-      row.update(delta_scan_auc=t["auc_a"] - t["auc_b"], delong_p=t["p_value"])
-    else:
-      row.update(delta_scan_auc=None, delong_p=None)
-    rows.append(row)
-
-  header = ["Run", "Overrides", "Slice AUC(any) [95% CI]", "Scan AUC(any) [95% CI]", "Slice log-loss",
-            "Scan log-loss", "Scan sens.", "Scan spec.", f"Δ scan AUC vs {rows[0]['name']}", "DeLong p"]
-  table = [[r["name"], f"`{r['overrides']}`",
-            _ci({"auc": r["slice_auc_any"], "auc_ci": r["slice_auc_any_ci"]}),
-            _ci({"auc": r["scan_auc_any"], "auc_ci": r["scan_auc_any_ci"]}),
-            _f(r["slice_log_loss"]), _f(r["scan_log_loss"]), _f(r["scan_sensitivity_any"]),
-            _f(r["scan_specificity_any"]),
-            "—" if r["delta_scan_auc"] is None else f"{r['delta_scan_auc']:+.3f}",
-            "—" if r["delong_p"] is None else (f"{r['delong_p']:.4f}" if r["delong_p"] >= 1e-4 else "< 0.0001")]
-           for r in rows]
-  lines = [f"# Sweep: {len(rows)} runs", "",
-           "Each run's own report.md is in its folder. AUC intervals: the runs' bootstrap; DeLong p: two-sided, "
-           "scan level, against the first row.", "",
-           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-  lines += ["| " + " | ".join(r) + " |" for r in table]
-  atomic.write_text(root / f"{out_name}.md", "\n".join(lines) + "\n")
-  with atomic.open_write(root / f"{out_name}.csv", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows([{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
-  print("\n".join(lines), flush=True)
-  return rows
-
-
-def run_sweep(base, sweep_spec: str, root, *, allow_config_change: bool = False) -> list[dict]:
-  """`launch.py --sweep`: every entry of the sweep file run (or skipped when finished), then one table."""
-  entries = load_python(sweep_spec, "get_sweep")
-  stages = sweep_stages(base, entries)
-  run_stages(stages, root, allow_config_change=allow_config_change)
-  import jax
-
-  return collate(stages, root) if jax.process_index() == 0 else []

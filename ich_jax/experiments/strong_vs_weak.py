@@ -10,7 +10,7 @@ The stages under the workdir W, per backbone B (config.experiment.backbones) and
 
 Each B/A folder is an ordinary run folder (`launch.py` train + evaluate):
 checkpoints/, metrics.json, report.md and predictions.csv on the evaluated
-split, in the standard format (ich_jax.eval.report), for other experiments
+split, in the standard format (ich_jax.eval.prediction_files), for other experiments
 to read (seed 000's weighted ensemble compares its Table 4 against the strong
 runs: `run_dir`).
 """
@@ -22,9 +22,10 @@ import pathlib
 import numpy as np
 
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report
-from ich_jax.experiments import tables
-from ich_jax.experiments.runner import Stage, stage_config
+from ich_jax.eval import prediction_files, report
+from ich_jax.eval.formatting import auc_ci, md_table, number, p_value
+from ich_jax.experiments.runner import Stage
+from ich_jax.experiments.stage_configs import stage_config
 
 FINAL = None
 ANNOTATIONS = ("weak", "strong")
@@ -95,10 +96,10 @@ def table2(root: pathlib.Path, config) -> dict:
   n_boot, seed, threshold = int(ev.get("n_boot", 500)), int(ev.get("bootstrap_seed", 0)), float(ev.threshold)
   out: dict = {"slice": {}, "scan": {}}
   for b in e.backbones:
-    preds = {a: report.read_predictions(run_dir(root, b, a) / "predictions.csv") for a in e.annotations}
-    run_metrics = {a: tables.read_metrics(run_dir(root, b, a)) for a in e.annotations}
+    preds = {a: prediction_files.read_predictions(run_dir(root, b, a) / "predictions.csv") for a in e.annotations}
+    run_metrics = {a: report.read_metrics(run_dir(root, b, a)) for a in e.annotations}
     if len(preds) == 2:
-      preds["strong"] = report.align(preds["weak"], preds["strong"], names=(f"{b}/weak", f"{b}/strong"))
+      preds["strong"] = prediction_files.align(preds["weak"], preds["strong"], names=(f"{b}/weak", f"{b}/strong"))
     for level in ("slice", "scan"):
       row = out[level].setdefault(b, {})
       scores = {}
@@ -118,7 +119,7 @@ def table2(root: pathlib.Path, config) -> dict:
 def write_report(workdir: pathlib.Path, *, root: pathlib.Path, config) -> None:
   t2 = table2(root, config)
   e = config.experiment
-  first = tables.read_metrics(run_dir(root, e.backbones[0], e.annotations[0]))
+  first = report.read_metrics(run_dir(root, e.backbones[0], e.annotations[0]))
   lines = ["# Seed 000 §2.1: weak (slice labels) vs strong (mask) annotation", "",
            (f"Dataset {first.get('dataset')}, evaluated on split {first.get('split')!r}: {first['n_slices']} slices "
             f"({first['n_positive_slices']} with blood), {first['n_scans']} scans ({first['n_positive_scans']} with "
@@ -136,14 +137,14 @@ def write_report(workdir: pathlib.Path, *, root: pathlib.Path, config) -> None:
       test = row.get("delong_strong_vs_weak")
       for a in e.annotations:
         r = row[a]
-        acc = tables.auc_ci({"auc": r["accuracy"], "auc_ci": r["accuracy_ci"]})
-        body.append([names[b], a, acc, tables.auc_ci(r), tables.f3(r["sensitivity"]), tables.f3(r["specificity"]),
-                     tables.p_value(test["p_value"]) if test is not None and a == "strong" else ""])
+        acc = auc_ci({"auc": r["accuracy"], "auc_ci": r["accuracy_ci"]})
+        body.append([names[b], a, acc, auc_ci(r), number(r["sensitivity"]), number(r["specificity"]),
+                     p_value(test["p_value"]) if test is not None and a == "strong" else ""])
     lines += [f"## Table 2, {level} level: models trained with weakly and strongly annotated data", ""]
-    lines += tables.md_table(["Model", "Annotation", "Accuracy [95% CI]", "AUC [95% CI]", "Sensitivity",
-                              "Specificity", "DeLong p (strong vs weak)"], body) + [""]
+    lines += md_table(["Model", "Annotation", "Accuracy [95% CI]", "AUC [95% CI]", "Sensitivity",
+                       "Specificity", "DeLong p (strong vs weak)"], body) + [""]
   lines += ["Each run's folder (BACKBONE/ANNOTATION) holds its report.md and predictions.csv.", ""]
   text = "\n".join(lines)
-  tables.write_text(root / "report.md", text)
+  report.write_text(root / "report.md", text)
   report.write_metrics({"table2": t2}, root / "metrics.json")
   print(text, flush=True)

@@ -1,11 +1,14 @@
 """Seed 000 §2.2: a weighted ensemble of five Inception U-Nets trained on subsets; Tables 3 and 4, difficult cases.
 
-The stages are spelled out in the config (configs/weighted_ensemble.py, `runner.planned_stages`); under the
-workdir W:
+The stages, under the workdir W; each a loop run of the config without its `experiment` section (the base),
+with the steps and overrides of `experiment.stages.<name>` (configs/weighted_ensemble.py):
 
-  pretrain_encoder          the U-Net's encoder under a subtype head: Model 2's pre-training
-  model1_all … model5_small the five base U-Nets (train, export: their maps become the weight models' data)
-  ensemble_basic … _all     the weight model on the maps of models 1+2, 1+2+3, 1+2+4, 1+2+5 and 1–5 (train, eval)
+  pretrain_encoder          the U-Net's encoder under a subtype head (`experiment.templates.pretrain`, the task
+                            replaced): Model 2's pre-training
+  model1_all … model5_small the five base U-Nets (train, export: their maps become the weight models' data);
+                            model2_pretrained starts from pretrain_encoder's encoder (`model.init_from`)
+  ensemble_basic … _all     the weight model (`experiment.templates.weights`, model and task replaced) on the
+                            maps of models 1+2, 1+2+3, 1+2+4, 1+2+5 and 1–5 (`dataset.exports`; train, eval)
   report                    W/report.md, W/tables.json, W/difficult_cases.csv (ich_jax.eval.ensemble_tables)
 
 Table 4 compares the final ensemble with the strong-annotation classifiers of
@@ -21,12 +24,20 @@ import csv
 import functools
 import pathlib
 
+from ml_collections import ConfigDict
+
 from ich_jax import atomic
 from ich_jax.eval import ensemble_tables as T
 from ich_jax.eval import report as R
-from ich_jax.experiments import runner, strong_vs_weak
+from ich_jax.experiments import stage_configs, strong_vs_weak
 from ich_jax.experiments.runner import Stage
 
+PRETRAIN = "pretrain_encoder"
+BASES = ("model1_all", "model2_pretrained", "model3_sdh", "model4_sah", "model5_small")
+PRETRAINED = "model2_pretrained"   # Model 2 (§2.2.2): its encoder starts as pretrain_encoder's
+# The weight models (§2.2.3, Table 3's rows): stage → the base models whose maps it weighs.
+ENSEMBLES = (("ensemble_basic", BASES[:2]), ("ensemble_sdh", BASES[:3]), ("ensemble_sah", BASES[:2] + BASES[3:4]),
+             ("ensemble_small", BASES[:2] + BASES[4:]), ("ensemble_all", BASES))
 FINAL = "ensemble_all"   # the weight model on all five base models: the paper's final ensemble
 
 
@@ -40,10 +51,28 @@ def classifier_dirs(config) -> dict[str, pathlib.Path]:
 
 
 def stages(config, root: pathlib.Path) -> list[Stage]:
-  planned = runner.planned_stages(config, root)
+  e = config.experiment
+  base = stage_configs.base_config(config)
+
+  def run(name: str, template=None, replace=(), links=(), after=()) -> Stage:
+    # The template's sections, then the stage's own overrides, over the base (`replace`: sections swapped
+    # whole); last the folders of the stages it reads.
+    cfg = stage_configs.derive(base, *([template] if template is not None else []),
+                               e.stages[name].get("overrides", {}), replace=replace)
+    for path, value in links:
+      stage_configs.set_path(cfg, path, value)
+    return Stage(name, ConfigDict(cfg), steps=tuple(e.stages[name].steps), after=tuple(after))
+
+  def folder(name: str) -> str:
+    return str((root / name).absolute())
+
+  planned = [run(PRETRAIN, e.templates.pretrain, replace=("task",))]
+  planned += [run(name, links=[("model.init_from", folder(PRETRAIN))], after=[PRETRAIN]) if name == PRETRAINED
+              else run(name) for name in BASES]
+  planned += [run(name, e.templates.weights, replace=("task", "model"),
+                  links=[("dataset.exports", tuple(folder(m) for m in members))], after=members)
+              for name, members in ENSEMBLES]
   dirs = {s.name: root / s.name for s in planned}
-  if FINAL not in dirs:
-    raise KeyError(f"config experiment.order has no stage {FINAL!r}, the final ensemble Table 4 compares")
   return planned + [Stage("report", fn=functools.partial(write_report, root=root, config=config, stage_dirs=dirs),
                           params={"stages": sorted(dirs), "classifiers": classifier_dirs(config)},
                           after=tuple(dirs), always=True)]

@@ -1,4 +1,4 @@
-"""Grad-CAM (seed 003, eqs. 2–3; Selvaraju et al. 2017) and saliency supervision (seed 000, §2.1.5).
+"""Grad-CAM (seed 003, eqs. 2–3; Selvaraju et al. 2017), the map saliency supervision trains (seed 000, §2.1.5).
 
 Works with any model of the classifier protocol (`features_map`, `classify`):
 
@@ -7,14 +7,12 @@ Works with any model of the classifier protocol (`features_map`, `classify`):
 
 Seed 000 trains on strong labels by comparing "the saliency map from the last
 convolutional layer" with the hemorrhage mask and adding that segmentation loss
-to the classification loss; it names neither the loss nor the normalisation.
-Here: the CAM divided by its maximum (so only where it points matters, not its
-scale), soft Dice against the mask at CAM resolution — Dice because seed 000
-trains its segmentation models with Dice loss. As a task's extra term:
+to the classification loss (the loss: `ich_jax.train.losses.saliency_loss`). As
+a task's extra term:
 
   fmap = model.features_map(images)
   logits, cam = gradcam.logits_and_cam(model, fmap, class_index=0)
-  loss = bce(logits, labels) + w · gradcam.saliency_loss(cam, coarse_mask(mask, cam.shape[1:]))
+  loss = bce(logits, labels) + w · losses.saliency_loss(cam, coarse_mask(mask, cam.shape[1:]))
 
 The loss differentiates through eq. 2's gradient (a second-order term), which
 JAX does without special handling.
@@ -76,25 +74,3 @@ def grad_cam(model: nnx.Module | nnx.GraphDef, params: Any, images: jax.Array, c
   if upsample:
     cam = jax.image.resize(cam, (cam.shape[0], *images.shape[1:3]), "bilinear")
   return cam
-
-
-def saliency_loss(cam: jax.Array, target: jax.Array, *, ignore_empty: bool = True, eps: float = 1e-6) -> jax.Array:
-  """Soft Dice loss between max-normalised CAMs [B, h, w] and binary targets [B, h, w] (seed 000 §2.1.5).
-
-  Empty targets (slices without blood): with `ignore_empty` (default) they are
-  left out of the mean — a CAM has no right answer where the class is absent,
-  and a max-normalised CAM cannot be empty — and a batch without any blood gives
-  0. With `ignore_empty=False` they count, with loss ≈ 1 unless the CAM is all zero.
-  """
-  if cam.shape != target.shape:
-    raise ValueError(f"saliency_loss: CAM {cam.shape} and target {target.shape} differ; "
-                     "bring the mask to the CAM grid first (e.g. train.tasks.coarse_mask)")
-  cam = cam.astype(jnp.float32)
-  target = (target > 0).astype(jnp.float32)
-  p = cam / (cam.max(axis=(1, 2), keepdims=True) + eps)
-  dice = (2 * (p * target).sum((1, 2)) + eps) / (p.sum((1, 2)) + target.sum((1, 2)) + eps)
-  per_example = 1.0 - dice
-  if not ignore_empty:
-    return per_example.mean()
-  present = target.sum((1, 2)) > 0
-  return jnp.where(present, per_example, 0.0).sum() / jnp.maximum(present.sum(), 1)

@@ -55,6 +55,16 @@ def as_json(config) -> dict:
   return json.loads(json.dumps(config, default=list))
 
 
+def as_tuples(x):
+  """JSON lists back to the tuples configs hold (model options such as `widths`), recursively: config.json
+  and a bundle's manifest store a config's tuples as lists."""
+  if isinstance(x, Mapping):
+    return {k: as_tuples(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return tuple(as_tuples(v) for v in x)
+  return x
+
+
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
   """{"a": {"b": 1}} → {"a.b": 1}; an empty section stays a value ({}) so that filling it is a change."""
   out = {}

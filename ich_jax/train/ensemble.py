@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from ich_jax.models.ensemble import combine
+from ich_jax.train import losses, tasks
 from ich_jax.train import segmentation as seg
-from ich_jax.train import tasks
 
 
 @tasks.register("ensemble")
@@ -47,8 +47,8 @@ class Ensemble(tasks.Task):
 
   def __init__(self, with_image: bool = False, dice_over: str = "batch", dice_smooth: float = 1.0,
                dice_ignore_empty: bool = False, threshold: float = 0.5):
-    if dice_over not in seg.DICE_OVER:
-      raise ValueError(f"config task.dice_over={dice_over!r}; expected one of {tuple(seg.DICE_OVER)}")
+    if dice_over not in losses.DICE_OVER:
+      raise ValueError(f"config task.dice_over={dice_over!r}; expected one of {tuple(losses.DICE_OVER)}")
     self.with_image = bool(with_image)
     self.dice_over = dice_over
     self.dice_smooth = float(dice_smooth)
@@ -71,11 +71,11 @@ class Ensemble(tasks.Task):
     prob, weights = self.combined(model, batch)
     prob = prob[..., None]
     target = seg.targets(batch["mask"], "any")
-    loss = seg.soft_dice_loss(prob, target, over=self.dice_over, smooth=self.dice_smooth,
-                              ignore_empty=self.dice_ignore_empty)
+    loss = losses.soft_dice_loss(prob, target, over=self.dice_over, smooth=self.dice_smooth,
+                                 ignore_empty=self.dice_ignore_empty)
     # The paper's Dice (thresholded, pooled over the batch): a progress readout, not a report number.
     hard = (prob >= self.threshold).astype(jnp.float32)
-    metrics = {"loss": loss, "hard_dice": seg.soft_dice(hard, target, None, 1e-6)}
+    metrics = {"loss": loss, "hard_dice": losses.soft_dice(hard, target, None, 1e-6)}
     for n in range(weights.shape[-1]):
       metrics[f"weight_{n}"] = weights[:, n].mean()
     return loss, metrics

@@ -2,55 +2,23 @@
 
 Writes predictions.npz (everything, masks included), predictions.csv (the
 format `python -m ich_jax.eval` reads), metrics.json, report.md and the
-figures into the workdir, and prints the short table. `write_evaluation`
-does the writing for predictions from anywhere (a model, or stage outputs an
-experiment combined: seed 003's fold means and backbone ensemble).
-`select_checkpoint` picks the kept checkpoint of best validation Jaccard
-(seed 002), which the evaluation and exports of an experiment stage then use.
+figures into the workdir, and prints the short table (the writing:
+`ich_jax.eval.report.write_evaluation`). `select_checkpoint` picks the kept
+checkpoint of best validation Jaccard (seed 002), which the evaluation and
+exports of an experiment stage then use.
 """
 from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from ich_jax import atomic
-from ich_jax.eval import baseline, report
+from ich_jax.eval import baseline, mask_agreement, report
+from ich_jax.eval.prediction_files import BASELINE_COLUMN
 from ich_jax.train import loop
-
-
-def write_evaluation(preds: Mapping[str, np.ndarray], workdir: str | pathlib.Path, eval_config, *,
-                     title: str, meta: Mapping | None = None, quiet: bool = False) -> dict:
-  """Metrics, report.md, figures, predictions.npz and predictions.csv of per-slice `preds` in `workdir`.
-
-  `eval_config`: `config.eval` (threshold, n_boot, bootstrap_seed, figures).
-  `meta` (step, split, dataset, ...) is stored in the metrics. Labels must be
-  known: a split with NaN labels (rsna_ich's unlabelled `test`) is an error,
-  not a table of negatives.
-  """
-  workdir = pathlib.Path(workdir)
-  labels = np.asarray(preds["labels"], np.float64) if "labels" in preds else None
-  if labels is not None and np.isnan(labels).any():
-    what = dict(meta or {}).get("split", "the evaluated split")
-    raise ValueError(f"{workdir}: {what} has {int(np.isnan(labels).any(1).sum())} slices with NaN labels "
-                     "(unlabelled, e.g. rsna_ich's stage_2_test); evaluate a labelled split "
-                     "(config dataset.eval_split, e.g. 'validation')")
-  metrics = report.classification_metrics(preds, threshold=eval_config.threshold,
-                                          n_boot=int(eval_config.get("n_boot", 500)),
-                                          seed=int(eval_config.get("bootstrap_seed", 0)))
-  metrics.update(meta or {})
-  report.write_report(metrics, preds, workdir, figures=eval_config.get("figures", True), title=title)
-  arrays = {k: np.asarray(v) for k, v in preds.items()}
-  with atomic.open_write(workdir / "predictions.npz", "wb") as f:
-    np.savez(f, **{k: (v.astype(str) if v.dtype.kind in "OS" else v) for k, v in arrays.items()})
-  report.write_predictions_csv(preds, workdir / "predictions.csv")
-  if not quiet:
-    print(report.format_table(metrics), flush=True)
-    print(f"Report: {workdir / 'report.md'}", flush=True)
-  return metrics
 
 
 def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step: int | None = None) -> dict | None:
@@ -65,20 +33,20 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
   target = getattr(exp.task, "target", "mask")
   if target != "mask":
     # Not hemorrhage (a skull-stripping U-Net): the predicted masks against their reference, nothing else.
-    metrics = {**report.mask_agreement(preds, target), "step": None if step is None else int(step),
+    metrics = {**mask_agreement.mask_agreement(preds, target), "step": None if step is None else int(step),
                "split": config.dataset.eval_split, "dataset": f"{config.dataset.name}/{config.dataset.config}"}
     report.write_metrics(metrics, workdir / "metrics.json")
-    report.write_text(workdir / "report.md", report.format_mask_agreement(metrics, title=f"Evaluation of "
-                                                                            f"{workdir.name}, step {step}"))
-    print(report.format_mask_agreement(metrics), flush=True)
+    title = f"Evaluation of {workdir.name}, step {step}"
+    report.write_text(workdir / "report.md", mask_agreement.format_mask_agreement(metrics, title=title))
+    print(mask_agreement.format_mask_agreement(metrics), flush=True)
     return metrics
   if config.eval.get("baseline", True):
-    preds[report.BASELINE_COLUMN] = np.array([baseline.bright_fraction(source[int(i)]["image"])
-                                              for i in preds["record_index"]])
+    preds[BASELINE_COLUMN] = np.array([baseline.bright_fraction(source[int(i)]["image"])
+                                       for i in preds["record_index"]])
   meta = {"step": int(step) if step is not None else None, "split": config.dataset.eval_split,
           "dataset": f"{config.dataset.name}/{config.dataset.config}"}
-  return write_evaluation(preds, workdir, config.eval, title=f"Evaluation of {workdir.name}, step {meta['step']}",
-                          meta=meta)
+  return report.write_evaluation(preds, workdir, config.eval, meta=meta,
+                                 title=f"Evaluation of {workdir.name}, step {meta['step']}")
 
 
 SELECTION = "selection.json"

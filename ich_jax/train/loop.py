@@ -283,13 +283,11 @@ def read_config(workdir: str | pathlib.Path):
   `widths`)."""
   from ml_collections import ConfigDict
 
-  from ich_jax import bundle
-
   recorded, _ = config_record.read(workdir)
   if recorded is None:
     raise FileNotFoundError(f"{pathlib.Path(workdir) / config_record.RECORD}: no config.json; a run trained by "
                             "launch.py or ich_jax.experiments has one")
-  return ConfigDict(bundle.as_tuples(recorded))
+  return ConfigDict(config_record.as_tuples(recorded))
 
 
 def load_pretrained(exp: Experiment, state: dict, workdir: str | pathlib.Path) -> dict:

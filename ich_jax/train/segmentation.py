@@ -61,15 +61,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from ich_jax import LABELS
 from ich_jax.models import maps as maps_lib
-from ich_jax.train import tasks
+from ich_jax.train import losses, tasks
 
 MAPS = {"any": 1, "subtypes": len(LABELS) - 1}
 LOSSES = ("dice", "bce", "dice+bce")
-DICE_OVER = {"batch": (0, 1, 2), "slice": (1, 2)}
 
 
 def targets(mask: jax.Array, maps: str) -> jax.Array:
@@ -77,34 +75,6 @@ def targets(mask: jax.Array, maps: str) -> jax.Array:
   if maps == "any":
     return (mask > 0)[..., None].astype(jnp.float32)
   return (mask[..., None] == jnp.arange(1, len(LABELS), dtype=mask.dtype)).astype(jnp.float32)
-
-
-def soft_dice(prob: jax.Array, target: jax.Array, axis, smooth: float) -> jax.Array:
-  """(2 Σ p·t + smooth) / (Σ p + Σ t + smooth) over `axis`: 1 at perfect overlap, → 0 when disjoint."""
-  inter = (prob * target).sum(axis)
-  return (2 * inter + smooth) / (prob.sum(axis) + target.sum(axis) + smooth)
-
-
-def dice_loss(logits: jax.Array, target: jax.Array, *, over: str = "batch", smooth: float = 1.0,
-              ignore_empty: bool = False) -> jax.Array:
-  """Mean of 1 − soft Dice of sigmoid(logits) [B, H, W, K] against target [B, H, W, K] (see the module doc)."""
-  return soft_dice_loss(jax.nn.sigmoid(logits), target, over=over, smooth=smooth, ignore_empty=ignore_empty)
-
-
-def soft_dice_loss(prob: jax.Array, target: jax.Array, *, over: str = "batch", smooth: float = 1.0,
-                   ignore_empty: bool = False) -> jax.Array:
-  """`dice_loss` of probabilities [B, H, W, K] (a map that is no sigmoid's output: the ensemble's weighted map)."""
-  axis = DICE_OVER[over]
-  loss = 1.0 - soft_dice(prob, target, axis, smooth)
-  if not ignore_empty:
-    return loss.mean()
-  scored = target.sum(axis) > 0
-  return jnp.where(scored, loss, 0.0).sum() / jnp.maximum(scored.sum(), 1)
-
-
-def bce_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
-  """Per-pixel sigmoid binary cross-entropy, averaged over pixels and maps (Keras `binary_crossentropy`)."""
-  return optax.sigmoid_binary_cross_entropy(logits, target).mean()
 
 
 def slice_probabilities(prob: jax.Array, maps: str, min_pixels: int = 1) -> jax.Array:
@@ -139,8 +109,8 @@ class Segmentation(tasks.Task):
       raise ValueError(f"config task.loss={loss!r}; expected one of {LOSSES}")
     if maps not in MAPS:
       raise ValueError(f"config task.maps={maps!r}; expected one of {tuple(MAPS)}")
-    if dice_over not in DICE_OVER:
-      raise ValueError(f"config task.dice_over={dice_over!r}; expected one of {tuple(DICE_OVER)}")
+    if dice_over not in losses.DICE_OVER:
+      raise ValueError(f"config task.dice_over={dice_over!r}; expected one of {tuple(losses.DICE_OVER)}")
     self.loss_name = loss
     self.maps = maps
     self.dice_over = dice_over
@@ -188,15 +158,15 @@ class Segmentation(tasks.Task):
     target = targets(batch[self.target], self.maps)
     metrics, loss = {}, 0.0
     if "dice" in self.loss_name:
-      metrics["dice_loss"] = dice_loss(logits, target, over=self.dice_over, smooth=self.dice_smooth,
-                                       ignore_empty=self.dice_ignore_empty)
+      metrics["dice_loss"] = losses.dice_loss(logits, target, over=self.dice_over, smooth=self.dice_smooth,
+                                              ignore_empty=self.dice_ignore_empty)
       loss = loss + metrics["dice_loss"]
     if "bce" in self.loss_name:
-      metrics["bce"] = bce_loss(logits, target)
+      metrics["bce"] = losses.bce_loss(logits, target)
       loss = loss + metrics["bce"]
     # Thresholded Dice of the batch, pooled (a progress readout, not a report number).
     hard = (jax.nn.sigmoid(logits) >= self.threshold).astype(jnp.float32)
-    metrics["hard_dice"] = soft_dice(hard, target, None, 1e-6)
+    metrics["hard_dice"] = losses.soft_dice(hard, target, None, 1e-6)
     metrics["loss"] = loss
     return loss, metrics
 

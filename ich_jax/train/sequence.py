@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ich_jax import LABELS
-from ich_jax.train import tasks
+from ich_jax.train import losses, tasks
 
 INPUTS = {
     # Sequence model 1 (seed 003 Fig. 1, stage 2): per-slice CNN features.
@@ -52,7 +52,7 @@ class SequenceClassification(tasks.Task):
   def loss(self, model, batch):
     logits = self._logits(model, batch)
     valid = batch["slice_valid"].astype(jnp.float32)
-    per_slice = tasks.weighted_bce(logits, batch["labels"].astype(jnp.float32), jnp.asarray(self.label_weights))
+    per_slice = losses.weighted_bce(logits, batch["labels"].astype(jnp.float32), jnp.asarray(self.label_weights))
     count = jnp.maximum(valid.sum(), 1.0)
     loss = (per_slice * valid).sum() / count
     correct = (logits[..., 0] > 0) == (batch["labels"][..., 0] > 0.5)

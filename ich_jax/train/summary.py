@@ -40,7 +40,8 @@ def crc32c(data: bytes) -> int:
   return crc ^ 0xFFFFFFFF
 
 
-def _masked_crc(data: bytes) -> int:
+def masked_crc(data: bytes) -> int:
+  """The CRC a TFRecord frame stores: CRC32-C rotated and offset (TensorFlow's `MaskedCrc`), which readers check."""
   crc = crc32c(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -80,7 +81,7 @@ def encode_event(wall_time: float, step: int, *, scalars: Mapping[str, float] | 
 
 def frame_record(data: bytes) -> bytes:
   header = struct.pack("<Q", len(data))
-  return header + struct.pack("<I", _masked_crc(header)) + data + struct.pack("<I", _masked_crc(data))
+  return header + struct.pack("<I", masked_crc(header)) + data + struct.pack("<I", masked_crc(data))
 
 
 class SummaryWriter:

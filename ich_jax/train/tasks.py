@@ -15,6 +15,7 @@ import optax
 
 from ich_jax import LABELS
 from ich_jax.models import gradcam
+from ich_jax.train import losses
 
 _TASKS: dict[str, Callable[..., "Task"]] = {}
 
@@ -52,16 +53,6 @@ class Task:
 
   def predict(self, model, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     raise NotImplementedError
-
-
-def weighted_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
-  """Per-example class-weighted binary cross-entropy, normalised by the weight sum.
-
-  This is the RSNA 2019 challenge metric's form (seed 003 paper, §2 eq. 1): a
-  weighted mean over the six columns of the per-column log-loss.
-  """
-  per_class = optax.sigmoid_binary_cross_entropy(logits, labels)
-  return (per_class * weights).sum(-1) / weights.sum()
 
 
 def coarse_mask(mask: jax.Array, grid: tuple[int, int]) -> jax.Array:
@@ -115,7 +106,7 @@ class MultilabelClassification(Task):
     self.mask_loss = mask_loss
     # > 0: strong labels as seed 000 §2.1.5 uses them. The Grad-CAM (seed 003
     # eqs. 2–3) of class `saliency_class` on the last feature map is compared
-    # with the blood mask on that grid (models.gradcam.saliency_loss: soft Dice)
+    # with the blood mask on that grid (losses.saliency_loss: soft Dice)
     # and added to the classification loss; no extra layer, the reference
     # networks keep their parameter counts.
     self.saliency_loss_weight = float(saliency_loss_weight)
@@ -142,7 +133,7 @@ class MultilabelClassification(Task):
     labels = batch["labels"].astype(jnp.float32)
     if self.label_smoothing:
       labels = labels * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-    per_example = weighted_bce(logits, labels, jnp.asarray(self.label_weights))
+    per_example = losses.weighted_bce(logits, labels, jnp.asarray(self.label_weights))
     loss = per_example.mean()
     metrics = {"accuracy_any": ((logits[:, 0] > 0) == (batch["labels"][:, 0] > 0.5)).mean()}
     if self.mask_loss_weight:
@@ -152,9 +143,8 @@ class MultilabelClassification(Task):
       if "bce" in self.mask_loss:
         mask_loss = optax.sigmoid_binary_cross_entropy(cell_logits, target).mean()
       if "dice" in self.mask_loss:
-        from ich_jax.train import segmentation  # here: segmentation imports this module
-        mask_loss = mask_loss + segmentation.dice_loss(cell_logits[..., None], target[..., None], over="slice",
-                                                       ignore_empty=True)
+        mask_loss = mask_loss + losses.dice_loss(cell_logits[..., None], target[..., None], over="slice",
+                                                 ignore_empty=True)
       metrics["mask_loss"] = mask_loss
       loss = loss + self.mask_loss_weight * mask_loss
     if self.saliency_loss_weight:
@@ -162,7 +152,7 @@ class MultilabelClassification(Task):
       if self.saliency_index:
         # A subtype's CAM against that subtype's pixels (the label map keeps the higher index where two overlap).
         mask = jnp.where(mask == self.saliency_index, mask, 0)
-      saliency = gradcam.saliency_loss(cam, coarse_mask(mask, cam.shape[1:]))
+      saliency = losses.saliency_loss(cam, coarse_mask(mask, cam.shape[1:]))
       metrics["saliency_loss"] = saliency
       loss = loss + self.saliency_loss_weight * saliency
     metrics["loss"] = loss

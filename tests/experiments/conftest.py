@@ -41,8 +41,8 @@ def run_smoke(config_module, data_dir: str, root, overrides=None):
   `overrides`: dotted config fields set before it runs ("experiment.strong_vs_weak": ...).
   """
   from ich_jax import experiments
-  from ich_jax.experiments import runner
+  from ich_jax.experiments import sweep
 
-  config = runner.override(config_module.get_config("smoke"), {"dataset.data_dir": data_dir, **(overrides or {})})
+  config = sweep.override(config_module.get_config("smoke"), {"dataset.data_dir": data_dir, **(overrides or {})})
   experiments.run(config, root)
   return config, root

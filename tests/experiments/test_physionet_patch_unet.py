@@ -11,10 +11,12 @@ from flax import nnx
 from configs import physionet_patch_unet
 from ich_jax import bundle as bundle_lib
 from ich_jax import experiments
+from ich_jax.bundle import export, members
 from ich_jax.data import pipeline
 from ich_jax.eval import metrics as M
+from ich_jax.experiments.physionet_patch_unet import METHODS
 from ich_jax.models import maps
-from ich_jax.train import evaluate, export, loop
+from ich_jax.train import evaluate, loop
 from tests.experiments.conftest import run_smoke
 
 
@@ -23,15 +25,15 @@ def test_per_fold_stages_get_their_rounds_splits(tiny_data_dir, tmp_path):
   p.dataset.data_dir = tiny_data_dir
   p.experiment.cv.folds = (0, 3)
   plan = experiments.stages(p, tmp_path)
-  assert [s.name for s in plan] == [f"fold{k}/{m}" for k in (0, 3) for m in physionet_patch_unet.METHODS] + ["report"]
+  assert [s.name for s in plan] == [f"fold{k}/{m}" for k in (0, 3) for m in METHODS] + ["report"]
   patch = plan[-2].config
   assert (patch.dataset.train_split, patch.dataset.validation_split, patch.dataset.eval_split) == (
       "train+validation+test[fold=0,1,2/5]", "train+validation+test[fold=4/5]", "train+validation+test[fold=3/5]")
   assert patch.dataset.kind == "patches" and (patch.task.patch, patch.task.stride) == (16, 8)
   assert plan[1].config.train.batch_size == 8 and plan[1].config.data.sampling.mode == "balanced"
   assert plan[1].steps == ("train", "select_checkpoint", "eval") and plan[0].fn is not None   # threshold: host step
-  p.experiment.stages.threshold.links = (("model.init_from", "patch_unet"),)
-  with pytest.raises(KeyError, match="not a stage before"):
+  p.experiment.cv.folds = ()
+  with pytest.raises(ValueError, match="experiment.cv.folds is empty"):
     experiments.stages(p, tmp_path)
 
 
@@ -84,7 +86,7 @@ def test_the_patch_unet_bundle_predicts_by_sliding_window(patch_run, tmp_path):
   manifest = bundle_lib.read_manifest(out)
   (entry,) = manifest["members"]
   assert entry["task"]["patch"] == 16 and entry["task"]["stride"] == 8 and entry["data"]["image_size"] == 32
-  assert bundle_lib.window(entry) == {"patch": 16, "stride": 8}
+  assert members.window(entry) == {"patch": 16, "stride": 8}
   assert entry["source"]["step"] == evaluate.selected_step(run)
   b = bundle_lib.load(out)
   assert b.describe()[0]["window"] == {"patch": 16, "stride": 8}

@@ -8,7 +8,8 @@ from configs import rsna_cascade as cascade_config
 from ich_jax import LABELS, experiments
 from ich_jax.data import folds, stage_exports
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report
+from ich_jax.eval import prediction_files
+from ich_jax.eval.formatting import MISSING
 from tests.experiments.conftest import run_smoke
 
 BACKBONES = ("se_resnext101_32x4d", "densenet169", "densenet121")
@@ -20,7 +21,7 @@ def cascade(tiny_data_dir, tmp_path_factory):
 
 
 def _preds(path):
-  return report.read_predictions(path / "predictions.csv")
+  return prediction_files.read_predictions(path / "predictions.csv")
 
 
 def test_every_stage_ran_and_a_rerun_skips_them_all(cascade, capsys):
@@ -79,7 +80,7 @@ def test_the_report_tables_are_complete_and_computed_from_the_stages_predictions
     assert len(table) == 3 * 3 + 1 and table[-1].startswith("| all | Model_ensemble |")
     for line in table:
       cells = [c.strip() for c in line.strip("|").split("|")]
-      assert len(cells) == 6 and all(c and c != "NA" for c in cells), line
+      assert len(cells) == 6 and all(c and c != MISSING for c in cells), line
   rows = summary["table3"]["scan"]
   assert [r["row"] for r in rows[:3]] == ["2D-CNN", "2D-CNN + Seq_model 1", "2D-CNN + Seq_model 1 + Seq_model 2"]
   # Recompute two cells from the stages' predictions.csv.

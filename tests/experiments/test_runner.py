@@ -1,13 +1,10 @@
-"""The stage runner: skip what is finished, resume what is not, refuse what changed; sweeps and their table."""
-import functools
+"""The stage runner: skip what is finished, resume what is not, refuse what changed; epochs counted when a
+stage starts."""
 import json
 
-import numpy as np
 import pytest
 
-from ich_jax.eval import metrics as M
-from ich_jax.eval import report
-from ich_jax.experiments import runner
+from ich_jax.experiments import runner, stage_configs, sweep
 from ich_jax.experiments.runner import Stage
 
 
@@ -72,15 +69,18 @@ def test_plans_that_cannot_be_right_are_errors(tmp_path):
     Stage("a", config={"x": 1}, steps=("train", "predict"))
 
 
-def test_overrides_name_runs_and_unknown_fields_are_errors(smoke_config):
-  stages = runner.sweep_stages(smoke_config, [{"seed": 3, "train.num_steps": 2}, {"name": "b", "data.image_size": 32}])
-  assert [s.name for s in stages] == ["seed=3,num_steps=2", "b"]
-  assert stages[0].config.seed == 3 and stages[0].config.train.num_steps == 2 and smoke_config.seed == 0
-  assert stages[1].config.data.image_size == 32 and stages[1].params == {"overrides": {"data.image_size": 32}}
-  with pytest.raises(KeyError, match="sweep entry 0 .*no field 'data.imagesize'"):
-    runner.sweep_stages(smoke_config, [{"data.imagesize": 32}])
-  with pytest.raises(KeyError, match="no field 'dta'"):
-    runner.override(smoke_config, {"dta.image_size": 3})
+def test_a_nested_experiment_runs_only_with_the_registry_handed_down(tmp_path):
+  # The runner knows no experiment by name (the registry imports it): a sweep entry that is an experiment needs
+  # `run_experiment`, as ich_jax.experiments.run and the sweep pass it.
+  from ml_collections import ConfigDict
+
+  nested = Stage("entry", ConfigDict({"experiment": {"name": "x"}}))
+  with pytest.raises(ValueError, match="'entry' is an experiment \\('x'\\): run it with run_experiment="):
+    runner.run_stages([nested], tmp_path, compile_cache=False)
+  ran = []
+  runner.run_stages([nested], tmp_path, compile_cache=False,
+                    run_experiment=lambda config, workdir, **kw: ran.append((config.experiment.name, workdir.name)))
+  assert ran == [("x", "entry")]
 
 
 def test_epochs_count_the_balanced_set_of_the_training_split(tiny_data_dir):
@@ -90,7 +90,7 @@ def test_epochs_count_the_balanced_set_of_the_training_split(tiny_data_dir):
   config = strong_vs_weak.get_config("smoke")
   config.dataset.data_dir = tiny_data_dir
   config.run.train.epochs = 3
-  run = runner.stage_config(config.run, config.dataset, 0, model=config.backbones.vgg19)
+  run = stage_configs.stage_config(config.run, config.dataset, 0, model=config.backbones.vgg19)
   assert run.model.name == "small_cnn" and tuple(run.model.options.widths) == (8, 8, 16)
   labels = pipeline.open_split(run.dataset, "train").metadata(("labels",))["labels"]
   balanced = 2 * int((labels[:, 0] > 0.5).sum())          # every lesion slice and as many normal ones
@@ -100,82 +100,6 @@ def test_epochs_count_the_balanced_set_of_the_training_split(tiny_data_dir):
   assert runner.resolve_steps(run).train.num_steps == run.train.num_steps  # set by hand: left alone
 
 
-SWEEP = '''
-def get_sweep(arg):
-  # Same shapes (three channels of one slice): the second run reuses the first's compiled programs.
-  recipes = {"rsna": [[0, 40, 80], [0, 80, 200], [0, 600, 2800]], "seed000": [[0, 40, 40], [0, 40, 80], [0, 500, 3000]]}
-  return [{"name": n, "data.recipe": r} for n, r in recipes.items()][: int(arg) if arg else None]
-'''
-
-
-def test_a_sweep_trains_each_entry_once_and_collates_its_evaluations(smoke_config, tmp_path, capsys):
-  sweep = tmp_path / "sweep.py"
-  sweep.write_text(SWEEP)
-  root = tmp_path / "runs"
-  smoke_config.eval.n_boot = 20
-  smoke_config.eval.figures = False
-  smoke_config.eval.baseline = False
-  rows = runner.run_sweep(smoke_config, f"{sweep}", root)
-  assert [r["name"] for r in rows] == ["rsna", "seed000"]
-  run = json.loads((root / "seed000" / "config.json").read_text())
-  assert run["data"]["recipe"] == [[0, 40, 40], [0, 40, 80], [0, 500, 3000]]
-  table = (root / "sweep.md").read_text()
-  # The table's numbers are the runs' own: recompute the second row from its predictions.csv.
-  preds = {n: report.read_predictions(root / n / "predictions.csv") for n in ("rsna", "seed000")}
-  ids, scan = zip(*(M.scan_scores(preds[n]["probabilities"][:, 0], preds[n]["study_id"]) for n in ("rsna", "seed000")))
-  _, y = M.scan_scores(preds["rsna"]["labels"][:, 0], preds["rsna"]["study_id"])
-  auc = M.roc_auc(y > 0.5, scan[1])
-  assert rows[1]["scan_auc_any"] == pytest.approx(auc)
-  test = M.delong_test(y > 0.5, scan[1], scan[0])
-  assert rows[1]["delong_p"] == pytest.approx(test["p_value"]) and rows[0]["delong_p"] is None
-  assert f"{auc:.3f} [" in table.split("| seed000 |")[1].splitlines()[0]
-  assert M.weighted_log_loss(preds["seed000"]["labels"], preds["seed000"]["probabilities"]) == pytest.approx(
-      rows[1]["slice_log_loss"])
-  # A rerun trains nothing; a longer sweep runs only its new entry.
-  capsys.readouterr()
-  mtime = (root / "rsna" / "predictions.csv").stat().st_mtime_ns
-  runner.run_sweep(smoke_config, f"{sweep}:1", root)
-  assert "rsna: done, skipped" in capsys.readouterr().out
-  assert (root / "rsna" / "predictions.csv").stat().st_mtime_ns == mtime
-
-
-def test_a_sweep_over_an_experiment_runs_it_per_entry_and_collates_its_final_stage(tmp_path, monkeypatch):
-  """A stand-in experiment (one host step writing an evaluation) registered for the test."""
-  import sys
-  import types
-
-  from ml_collections import ConfigDict
-
-  from ich_jax import experiments
-  from ich_jax.train import evaluate
-
-  def write(workdir, *, shift):
-    rng = np.random.default_rng(0)
-    labels = np.zeros((40, 6), np.float32)
-    labels[:20, 0] = 1            # studies s0 … s9 with blood
-    prob = np.clip(0.5 * labels + shift * rng.random((40, 6)), 0, 1)
-    preds = {"probabilities": prob, "labels": labels, "study_id": np.array([f"s{i // 2}" for i in range(40)]),
-             "series_id": np.array([f"s{i // 2}" for i in range(40)]), "slice_index": np.arange(40) % 2}
-    evaluate.write_evaluation(preds, workdir, ConfigDict({"threshold": 0.5, "n_boot": 10, "figures": False}),
-                              title="fake", quiet=True)
-
-  fake = types.ModuleType("fake_experiment")
-  fake.FINAL = "final"
-  fake.stages = lambda config, root: [Stage("final", fn=functools.partial(write, shift=config.shift),
-                                            params={"shift": config.shift})]
-  monkeypatch.setitem(sys.modules, "fake_experiment", fake)
-  monkeypatch.setitem(experiments.EXPERIMENTS, "fake", "fake_experiment")
-  base = ConfigDict({"experiment": {"name": "fake"}, "shift": 0.2})
-  stages = runner.sweep_stages(base, [{"name": "small", "shift": 0.2}, {"name": "large", "shift": 0.9}])
-  runner.run_stages(stages, tmp_path)
-  rows = runner.collate(stages, tmp_path)
-  assert (tmp_path / "large" / "final" / "predictions.csv").is_file()
-  preds = report.read_predictions(tmp_path / "large" / "final" / "predictions.csv")
-  _, scan = M.scan_scores(preds["probabilities"][:, 0], preds["study_id"])
-  _, y = M.scan_scores(preds["labels"][:, 0], preds["study_id"])
-  assert rows[1]["scan_auc_any"] == pytest.approx(M.roc_auc(y > 0.5, scan)) and rows[1]["delong_p"] is not None
-
-
 def test_a_stage_folder_holding_another_configs_run_is_refused_like_a_resumed_run(smoke_config, tmp_path):
   # A folder without stage.json (a run folder reused as a stage, or its stage.json deleted) whose config.json
   # records another learning rate: the stage does not train on under the new one, and the record stays.
@@ -183,7 +107,7 @@ def test_a_stage_folder_holding_another_configs_run_is_refused_like_a_resumed_ru
   folder.mkdir()
   recorded = smoke_config.to_json_best_effort(indent=2)
   (folder / "config.json").write_text(recorded)
-  changed = runner.override(smoke_config, {"optimizer.learning_rate": 0.01})
+  changed = sweep.override(smoke_config, {"optimizer.learning_rate": 0.01})
   with pytest.raises(ValueError, match=r"(?s)run/config.json: this workdir was started with another config.*"
                                        r"\n  optimizer.learning_rate: 0.001 -> 0.01\n.*--allow_config_change"):
     runner.run_stages([Stage("run", changed, steps=("train",))], tmp_path)

@@ -6,7 +6,8 @@ import pytest
 from configs import strong_vs_weak as svw_config
 from ich_jax import experiments
 from ich_jax.eval import metrics as M
-from ich_jax.eval import report
+from ich_jax.eval import prediction_files
+from ich_jax.eval.formatting import MISSING
 from ich_jax.experiments import strong_vs_weak
 
 BACKBONES = ("densenet121", "inception_resnet_v2", "mobilenet_v2", "vgg19")
@@ -18,7 +19,7 @@ def test_each_run_leaves_a_standard_workdir_and_only_strong_runs_learn_from_mask
     for a in ("weak", "strong"):
       d = root / b / a
       assert {"predictions.csv", "metrics.json", "report.md", "config.json"} <= {p.name for p in d.iterdir()}
-      preds = report.read_predictions(d / "predictions.csv")
+      preds = prediction_files.read_predictions(d / "predictions.csv")
       assert preds["probabilities"].shape == (64, 6) and preds["labels"].shape == (64, 6)
       logged = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
       assert all(("saliency_loss" in row) == (a == "strong") for row in logged)
@@ -38,9 +39,9 @@ def test_table2_is_complete_and_computed_from_the_runs_predictions(svw):
     assert len(table) == 8
     for line in table:
       cells = [c.strip() for c in line.strip("|").split("|")]
-      assert all(cells[:6]) and "NA" not in cells[:6] and bool(cells[6]) == (cells[1] == "strong"), line
+      assert all(cells[:6]) and MISSING not in cells[:6] and bool(cells[6]) == (cells[1] == "strong"), line
   # One backbone's row, recomputed from its two predictions.csv files.
-  weak, strong = (report.read_predictions(root / "mobilenet_v2" / a / "predictions.csv") for a in ("weak", "strong"))
+  weak, strong = (prediction_files.read_predictions(root / "mobilenet_v2" / a / "predictions.csv") for a in ("weak", "strong"))
   ids, p_strong = M.scan_scores(strong["probabilities"][:, 0], strong["study_id"])
   _, p_weak = M.scan_scores(weak["probabilities"][:, 0], weak["study_id"])
   _, y = M.scan_scores(strong["labels"][:, 0], strong["study_id"])

@@ -10,11 +10,13 @@ from flax import nnx
 
 from configs import weighted_ensemble
 from ich_jax import bundle as bundle_lib
+from ich_jax.bundle import __main__ as bundle_cli
 from ich_jax import experiments
 from ich_jax.data import pipeline
-from ich_jax.eval import ensemble_tables, report
+from ich_jax.eval import ensemble_tables, prediction_files
 from ich_jax.eval import metrics as M
-from ich_jax.experiments import runner
+from ich_jax.experiments import sweep
+from ich_jax.experiments import weighted_ensemble as we
 from ich_jax.train import loop
 from tests.experiments.conftest import run_smoke
 
@@ -23,7 +25,8 @@ def test_the_plan_derives_each_stage_from_the_base_config(tiny_data_dir, tmp_pat
   c = weighted_ensemble.get_config("smoke")
   c.dataset.data_dir = tiny_data_dir
   stages = {s.name: s for s in experiments.stages(c, tmp_path)}
-  assert list(stages) == list(c.experiment.order) + ["report"]
+  order = ["pretrain_encoder", *we.BASES, *(name for name, _ in we.ENSEMBLES)]
+  assert list(stages) == order + ["report"]
   pre, m2, m4, ens = (stages[n] for n in ("pretrain_encoder", "model2_pretrained", "model4_sah", "ensemble_sah"))
   # Template + replace: the pre-training trains the classification task on the encoder, with the base's inputs.
   assert pre.config.model.name == "inception_unet_encoder" and pre.config.model.options.to_dict() == {"width": 8,
@@ -38,20 +41,20 @@ def test_the_plan_derives_each_stage_from_the_base_config(tiny_data_dir, tmp_pat
   members = ("model1_all", "model2_pretrained", "model4_sah")
   assert list(ens.config.dataset.exports) == [str((tmp_path / n).absolute()) for n in members]
   assert "loss" not in ens.config.task and ens.steps == ("train", "eval") and ens.after == members
-  assert stages["report"].always and set(stages["report"].after) == set(c.experiment.order)
+  assert stages["report"].always and set(stages["report"].after) == set(order)
   # Table 4 reads the strong-vs-weak experiment's layout: <its workdir>/<backbone>/strong.
   c.experiment.strong_vs_weak = "/runs/svw"
-  from ich_jax.experiments import weighted_ensemble as we
   assert we.classifier_dirs(c)["vgg19"].as_posix() == "/runs/svw/vgg19/strong"
-  # A link to a later stage, or a step no runner knows, is an error naming the stage.
-  bad = weighted_ensemble.get_config("smoke")
-  bad.experiment.stages.model1_all.links = (("model.init_from", "model3_sdh"),)
-  with pytest.raises(KeyError, match="model1_all.links: 'model3_sdh' is not a stage before"):
-    runner.planned_stages(bad, tmp_path)
+  # A stage's steps are the config's: fewer steps are that stage's alone; a step no runner knows is an error
+  # naming the stage.
+  fewer = weighted_ensemble.get_config("smoke")
+  fewer.experiment.stages.model1_all.steps = ("train",)
+  got = {s.name: s.steps for s in experiments.stages(fewer, tmp_path)}
+  assert got["model1_all"] == ("train",) and got["model2_pretrained"] == ("train", "export")
   bad = weighted_ensemble.get_config("smoke")
   bad.experiment.stages.model1_all.steps = ("train", "evaluate")
-  with pytest.raises(KeyError, match="model1_all.steps=.*'evaluate'"):
-    runner.planned_stages(bad, tmp_path)
+  with pytest.raises(ValueError, match="stage 'model1_all': unknown steps \\['evaluate'\\]"):
+    experiments.stages(bad, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_every_table_is_filled_from_the_runs(ensemble_run):
       text.index(f"| {label} |") for label, _ in c.experiment.table3)
   for label, stage in c.experiment.table3:
     entry = rows[label]
-    scans = ensemble_tables.scan_table(report.read_predictions(workdir / stage / "predictions.csv"))
+    scans = ensemble_tables.scan_table(prediction_files.read_predictions(workdir / stage / "predictions.csv"))
     assert entry["all"]["auc"] == pytest.approx(M.roc_auc(scans["labels"][:, 0], scans["prob"]))
     for subset in ("all", "subdural", "subarachnoid", "small"):
       assert entry[subset]["n_positive"] > 0 and entry[subset]["n_negative"] > 0
@@ -85,7 +88,7 @@ def test_every_table_is_filled_from_the_runs(ensemble_run):
     s = t["table3"]["subsets"][subset]
     assert s["n_scans"] == 2 * s["n_positive"]
   # Difficult cases: the final ensemble's scans that metrics.difficult_cases picks, all of them listed.
-  final = ensemble_tables.scan_table(report.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
+  final = ensemble_tables.scan_table(prediction_files.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
   hard = M.difficult_cases(final["labels"][:, 0], final["prob"])
   assert sorted(r["study_id"] for r in t["difficult"]) == sorted(final["study_id"][hard])
   assert len((workdir / "difficult_cases.csv").read_text().splitlines()) == 1 + hard.sum()
@@ -97,11 +100,11 @@ def test_table4_compares_the_final_ensemble_with_the_strong_vs_weak_runs(ensembl
   t4 = json.loads((workdir / "tables.json").read_text())["table4"]
   text = (workdir / "report.md").read_text().split("## Table 4")[1].split("## Difficult")[0]
   assert sorted(t4) == sorted(c.experiment.classifiers) and "not run" not in text
-  final = ensemble_tables.scan_table(report.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
+  final = ensemble_tables.scan_table(prediction_files.read_predictions(workdir / "ensemble_all" / "predictions.csv"))
   for b in c.experiment.classifiers:
     e = t4[b]
     # Recomputed from the strong run's own predictions.csv, on the scans both predicted (both held out "test").
-    strong = ensemble_tables.scan_table(report.read_predictions(svw_root / b / "strong" / "predictions.csv"))
+    strong = ensemble_tables.scan_table(prediction_files.read_predictions(svw_root / b / "strong" / "predictions.csv"))
     common, i, j = np.intersect1d(final["study_id"], strong["study_id"], return_indices=True)
     assert e["status"] == "ok" and e["n_scans"] == len(common) == len(final["study_id"])
     assert e["workdir"] == str(svw_root / b / "strong")
@@ -135,8 +138,8 @@ def test_the_exported_ensemble_predicts_what_its_evaluation_did(ensemble_run, tm
   c, workdir = ensemble_run
   run = workdir / "ensemble_all"
   # An experiment's stage is exported by its folder (its config.json and checkpoints).
-  assert bundle_lib.main(["export", "--run", str(run), "--out", str(tmp_path / "bundle")]) == 0
-  assert bundle_lib.main(["export", "--run", str(tmp_path)]) == 1                 # no config.json: named, exit 1
+  assert bundle_cli.main(["export", "--run", str(run), "--out", str(tmp_path / "bundle")]) == 0
+  assert bundle_cli.main(["export", "--run", str(tmp_path)]) == 1                 # no config.json: named, exit 1
   b = bundle_lib.load(tmp_path / "bundle")
   roles = {m.name: m.role for m in b.members.values()}
   assert roles == {**{n: "segmentation" for n in weighted_ensemble.BASES}, "ensemble_all": "ensemble_weights"}
@@ -162,12 +165,12 @@ def test_a_rerun_skips_every_finished_stage_and_refuses_a_changed_one(ensemble_r
   # Nothing retrained; the report (reading another experiment's runs, which may have appeared) runs again.
   assert out.count("done, skipped") == len(stages) - 1 and "report: running" in out
   # A classifier that is not there is named in the rewritten Table 4; the report's inputs are not "stale".
-  more = runner.override(c, {"experiment.classifiers": tuple(c.experiment.classifiers) + ("resnet50",)})
+  more = sweep.override(c, {"experiment.classifiers": tuple(c.experiment.classifiers) + ("resnet50",)})
   experiments.run(more, workdir)
   t4 = json.loads((workdir / "tables.json").read_text())["table4"]
   assert t4["resnet50"]["status"].startswith("not run: no predictions.csv in ") and t4["vgg19"]["status"] == "ok"
   # A stage whose config changed since it ran is not silently mixed with the old run: it and the stages
   # reading it are named, and nothing runs.
-  changed = runner.override(c, {"experiment.stages.model3_sdh.overrides.data.sampling.lesion": "epidural"})
+  changed = sweep.override(c, {"experiment.stages.model3_sdh.overrides.data.sampling.lesion": "epidural"})
   with pytest.raises(RuntimeError, match=r"3 stage\(s\) .*'model3_sdh', 'ensemble_sdh', 'ensemble_all'"):
     experiments.run(changed, workdir)

@@ -1,11 +1,10 @@
-"""The speed-motivated layers of classifier.py compute what flax's own do (docs/PERFORMANCE.md, "Models"); XLA flags."""
+"""The speed-motivated layers of classifier.py compute what flax's own do (docs/PERFORMANCE.md, "Models")."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from ich_jax import xla_flags
 from ich_jax.models.classifier import TORCH_BN, BatchNorm, Conv
 
 
@@ -70,15 +69,3 @@ def test_batchnorm_mask_goes_through_flax():
   mask = (jnp.arange(6) < 4)[None, None, :, None]
   ref, ours = nnx.BatchNorm(3, rngs=nnx.Rngs(0)), BatchNorm(3, rngs=nnx.Rngs(0))
   _close(ours(x, mask=mask), ref(x, mask=mask), 0)
-
-
-def test_xla_flags_apply_appends_once_and_keeps_the_users_setting():
-  flag = xla_flags.CPU_FLAGS[0]
-  name = flag.split("=")[0]
-  env = {}
-  assert xla_flags.apply(env) == flag
-  assert xla_flags.apply(env) == flag
-  env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {name}="}
-  assert xla_flags.apply(env) == f"--xla_force_host_platform_device_count=8 {name}="
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  assert xla_flags.apply(env) == f"--xla_force_host_platform_device_count=8 {flag}"

@@ -39,7 +39,7 @@ def test_config_json_killed_mid_write_keeps_the_recorded_config(tmp_path):
 PREDICTIONS = """
 import numpy as np
 from ml_collections import ConfigDict
-from ich_jax.train import evaluate
+from ich_jax.eval import report
 
 def preds(shift):
   rng = np.random.default_rng(0)
@@ -50,8 +50,8 @@ def preds(shift):
           "mask": rng.integers(0, 2, (40, 32, 32)).astype(np.uint8)}
 
 def write(workdir, shift):
-  evaluate.write_evaluation(preds(shift), workdir, ConfigDict({"threshold": 0.5, "n_boot": 10, "figures": False}),
-                            title="killed", quiet=True)
+  report.write_evaluation(preds(shift), workdir, ConfigDict({"threshold": 0.5, "n_boot": 10, "figures": False}),
+                          title="killed", quiet=True)
 """
 
 

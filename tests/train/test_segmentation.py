@@ -1,70 +1,18 @@
-"""The segmentation task: Dice and BCE on hand-made masks, slice probability = max pixel, and every
-segmentation model through the shared trainer and evaluation via configs/segmentation.py:MODEL:smoke."""
+"""The segmentation task: targets and its loss on hand-made masks, slice probability = max pixel, and every
+segmentation model through the shared trainer and evaluation via configs/segmentation.py:MODEL:smoke (its
+losses alone: tests/train/test_losses.py)."""
 import json
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import segmentation as seg_config
 from ich_jax.train import segmentation as seg
 from ich_jax.train import tasks
-
-BIG = 30.0  # |logit| at which sigmoid is 0 or 1 to float32 precision
-
-
-def _square(size=8, lo=2, hi=5):
-  m = np.zeros((size, size), np.float32)
-  m[lo:hi, lo:hi] = 1
-  return m
-
-
-def _logits(binary):
-  return jnp.asarray(np.where(binary > 0, BIG, -BIG), jnp.float32)
-
-
-def test_dice_loss_perfect_disjoint_and_partial():
-  t = _square()[None, :, :, None]                               # 9 blood pixels
-  assert float(seg.dice_loss(_logits(t), jnp.asarray(t))) == pytest.approx(0.0, abs=1e-6)
-  disjoint = np.zeros_like(t)
-  disjoint[0, 6:8, 6:8, 0] = 1                                  # 4 pixels, no overlap
-  # 1 − (0 + 1) / (4 + 9 + 1): the smoothing term is all that keeps it below 1.
-  assert float(seg.dice_loss(_logits(disjoint), jnp.asarray(t))) == pytest.approx(1 - 1 / 14, rel=1e-6)
-  half = np.zeros_like(t)
-  half[0, 2:5, 2:4, 0] = 1                                      # 6 of the 9 pixels
-  assert float(seg.dice_loss(_logits(half), jnp.asarray(t))) == pytest.approx(1 - 13 / 16, rel=1e-6)
-  # Soft probabilities enter linearly: p = 0.5 everywhere on 64 pixels.
-  soft = seg.dice_loss(jnp.zeros_like(jnp.asarray(t)), jnp.asarray(t))
-  assert float(soft) == pytest.approx(1 - (2 * 4.5 + 1) / (32 + 9 + 1), rel=1e-6)
-
-
-def test_dice_over_slices_or_batch_and_what_empty_means():
-  blood = _square()
-  t = jnp.asarray(np.stack([blood, np.zeros_like(blood)])[..., None])
-  false_pos = np.stack([blood, _square(lo=0, hi=1)])[..., None]  # slice 2: 1 pixel where there is no blood
-  pred = _logits(false_pos)
-  # Per slice: perfect (0) and an empty slice with one false pixel: 1 − 1 / (1 + 0 + 1).
-  assert float(seg.dice_loss(pred, t, over="slice")) == pytest.approx((0 + 0.5) / 2, rel=1e-6)
-  # Ignoring empty targets (metrics.dice's empty=NaN): only the blood slice is scored.
-  assert float(seg.dice_loss(pred, t, over="slice", ignore_empty=True)) == pytest.approx(0.0, abs=1e-6)
-  # Pooled over the batch: 1 − (18 + 1) / (10 + 9 + 1).
-  assert float(seg.dice_loss(pred, t, over="batch")) == pytest.approx(1 - 19 / 20, rel=1e-6)
-  # An empty target predicted empty is perfect agreement (metrics.dice(..., empty=1.0) in the limit).
-  empty = jnp.zeros((1, 8, 8, 1))
-  assert float(seg.dice_loss(_logits(np.zeros((1, 8, 8, 1))), empty, over="slice")) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_bce_matches_optax_and_the_definition():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(2, 8, 8, 1)).astype(np.float32) * 3
-  t = (rng.random((2, 8, 8, 1)) > 0.8).astype(np.float32)
-  got = float(seg.bce_loss(jnp.asarray(logits), jnp.asarray(t)))
-  assert got == pytest.approx(float(optax.sigmoid_binary_cross_entropy(logits, t).mean()), rel=1e-6)
-  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
-  assert got == pytest.approx(float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean()), rel=1e-5)
+from tests.train import masks
 
 
 def test_targets_any_and_per_subtype():
@@ -114,13 +62,13 @@ def test_slice_probability_is_the_max_pixel_and_pred_mask():
 def test_loss_is_dice_bce_or_their_sum_over_the_subtype_maps():
   mask = np.zeros((2, 8, 8), np.uint8)
   mask[0, 2:5, 2:5] = 5                                           # subdural
-  perfect = _logits(np.asarray(seg.targets(jnp.asarray(mask), "subtypes")))
+  perfect = masks.logits(np.asarray(seg.targets(jnp.asarray(mask), "subtypes")))
   batch = {"image": jnp.zeros((2, 8, 8, 1)), "mask": jnp.asarray(mask)}
   both, m = seg.Segmentation(maps="subtypes", loss="dice+bce").loss(_fixed(perfect), batch)
   assert float(m["dice_loss"]) == pytest.approx(0.0, abs=1e-6) and float(m["bce"]) < 1e-6
   assert float(both) == pytest.approx(float(m["dice_loss"] + m["bce"])) and float(m["hard_dice"]) == pytest.approx(1.0)
   # Everything predicted as intraparenchymal instead: the subdural map misses, the other empty map is wrong.
-  wrong = _logits(np.asarray(seg.targets(jnp.asarray(np.where(mask > 0, 2, 0).astype(np.uint8)), "subtypes")))
+  wrong = masks.logits(np.asarray(seg.targets(jnp.asarray(np.where(mask > 0, 2, 0).astype(np.uint8)), "subtypes")))
   dice, m = seg.Segmentation(maps="subtypes").loss(_fixed(wrong), batch)
   # Five maps pooled over the batch: three perfect empties, two with 1 − 1 / (9 + 1).
   assert "bce" not in m and float(dice) == pytest.approx(2 * 0.9 / 5, rel=1e-5)
@@ -197,9 +145,9 @@ def test_stitched_inference_post_processing_and_slice_score():
 def test_the_target_can_be_the_brain_mask():
   task = seg.Segmentation(target="brain_mask", loss="dice")
   assert task.batch_keys == ("image", "brain_mask")
-  brain = _square()[None].astype(np.uint8)
+  brain = masks.square()[None].astype(np.uint8)
   batch = {"image": jnp.zeros((1, 8, 8, 1)), "brain_mask": jnp.asarray(brain), "mask": jnp.zeros((1, 8, 8), jnp.uint8)}
-  loss, _ = task.loss(_fixed(_logits(brain[..., None])), batch)
+  loss, _ = task.loss(_fixed(masks.logits(brain[..., None])), batch)
   assert float(loss) == pytest.approx(0.0, abs=1e-6)               # perfect on the brain, whatever `mask` says
   with pytest.raises(ValueError, match="task.target='skull'"):
     seg.Segmentation(target="skull")

@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import sequence as sequence_config
 from ich_jax.data import pipeline, slice_inputs, stage_exports, windows
-from ich_jax.train import evaluate, export, loop, optimizer, tasks
+from ich_jax.train import evaluate, export, loop, losses, optimizer, tasks
 
 
 def test_step_schedule_at_fractions_of_the_run():
@@ -42,8 +42,8 @@ def test_sequence_loss_ignores_padded_slices():
 
   loss, loss_garbage, logits = run(model, batch, garbage)
   assert float(loss) == pytest.approx(float(loss_garbage), rel=1e-6)
-  per_slice = np.asarray(tasks.weighted_bce(jnp.asarray(logits), jnp.asarray(batch["labels"]),
-                                            jnp.array(task.label_weights)))
+  per_slice = np.asarray(losses.weighted_bce(jnp.asarray(logits), jnp.asarray(batch["labels"]),
+                                             jnp.array(task.label_weights)))
   assert float(loss) == pytest.approx(per_slice[valid].mean(), rel=1e-5)
 
 

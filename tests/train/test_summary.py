@@ -18,10 +18,10 @@ def _read_records(path):
   while pos < len(data):
     (length,) = struct.unpack("<Q", data[pos:pos + 8])
     (len_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
-    assert len_crc == summary._masked_crc(data[pos:pos + 8])
+    assert len_crc == summary.masked_crc(data[pos:pos + 8])
     payload = data[pos + 12:pos + 12 + length]
     (crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
-    assert crc == summary._masked_crc(payload)
+    assert crc == summary.masked_crc(payload)
     records.append(payload)
     pos += 16 + length
   return records

@@ -1,0 +1,66 @@
+"""Model bundles: trained models as one self-contained folder, and the engine that runs them on a study.
+
+  python launch.py --config C --workdir W --mode export [--out DIR]          # write (ich_jax.bundle.export)
+  python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
+  python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
+  python -m ich_jax.bundle verify DIR                                        # hashes and members
+
+A bundle is a folder:
+
+  manifest.json          what the members are and how they combine (below), the label order, the operating
+                         threshold, the format version, the SHA-256 of every file a member loads (`files`),
+                         and a hash of the manifest's own content (`hash`: catches an accidental edit)
+  params/<member>.npz    one member's variables as flat numpy arrays, keyed by their nnx state path
+                         ("params/blocks/0/conv/kernel/value", "model_state/blocks/0/norm/mean/value", ...);
+                         PRNG keys are stored as their key data (manifest: `key_arrays`, path → impl)
+
+Why numpy rather than Orbax: a bundle leaves the lab, so it should be
+readable without the training stack's checkpoint machinery (no async
+writers, no tensorstore layout), be a handful of plain files whose hashes a
+manifest can list, and load into any process with `np.load`. Orbax stays the
+training checkpoint format (ich_jax.train.checkpoint).
+
+A member (manifest `members`, in dependency order: a member's inputs come before it):
+
+  name        unique within the bundle
+  role        "classifier" (task multilabel_classification: slice → six probabilities, Grad-CAM),
+              "segmentation" (task segmentation: slice → blood maps, `pred_mask`),
+              "sequence" (task sequence_classification: seed 003's seq_gru_1/2 over the whole series),
+              "ensemble_weights" (task ensemble: seed 000's weight model over segmentation members' maps)
+  model       {"name", "num_classes", "in_channels", "options"}: `ich_jax.models.build` arguments
+  task        the task config (`ich_jax.train.tasks.build`): how the model is called and what it predicts
+  data        slice-input members only: how a slice becomes its input (`ich_jax.data.pipeline`): image_size,
+              recipe [(slice offset, level, width), ...], intensity, clip_range, clip_out_range
+  inputs      sequence / ensemble_weights members: the names of the members whose outputs they read, in the
+              order their training exports were listed (`config.dataset.exports`)
+  params      the member's .npz file
+  source      where it came from (workdir, step, dataset): provenance only, never read
+
+`outputs` says how members make the bundle's answer:
+
+  probabilities  {"combine": "mean", "members": [names]}: per-slice probabilities, the mean over the members
+                 (one member: its own); a study's probability is its most suspicious slice's (seeds 000, 003)
+  mask           the member whose `pred_mask` is the predicted blood mask (segmentation or ensemble_weights), or null
+  gradcam        the classifier member whose Grad-CAM the overview shows, or null
+
+So a seed 003 cascade is three members (CNN → seq_gru_1 → seq_gru_2, probabilities from the last), seed
+000's ensemble is U-Nets plus the weight model (probabilities and mask from it), and averaged backbones
+or a classifier beside a segmentation model are `combine` of single bundles.
+
+Loading (`load`) needs only ich_jax: models are rebuilt by name, variables filled from the arrays
+(every path and shape must match), hashes checked first and again on the bytes loaded. A bundle that
+was edited, truncated, is missing a file, or loads a file its manifest does not list is refused with
+the file that differs. A bundle's identity is the SHA-256 of manifest.json (`manifest_sha256`; it
+covers every file through their listed hashes): `verify` prints it, prediction reports record it, and
+`load(..., expected_sha256=...)` (predict's `--expect-sha256`) refuses any other bundle, even one whose
+manifest was edited and its `hash` recomputed.
+
+The package's modules, one job each: `format` (the folder: write, read_manifest, the hashes), `members`
+(one member loaded, its jitted calls), `engine` (`Bundle`, `load`: a study through every member),
+`combine` (ensembles of bundles), `export` (a run folder's bundle), `__main__` (the command line).
+"""
+from ich_jax.bundle.combine import combine
+from ich_jax.bundle.engine import Bundle, load
+from ich_jax.bundle.format import BundleError, manifest_sha256, read_manifest, write
+
+__all__ = ["Bundle", "BundleError", "combine", "load", "manifest_sha256", "read_manifest", "write"]

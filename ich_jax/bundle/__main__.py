@@ -1,0 +1,65 @@
+"""The bundle command line: write a run folder's bundle, combine bundles, verify one.
+
+  python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
+  python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
+  python -m ich_jax.bundle verify DIR                                        # hashes and members
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ich_jax import atomic, lock
+from ich_jax.bundle.combine import combine
+from ich_jax.bundle.export import export_bundle
+from ich_jax.bundle.format import FORMAT, BundleError, read_manifest
+from ich_jax.bundle.members import window
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  import ich_jax.bundle
+
+  parser = argparse.ArgumentParser(prog="python -m ich_jax.bundle", description=ich_jax.bundle.__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  c = sub.add_parser("combine", help="one bundle from several: averaged probabilities, a segmentation's mask")
+  c.add_argument("--out", required=True, help="the new bundle folder")
+  c.add_argument("--average", nargs="+", required=True, help="bundles whose per-slice probabilities are averaged")
+  c.add_argument("--mask", help="a segmentation bundle whose mask (and volumes) the new bundle reports")
+  c.add_argument("--threshold", type=float, help="operating threshold (default: the inputs' common one)")
+  e = sub.add_parser("export", help="the bundle of a run folder (an experiment's stage: W/ensemble_all, "
+                     "W/fold0/patch_unet), from its config.json and checkpoints")
+  e.add_argument("--run", required=True, help="a run folder with config.json and checkpoints/")
+  e.add_argument("--out", help="the bundle folder (default RUN/bundle)")
+  v = sub.add_parser("verify", help="check a bundle's hashes, print its identity (SHA-256) and list its members")
+  v.add_argument("bundle")
+  v.add_argument("--expect-sha256", metavar="SHA256", help="also fail unless the identity is this one")
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "combine":
+      path = combine(args.out, args.average, args.mask, threshold=args.threshold)
+      print(f"Wrote {path} ({len(read_manifest(path)['members'])} members)")
+    elif args.command == "export":
+      from ich_jax.train import loop
+
+      export_bundle(loop.read_config(args.run), args.run, args.out)
+    else:
+      manifest = read_manifest(args.bundle, expected_sha256=args.expect_sha256)
+      print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['sha256']} (pin it: "
+            f"predict --expect-sha256), threshold {manifest['threshold']}")
+      print(f"  files: {len(manifest['files'])} listed and hashed: "
+            + ", ".join(sorted(manifest["files"])))
+      for e in manifest["members"]:
+        w = window(e)
+        print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else "")
+              + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
+      print(f"  outputs: {json.dumps(manifest['outputs'])}")
+  except (BundleError, FileNotFoundError, atomic.NotOurs, lock.Locked) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

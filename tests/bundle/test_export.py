@@ -1,0 +1,60 @@
+"""A run folder's bundle: seed 003's cascade exported as one bundle, its input runs brought along as members."""
+import shutil
+
+import jax
+import numpy as np
+
+from ich_jax import bundle as bundle_lib
+from ich_jax.bundle import export
+from ich_jax.data import series_index
+from ich_jax.train import loop
+from tests.fake_runs import make_phantom, make_run
+
+
+def test_seed003_cascade_exports_as_one_bundle_and_predicts_as_its_stages_were_trained(runs, tmp_path):
+  """CNN → seq_gru_1 (its features) → seq_gru_2 (both stages' probabilities and the slice gap): export_bundle
+  brings the input runs along; the bundle's answer equals each stage evaluated on the previous stage's export
+  (ich_jax.data.stage_exports), the path the sequence models train and evaluate on."""
+  from configs import sequence as sequence_config
+  from ich_jax.data import stage_exports
+
+  p = make_phantom(10)
+  n = len(p.hu)
+  records = [{"image": p.hu[i], "series_id": b"phantom", "study_id": b"phantom", "slice_index": i,
+              "z_position": np.float32(p.z_positions_mm[i]), "labels": np.zeros(6, np.float32)} for i in range(n)]
+  source = series_index.SeriesSource(records)
+
+  def export_stage(config, workdir):
+    exp, state, _ = loop.restore_for_eval(config, workdir)
+    split_source = source if config.dataset.get("kind", "slices") == "slices" else \
+        stage_exports.SeriesFeatureSource(config.dataset.exports, "train")
+    rows = loop.predict_split(exp, state, split_source, batch_size=8, method="export",
+                              fields=stage_exports.ID_FIELDS + stage_exports.EXTRA_FIELDS)
+    stage_exports.write_export(stage_exports.export_dir(workdir, "train"), rows)
+    return rows["probabilities"]
+
+  # The stage-1 run's export of this one series is the "training split" the sequence runs were built on.
+  cls = runs["root"] / "cascade_cls"
+  shutil.copytree(runs["cls"], cls, ignore=shutil.ignore_patterns("bundle"))
+  export_stage(runs["cls_config"], cls)
+  configs = {}
+  old = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  try:
+    for name, exports in (("seq_gru_1", (cls,)), ("seq_gru_2", (cls, tmp_path / "seq_gru_1"))):
+      config = sequence_config.get_config(f"{name},smoke")
+      config.dataset.exports = tuple(str(e) for e in exports)
+      make_run(config, tmp_path / name, 2)
+      configs[name] = config
+      stage = export_stage(config, tmp_path / name)
+  finally:
+    jax.config.update("jax_default_prng_impl", old)
+  export.export_bundle(configs["seq_gru_2"], tmp_path / "seq_gru_2", tmp_path / "bundle")
+  cascade = bundle_lib.load(tmp_path / "bundle")
+  assert [(m["name"], m["role"], m["inputs"]) for m in cascade.describe()] == [
+      ("cascade_cls", "classifier", []), ("seq_gru_1", "sequence", ["cascade_cls"]),
+      ("seq_gru_2", "sequence", ["cascade_cls", "seq_gru_1"])]
+  assert cascade.outputs["probabilities"]["members"] == ["seq_gru_2"] and cascade.outputs["gradcam"] == "cascade_cls"
+  got = cascade.predict(cascade.preprocess(records), p.z_positions_mm, batch_size=8)
+  np.testing.assert_allclose(got["probabilities"], stage, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(got["members"]["seq_gru_1"]["probabilities"], got["probabilities"], atol=1e-3)
