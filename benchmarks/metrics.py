@@ -1,4 +1,4 @@
-"""Timings of ich_jax.eval.metrics on one core, against the issue's targets and a reference.
+"""Timings of ich_jax.eval.metrics on one core, against targets and a reference.
 
   python benchmarks/metrics.py [--n 1000000] [--n-boot-slices 100000] [--n-boot 500] [--repeats 3]
 

@@ -12,12 +12,12 @@
 
 The argument is colon-separated: `smoke` (tiny widths, 2 steps) and `image`
 (the weight model also reads the image channels of `data.recipe` after the
-maps, the issue's option; seed 000 feeds it the maps only). Point
+maps, an option of ours; seed 000 feeds it the maps only). Point
 `--config.dataset.exports="('W1', 'W2')"` at other base runs; with `image`, set
 `--config.model.options.num_models` to their number too.
 
 Seed 000's base models are five Inception U-Nets trained on subsets (all ICH,
-subtype-pretrained encoder, SDH only, SAH only, small lesions); issue 7's
+subtype-pretrained encoder, SDH only, SAH only, small lesions);
 configs/weighted_ensemble.py trains those. Here the bases are the two
 segmentation models this repository trains. Their train-split maps are
 in-sample: the weight model learns from maps better than the test split's

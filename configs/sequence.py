@@ -16,7 +16,7 @@ seq_gru_2), then optionally `smoke` (tiny widths, 2 steps; tests use it) and
 
 Without folds, model 1's exported train-split predictions are in-sample, so
 model 2 learns from predictions better than it will see at test time; seed 003
-stacks out-of-fold predictions (the cascade config of issue 6 runs the folds).
+stacks out-of-fold predictions (configs/rsna_cascade.py runs the folds).
 """
 from ml_collections import ConfigDict
 

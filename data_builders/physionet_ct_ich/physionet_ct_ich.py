@@ -13,7 +13,7 @@ stored last axis). The build
 * stores the mask as the slice's subtype index (the `mask` convention: 0 or
   1–5): the CSV gives subtypes per slice only, so a slice with one subtype is
   exact, and a slice with several takes the highest index
-  (`mask_subtype_exact = 0`, README "Label map overlaps");
+  (`mask_subtype_exact = 0`, docs/datasets.md, "Label map overlaps");
 * writes splits `fold0` … `fold4`: patients dealt to folds after a seeded
   shuffle, ICH-positive and negative patients separately so every fold has
   both (seed 002 §6: subject-based 5-fold cross-validation, one fold for

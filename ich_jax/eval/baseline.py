@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# Acute blood is about 50–90 HU (the spine issue; seed 000 and 003 windows centre on it).
+# Acute blood is about 50–90 HU (seed 000 and 003 windows centre on it).
 BLOOD_HU = (50.0, 90.0)
 
 

@@ -135,7 +135,7 @@ class HybridFPNSegmenter(nnx.Module):
   """The hybrid FPN with a per-pixel read-out: [B, H, W, num_slices·C] → logits [B, H, W, num_classes].
 
   Seed 001 segments with Mask R-CNN's mask head inside each detected box; until
-  that detector exists (a later issue) this stand-in reads the finest level,
+  that detector exists here this stand-in reads the finest level,
   p2 (stride 4), with a 3×3 conv-BN-ReLU and a 1×1 conv, and resizes the
   logits bilinearly to the input, so the backbone trains on masks through the
   segmentation task exactly as the U-Nets do. A wrapper rather than code in
