@@ -67,6 +67,18 @@ def _fsync_dir(directory: pathlib.Path) -> None:
     os.close(fd)
 
 
+def _fsync_tree(directory: pathlib.Path) -> None:
+  """Flushes every file under `directory`, and the folders themselves, to disk (before it is renamed into
+  place: after a power cut the new folder is whole, not a set of names with empty files)."""
+  for path in sorted(directory.rglob("*"), reverse=True):
+    if path.is_file() and not path.is_symlink():
+      with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    elif path.is_dir():
+      _fsync_dir(path)
+  _fsync_dir(directory)
+
+
 @contextlib.contextmanager
 def open_write(path, mode: str = "wb", **kwargs):
   """`open(path, mode)` whose content appears at `path` only when the block ends without an error.
@@ -258,7 +270,7 @@ def commit(tmp, directory) -> pathlib.Path:
   the new one; without one (see the module docstring) it is briefly absent.
   """
   tmp, directory = pathlib.Path(tmp), pathlib.Path(directory)
-  _fsync_dir(tmp)
+  _fsync_tree(tmp)
   if not directory.exists():
     tmp.rename(directory)
   else:
