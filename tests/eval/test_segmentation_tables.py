@@ -48,7 +48,8 @@ def test_method_metrics_by_hand():
   assert t5["specificity"] == pytest.approx({"min": 0.5, "max": 1, "std": 0.25, "mean": 0.75, "n": 2})
   assert m["pooled"] == pytest.approx({"sensitivity": 2 / 3, "specificity": 2 / 3, "accuracy": 4 / 6})
   assert [r["threshold"] for r in m["table6"]] == [0.5, 0.6, 0.7, 0.8, 0.9]
-  assert m["table6"][2] == pytest.approx({"threshold": 0.7, "sensitivity": 1 / 3, "specificity": 2 / 3, "accuracy": 0.5})
+  assert m["table6"][2] == pytest.approx({"threshold": 0.7, "sensitivity": 1 / 3, "specificity": 2 / 3,
+                                         "accuracy": 0.5})
   per = m["dice_per_subtype"]
   assert per["subdural"] == pytest.approx({"n_slices": 2, "dice": 1 / 3}) and per["epidural"] == {"n_slices": 1,
                                                                                                   "dice": 1.0}
