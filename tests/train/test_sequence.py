@@ -10,13 +10,7 @@ from flax import nnx
 
 from configs import sequence as sequence_config
 from ich_jax.data import pipeline, slice_inputs, stage_exports, windows
-from ich_jax.train import evaluate, export, loop, losses, optimizer, tasks
-
-
-def test_step_schedule_at_fractions_of_the_run():
-  cfg = sequence_config.get_config("seq_gru_1").optimizer
-  lr = optimizer.schedule(cfg, 40)  # seed 003: ×0.1 at epochs 20 and 30 of 40
-  assert [float(lr(s)) for s in (19, 20, 29, 30, 39)] == pytest.approx([4e-4, 4e-5, 4e-5, 4e-6, 4e-6])
+from ich_jax.train import evaluate, export, loop, losses, tasks
 
 
 def test_sequence_loss_ignores_padded_slices():
