@@ -75,7 +75,8 @@ def subsets(scans: dict, small_ml: float, seed: int = 0) -> dict[str, np.ndarray
 
 
 def _auc(y, p, n_boot: int, seed: int) -> dict:
-  auc, lo, hi = M.bootstrap_ci(M.roc_auc, y, p, n_boot=n_boot, seed=seed) if n_boot else (M.roc_auc(y, p),) * 3
+  # No bootstrap (n_boot=0): no interval, so the tables print the AUC alone rather than a zero-width one.
+  auc, lo, hi = M.bootstrap_ci(M.roc_auc, y, p, n_boot=n_boot, seed=seed) if n_boot else (M.roc_auc(y, p), None, None)
   return {"auc": auc, "auc_ci": [lo, hi], "n_positive": int(y.sum()), "n_negative": int((~y).sum())}
 
 
