@@ -212,3 +212,64 @@ def roi_levels(boxes: jax.Array, *, k0: int = 4, canonical_size: float = 224.0,
   s = jnp.sqrt(jnp.clip(area(boxes), 0))
   k = jnp.floor(k0 + jnp.log2(s / canonical_size + 1e-6))
   return jnp.clip(k, min_level, max_level).astype(jnp.int32)
+
+
+def _bilinear_1d(coord, size):
+  """One axis of torchvision's bilinear_interpolate: (low, high, w_low, w_high, inside).
+
+  Mirrors roi_align_common.h: a sample beyond one pixel outside the map
+  (coord < −1 or > size) contributes 0; otherwise coord ≤ 0 is clamped to 0,
+  and at or past the last pixel both taps sit on it with weights (1, 0).
+  """
+  inside = (coord >= -1.0) & (coord <= size)
+  c = jnp.maximum(coord, 0.0)
+  low = jnp.floor(c).astype(jnp.int32)
+  at_end = low >= size - 1
+  low = jnp.where(at_end, size - 1, low)
+  high = jnp.where(at_end, size - 1, low + 1)
+  c = jnp.where(at_end, low.astype(c.dtype), c)
+  frac = c - low
+  return low, high, 1.0 - frac, frac, inside
+
+
+def roi_align(features: jax.Array, boxes: jax.Array, output_size: tuple[int, int], *,
+              sampling_ratio: int, spatial_scale: float = 1.0) -> jax.Array:
+  """ROIAlign (Mask R-CNN §3) of one image's features [H, W, C] at boxes [N, 4]: [N, oh, ow, C].
+
+  Numerically torchvision.ops.roi_align(..., aligned=True) (Detectron2's
+  ROIAlignV2) with boxes as (y1, x1, y2, x2) in input pixels: box·spatial_scale
+  − 0.5 (the half-pixel offset that puts pixel centres at integer
+  coordinates), no minimum ROI size, bin = roi size / output size,
+  sampling_ratio² samples per bin at (i + 0.5)·bin/sampling_ratio, averaged.
+  `sampling_ratio` must be a positive int: torchvision's adaptive default
+  (≤ 0: ceil(roi/bin)) makes the sample count data-dependent, which a static
+  shape cannot hold. Bilinear interpolation is separable, so each output is
+  Σ wy·wx·f[y, x] over the 2×2 taps of each sample: gather the [2s, 2s]
+  taps per bin and contract with the two weight vectors.
+  """
+  if sampling_ratio <= 0:
+    raise ValueError(f"roi_align: sampling_ratio={sampling_ratio} must be > 0 (static sample count)")
+  h, w, _ = features.shape
+  oh, ow = output_size
+  s = sampling_ratio
+  b = boxes.astype(features.dtype) * spatial_scale - 0.5
+  start_y, start_x = b[:, 0], b[:, 1]
+  bin_h = (b[:, 2] - b[:, 0]) / oh
+  bin_w = (b[:, 3] - b[:, 1]) / ow
+  grid = (jnp.arange(s, dtype=features.dtype) + 0.5) / s
+  # Sample coordinates [N, bins, s], as the kernel's yy / xx.
+  ys = start_y[:, None, None] + (jnp.arange(oh)[None, :, None] + grid[None, None, :]) * bin_h[:, None, None]
+  xs = start_x[:, None, None] + (jnp.arange(ow)[None, :, None] + grid[None, None, :]) * bin_w[:, None, None]
+  y0, y1, wy0, wy1, iny = _bilinear_1d(ys, h)
+  x0, x1, wx0, wx1, inx = _bilinear_1d(xs, w)
+  # Taps and weights [N, bins, 2s]; an outside sample gets weight 0 on one axis,
+  # which zeroes its whole 2×2 contribution as the kernel's early return does.
+  yi = jnp.concatenate([y0, y1], axis=-1)
+  xi = jnp.concatenate([x0, x1], axis=-1)
+  wy = jnp.concatenate([wy0 * iny, wy1 * iny], axis=-1)
+  wx = jnp.concatenate([wx0 * inx, wx1 * inx], axis=-1)
+  n = boxes.shape[0]
+  taps = features[yi.reshape(n, -1)[:, :, None], xi.reshape(n, -1)[:, None, :]]  # [N, oh·2s, ow·2s, C]
+  taps = taps.reshape(n, oh, 2 * s, ow, 2 * s, -1)
+  out = jnp.einsum("npa,npaqbc,nqb->npqc", wy, taps, wx)
+  return out / (s * s)
