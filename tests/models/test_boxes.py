@@ -1,0 +1,151 @@
+"""Box operations of seed 001's Mask R-CNN (issue 17): references written in numpy here."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ich_jax.models import boxes as bx
+
+
+def _random_boxes(rng, n, size=32.0, integer=False):
+  y = rng.uniform(0, size, (n, 2))
+  x = rng.uniform(0, size, (n, 2))
+  if integer:
+    y, x = np.round(y), np.round(x)
+    y[:, 1] += (y[:, 0] == y[:, 1])
+    x[:, 1] += (x[:, 0] == x[:, 1])
+  return np.stack([y.min(1), x.min(1), y.max(1), x.max(1)], axis=1).astype(np.float32)
+
+
+def _iou_ref(a, b):
+  out = np.zeros((len(a), len(b)), np.float32)
+  for i, p in enumerate(a):
+    for j, q in enumerate(b):
+      ih = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+      iw = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+      inter = np.float32(ih * iw)
+      union = np.float32((p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter)
+      out[i, j] = inter / union if union > 0 else 0.0
+  return out
+
+
+# -- box coder ---------------------------------------------------------------
+
+def test_encode_decode_round_trip_with_weights():
+  rng = np.random.default_rng(0)
+  b, a = _random_boxes(rng, 20), _random_boxes(rng, 20)
+  for w in [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]:
+    np.testing.assert_allclose(bx.decode(bx.encode(b, a, w), a, w), b, atol=1e-4)
+
+
+def test_encode_hand_computed_delta():
+  anchor = np.array([[0.0, 0.0, 10.0, 20.0]], np.float32)  # centre (5, 10), h 10, w 20
+  box = np.array([[2.0, 4.0, 22.0, 24.0]], np.float32)  # centre (12, 14), h 20, w 20
+  d = bx.encode(box, anchor, (10.0, 10.0, 5.0, 5.0))
+  np.testing.assert_allclose(d[0], [10 * 7 / 10, 10 * 4 / 20, 5 * math.log(2.0), 0.0], rtol=1e-6, atol=1e-6)
+
+
+def test_decode_clamps_dh_dw_before_exp():
+  anchor = np.array([[0.0, 0.0, 16.0, 16.0]], np.float32)
+  out = bx.decode(np.array([[0.0, 0.0, 50.0, 50.0]], np.float32), anchor)
+  np.testing.assert_allclose(out[0], [8 - 500, 8 - 500, 8 + 500, 8 + 500], rtol=1e-5)  # 16·1000/16 = 1000 px
+
+
+# -- iou ---------------------------------------------------------------------
+
+def test_iou_matches_numpy_on_random_boxes():
+  rng = np.random.default_rng(1)
+  a, b = _random_boxes(rng, 7), _random_boxes(rng, 5)
+  out = bx.iou(a, b)
+  assert out.shape == (7, 5)
+  np.testing.assert_allclose(out, _iou_ref(a, b), rtol=1e-5, atol=1e-6)
+
+
+def test_iou_touching_disjoint_identical_and_degenerate():
+  a = np.array([[0, 0, 10, 10]], np.float32)
+  b = np.array([[10, 0, 20, 10], [30, 30, 40, 40], [0, 0, 10, 10], [0, 0, 10, 5], [5, 5, 5, 5]], np.float32)
+  np.testing.assert_allclose(bx.iou(a, b)[0], [0.0, 0.0, 1.0, 0.5, 0.0])
+  assert bx.iou(b[4:], b[4:])[0, 0] == 0.0  # empty union: 0, not NaN
+
+
+# -- anchors -----------------------------------------------------------------
+
+def test_anchor_count_at_512():
+  assert bx.pyramid_anchors((512, 512)).shape == (65_280, 4)
+
+
+def test_anchor_placement_and_areas():
+  a = bx.pyramid_anchors((64, 64))
+  offset = 0
+  for stride, scale in zip((4, 8, 16, 32), (16, 32, 64, 128)):
+    n = 3 * (64 // stride) ** 2
+    level = a[offset:offset + n]
+    cy, cx = (level[:, 0] + level[:, 2]) / 2, (level[:, 1] + level[:, 3]) / 2
+    h, w = level[:, 2] - level[:, 0], level[:, 3] - level[:, 1]
+    # First location (three ratios), then the next column, then the next row.
+    np.testing.assert_allclose(cy[:3], stride / 2)
+    np.testing.assert_allclose(cx[:3], stride / 2)
+    np.testing.assert_allclose(cx[3:6], stride * 1.5)
+    np.testing.assert_allclose(cy[3 * (64 // stride)], stride * 1.5)
+    np.testing.assert_allclose(h * w, scale ** 2, rtol=1e-5)
+    np.testing.assert_allclose((h / w)[:3], [1.0, 0.5, 2.0], rtol=1e-5)
+    offset += n
+  assert offset == len(a)
+
+
+# -- nms ---------------------------------------------------------------------
+
+def _nms_ref(boxes, scores, thr):
+  order = np.argsort(-scores, kind="stable")
+  ious = _iou_ref(boxes, boxes)
+  keep = []
+  for i in order:
+    if all(ious[i, k] <= np.float32(thr) for k in keep):
+      keep.append(i)
+  return keep
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5, 0.7])
+def test_nms_matches_greedy_reference(thr):
+  rng = np.random.default_rng(int(thr * 10))
+  # Integer boxes on a small grid tie often; the pairs below tie exactly at thr.
+  b = _random_boxes(rng, 40, size=12.0, integer=True)
+  tie = np.array([[0, 0, 10, 10], [0, 0, 10, 10 * thr]], np.float32)
+  b = np.concatenate([tie, b])
+  s = rng.permutation(len(b)).astype(np.float32)
+  s[0], s[1] = 100.0, 99.0
+  assert _iou_ref(tie, tie)[0, 1] == np.float32(thr)
+  want = _nms_ref(b, s, thr)
+  assert 1 in want  # IoU equal to the threshold does not suppress
+  idx, count = bx.nms(b, s, iou_threshold=thr, max_output=len(b))
+  assert int(count) == len(want)
+  np.testing.assert_array_equal(idx[:len(want)], want)
+  assert np.all(np.asarray(idx[len(want):]) == -1)
+
+
+def test_nms_all_suppressed_but_first_one_box_and_truncation():
+  b = np.array([[0, 0, 10, 10], [0, 0, 10, 9], [1, 0, 10, 10]], np.float32)
+  idx, count = bx.nms(b, np.array([0.1, 0.9, 0.5], np.float32), iou_threshold=0.5, max_output=5)
+  np.testing.assert_array_equal(idx, [1, -1, -1, -1, -1])
+  assert int(count) == 1
+  idx, count = bx.nms(b[:1], np.ones(1, np.float32), iou_threshold=0.5, max_output=3)
+  np.testing.assert_array_equal(idx, [0, -1, -1])
+  assert int(count) == 1
+  far = np.array([[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10], [20, 20, 21, 21]], np.float32)
+  idx, count = bx.nms(far, np.array([0.1, 0.4, 0.3, 0.2], np.float32), iou_threshold=0.5, max_output=2)
+  np.testing.assert_array_equal(idx, [1, 2])
+  assert int(count) == 2
+
+
+def test_nms_under_jit_with_traced_threshold():
+  rng = np.random.default_rng(3)
+  b = _random_boxes(rng, 30)
+  s = rng.uniform(size=30).astype(np.float32)
+  f = jax.jit(lambda b, s, t: bx.nms(b, s, iou_threshold=t, max_output=30))
+  for thr in (0.3, 0.7):
+    want = _nms_ref(b, s, thr)
+    idx, count = f(b, s, thr)
+    assert int(count) == len(want)
+    np.testing.assert_array_equal(idx[:len(want)], want)
