@@ -149,3 +149,80 @@ def test_nms_under_jit_with_traced_threshold():
     idx, count = f(b, s, thr)
     assert int(count) == len(want)
     np.testing.assert_array_equal(idx[:len(want)], want)
+
+
+# -- roi_align ---------------------------------------------------------------
+
+def _bilinear_ref(f, y, x):
+  """torchvision's bilinear_interpolate (roi_align_kernel.cpp), one sample, all channels."""
+  h, w = f.shape[:2]
+  if y < -1.0 or y > h or x < -1.0 or x > w:
+    return np.zeros(f.shape[2])
+  y, x = max(y, 0.0), max(x, 0.0)
+  y_low, x_low = int(y), int(x)
+  if y_low >= h - 1:
+    y_high = y_low = h - 1
+    y = float(y_low)
+  else:
+    y_high = y_low + 1
+  if x_low >= w - 1:
+    x_high = x_low = w - 1
+    x = float(x_low)
+  else:
+    x_high = x_low + 1
+  ly, lx = y - y_low, x - x_low
+  hy, hx = 1 - ly, 1 - lx
+  return (hy * hx * f[y_low, x_low] + hy * lx * f[y_low, x_high] + ly * hx * f[y_high, x_low]
+          + ly * lx * f[y_high, x_high])
+
+
+def _roi_align_ref(f, boxes, out_size, ratio, scale):
+  """torchvision.ops.roi_align(aligned=True) in loops, boxes (y1, x1, y2, x2)."""
+  oh, ow = out_size
+  out = np.zeros((len(boxes), oh, ow, f.shape[2]))
+  for n, (y1, x1, y2, x2) in enumerate(boxes.astype(np.float64)):
+    sy, sx = y1 * scale - 0.5, x1 * scale - 0.5
+    bh, bw = (y2 * scale - 0.5 - sy) / oh, (x2 * scale - 0.5 - sx) / ow
+    for ph in range(oh):
+      for pw in range(ow):
+        acc = 0.0
+        for iy in range(ratio):
+          y = sy + ph * bh + (iy + 0.5) * bh / ratio
+          for ix in range(ratio):
+            x = sx + pw * bw + (ix + 0.5) * bw / ratio
+            acc = acc + _bilinear_ref(f, y, x)
+        out[n, ph, pw] = acc / (ratio * ratio)
+  return out
+
+
+@pytest.mark.parametrize("ratio,scale", [(2, 1.0), (3, 0.5)])
+def test_roi_align_matches_torchvision_semantics(ratio, scale):
+  rng = np.random.default_rng(ratio)
+  f = rng.normal(size=(9, 11, 3)).astype(np.float32)
+  size = np.array([9, 11, 9, 11]) / scale
+  inside = rng.uniform(0, 1, (6, 4)) * size
+  # Partly outside, wholly outside past the one-pixel margin, straddling the last pixel, tiny.
+  extra = np.array([[-3, -2, 4, 5], [-40, -40, -20, -20], [5, 7, 30, 40], [2, 2, 2.3, 2.2]]) / scale
+  b = np.concatenate([inside, extra])
+  b = np.stack([np.minimum(b[:, 0], b[:, 2]), np.minimum(b[:, 1], b[:, 3]),
+                np.maximum(b[:, 0], b[:, 2]), np.maximum(b[:, 1], b[:, 3])], axis=1).astype(np.float32)
+  out = bx.roi_align(f, b, (3, 4), sampling_ratio=ratio, spatial_scale=scale)
+  assert out.shape == (len(b), 3, 4, 3)
+  np.testing.assert_allclose(out, _roi_align_ref(f, b, (3, 4), ratio, scale), rtol=1e-4, atol=1e-5)
+  assert np.all(np.asarray(out[7]) == 0.0)  # every sample beyond y, x < −1
+
+
+def test_roi_align_is_exact_on_a_linear_ramp():
+  h, w = 16, 20
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  f = np.stack([0.5 * yy - 2.0 * xx + 3.0, 1.5 * yy + 0.25 * xx], axis=-1).astype(np.float32)
+  # Boxes (input pixels at scale 0.5) whose samples stay inside [0, size − 1] in feature coordinates.
+  b = np.array([[2, 2, 30, 38], [5, 9, 13, 21], [10, 3, 12, 35]], np.float32)
+  oh, ow = 2, 4
+  out = np.asarray(jax.jit(lambda f, b: bx.roi_align(f, b, (oh, ow), sampling_ratio=2, spatial_scale=0.5))(f, b))
+  for n, (y1, x1, y2, x2) in enumerate(b * 0.5 - 0.5):
+    for ph in range(oh):
+      for pw in range(ow):
+        cy = y1 + (ph + 0.5) * (y2 - y1) / oh
+        cx = x1 + (pw + 0.5) * (x2 - x1) / ow
+        np.testing.assert_allclose(out[n, ph, pw], [0.5 * cy - 2.0 * cx + 3.0, 1.5 * cy + 0.25 * cx], atol=1e-4)
