@@ -226,3 +226,71 @@ def test_roi_align_is_exact_on_a_linear_ramp():
         cy = y1 + (ph + 0.5) * (y2 - y1) / oh
         cx = x1 + (pw + 0.5) * (x2 - x1) / ow
         np.testing.assert_allclose(out[n, ph, pw], [0.5 * cy - 2.0 * cx + 3.0, 1.5 * cy + 0.25 * cx], atol=1e-4)
+
+
+# -- matching, sampling, levels ------------------------------------------------
+
+def test_match_thresholds_and_padded_ground_truth():
+  gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)  # row 2: padding
+  cand = np.array([
+      [0, 0, 10, 10],    # IoU 1.0 with gt 0
+      [0, 0, 10, 7],     # 0.7: foreground at exactly hi
+      [0, 0, 10, 5],     # 0.5: ignored
+      [0, 0, 10, 3],     # 0.3: exactly lo is not < lo, so ignored
+      [0, 0, 10, 2],     # 0.2: background
+      [20, 20, 30, 29],  # 0.9 with gt 1
+      [50, 50, 60, 60],  # nothing
+  ], np.float32)
+  for kw in ({"count": 2}, {"valid": np.array([True, True, False])}):
+    idx, label = bx.match(gt, cand, fg_threshold=0.7, bg_threshold=0.3, **kw)
+    np.testing.assert_array_equal(label, [1, 1, -1, -1, 0, 1, 0])
+    np.testing.assert_array_equal(idx, [0, 0, -1, -1, -1, 1, -1])
+  # Padding that overlaps perfectly still never matches, even as a low-quality match.
+  idx, label = bx.match(gt[2:], cand, fg_threshold=0.7, bg_threshold=0.3, count=0, allow_low_quality=True)
+  np.testing.assert_array_equal(label, [0] * 7)
+  np.testing.assert_array_equal(idx, [-1] * 7)
+
+
+def test_match_low_quality_gives_each_ground_truth_its_best_box():
+  gt = np.array([[0, 0, 10, 10], [40, 40, 50, 50]], np.float32)
+  cand = np.array([[0, 0, 10, 4], [0, 0, 10, 5], [100, 100, 110, 110]], np.float32)
+  idx, label = bx.match(gt, cand, fg_threshold=0.7, bg_threshold=0.3)
+  np.testing.assert_array_equal(label, [-1, -1, 0])
+  idx, label = bx.match(gt, cand, fg_threshold=0.7, bg_threshold=0.3, allow_low_quality=True)
+  np.testing.assert_array_equal(label, [-1, 1, 0])  # gt 1 overlaps nothing: claims nothing
+  np.testing.assert_array_equal(idx, [-1, 0, -1])
+
+
+@pytest.mark.parametrize("num_pos", [40, 3, 0])
+def test_sample_exactly_k_with_positive_fraction(num_pos):
+  labels = np.full(200, -1, np.int32)
+  labels[:num_pos] = 1
+  labels[100:180] = 0
+  f = jax.jit(lambda k, l: bx.sample(k, l, num_samples=32, positive_fraction=0.25))
+  idx, lab = map(np.asarray, f(jax.random.key(0), labels))
+  assert idx.shape == lab.shape == (32,)
+  assert np.sum(lab == 1) == min(num_pos, 8)
+  assert np.sum(lab == 0) == 32 - min(num_pos, 8)
+  np.testing.assert_array_equal(labels[idx], lab)
+  assert len(set(idx.tolist())) == 32
+  again, _ = f(jax.random.key(0), labels)
+  np.testing.assert_array_equal(again, idx)
+  if num_pos == 40:
+    other, _ = f(jax.random.key(1), labels)
+    assert set(np.asarray(other).tolist()) != set(idx.tolist())
+
+
+def test_sample_pads_with_minus_one_when_too_few_boxes():
+  labels = np.array([1, 0, -1, 0, -1], np.int32)
+  idx, lab = bx.sample(jax.random.key(0), labels, num_samples=8, positive_fraction=0.5)
+  np.testing.assert_array_equal(lab, [1, 0, 0, -1, -1, -1, -1, -1])
+  assert idx[0] == 0 and set(np.asarray(idx[1:3]).tolist()) == {1, 3}
+  np.testing.assert_array_equal(idx[3:], -1)
+
+
+def test_roi_levels_fpn_equation_1():
+  sides = np.array([10, 55.9, 56, 111.9, 112, 150, 224, 447, 448, 1000], np.float32)
+  b = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides, sides], axis=1)
+  np.testing.assert_array_equal(bx.roi_levels(b), [2, 2, 2, 2, 3, 3, 4, 4, 5, 5])
+  # √(wh), not the side: 112 × 448 has the area of 224².
+  assert int(bx.roi_levels(np.array([[0, 0, 112, 448]], np.float32))[0]) == 4
