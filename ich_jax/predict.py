@@ -59,7 +59,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax import LABELS, SUBTYPES, atomic, lock
+from ich_jax import LABELS, SUBTYPES, atomic, lock, size_bin
 from ich_jax.data import study as study_lib
 from ich_jax.eval.formatting import MISSING, number
 from ich_jax.jsonable import jsonable
@@ -156,12 +156,12 @@ def volumes(mask: np.ndarray, spacing_mm: tuple[float, float, float], *, subtype
 
   blood = mask > 0
   out = {"spacing_mm": [float(s) for s in spacing_mm], "subtypes_segmented": subtypes,
-         "blood": {"ml": M.volume_ml(blood, spacing_mm), "size_bin": M.size_bin(M.volume_ml(blood, spacing_mm))}}
+         "blood": {"ml": M.volume_ml(blood, spacing_mm), "size_bin": size_bin(M.volume_ml(blood, spacing_mm))}}
   if subtypes:
     out["per_subtype"] = {}
     for k, name in enumerate(SUBTYPES, start=1):
       ml = M.volume_ml(mask == k, spacing_mm)
-      out["per_subtype"][name] = {"ml": ml, "size_bin": M.size_bin(ml)}
+      out["per_subtype"][name] = {"ml": ml, "size_bin": size_bin(ml)}
     target, what = mask == LABELS.index("intraparenchymal"), "largest intraparenchymal bleed"
   else:
     target, what = blood, "largest bleed (any subtype: the model segments blood, not subtypes)"

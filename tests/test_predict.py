@@ -13,11 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 
+import ich_jax
 from ich_jax import bundle as bundle_lib
 from ich_jax import predict
 from ich_jax.bundle import export
 from ich_jax.data import dicom, series_index, study as study_lib
-from ich_jax.eval import metrics as M
 from ich_jax.eval.prediction_files import PROB_COLUMNS
 from ich_jax.train import loop
 from tests.fake_runs import edited_bundle, make_phantom, write_study
@@ -77,7 +77,7 @@ def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a
   np.testing.assert_array_equal(mask, np.repeat(np.repeat(np.asarray(small), 4, axis=1), 4, axis=2))
   voxel_ml = 5.0 * p.pixel_spacing_mm[0] * p.pixel_spacing_mm[1] / 1000
   assert report["volumes"]["blood"]["ml"] == pytest.approx(np.count_nonzero(mask) * voxel_ml)
-  assert report["volumes"]["blood"]["size_bin"] == M.size_bin(report["volumes"]["blood"]["ml"])
+  assert report["volumes"]["blood"]["size_bin"] == ich_jax.size_bin(report["volumes"]["blood"]["ml"])
   assert [float(r["blood_ml"]) for r in rows] == pytest.approx(list(np.count_nonzero(mask, axis=(1, 2)) * voxel_ml))
   assert set(report["timings"]) >= {"read_s", "preprocess_s", "model_s", "write_s", "total_s"}
   assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_builders import ingest, schemas
+from ich_jax import SIZE_BINS, size_bin
 from ich_jax.data.phantom import SEED001_SIZE_MIX
 
 
@@ -48,7 +49,7 @@ def _study_examples(task):
   config, patient_id, study_number, seed, forced_bin = task
   overrides = config.phantom
   if forced_bin is not None:
-    one_hot = tuple(float(b == forced_bin) for b in phantom.SIZE_BINS)
+    one_hot = tuple(float(b == forced_bin) for b in SIZE_BINS)
     overrides += (("p_hemorrhage", 1.0), ("p_extra_bleed", 0.0), ("size_bin_probs", one_hot),
                   ("size_bin_probs_by_subtype", None))
   spec = _phantom_spec(overrides)
@@ -56,7 +57,7 @@ def _study_examples(task):
   # A forced bin must be the rendered volume's bin: at 5 mm slices a punctate
   # target often renders as 0 or > 0.01 mL (a voxel is ~1 mm³). Redraw, deterministically.
   attempt = 0
-  while forced_bin is not None and not (ph.total_blood_ml > 0 and phantom.size_bin(ph.total_blood_ml) == forced_bin):
+  while forced_bin is not None and not (ph.total_blood_ml > 0 and size_bin(ph.total_blood_ml) == forced_bin):
     attempt += 1
     if attempt == 50:
       raise RuntimeError(f"synthetic_ich/{config.name}: no {forced_bin} study in 50 draws for {patient_id}")

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax import LABELS
+from ich_jax import LABELS, SIZE_BINS, size_bin
 from ich_jax.eval import metrics as M
 from ich_jax.eval.prediction_files import BASELINE_COLUMN, LABEL_COLUMNS
 
@@ -52,12 +52,12 @@ def _strata(y: np.ndarray, p: np.ndarray, ml: np.ndarray | None, threshold: floa
   Bins use the study's total blood volume (the predictions carry no per-subtype volume).
   """
   healthy = ~y[:, 0]
-  bins = M.size_bin(ml) if ml is not None else None
+  bins = size_bin(ml) if ml is not None else None
   out = {}
   for c, name in enumerate(LABELS):
     rows = {"all": y[:, c]}
     if bins is not None:
-      rows.update({b: y[:, c] & (bins == b) for b in M.SIZE_BINS})
+      rows.update({b: y[:, c] & (bins == b) for b in SIZE_BINS})
     out[name] = {}
     for row, pos in rows.items():
       keep = pos | healthy
@@ -111,7 +111,7 @@ def classification_metrics(preds: Mapping[str, np.ndarray], *, threshold: float 
   out["strata"] = {level: _strata(y, p, vol, threshold) for level, (y, p, vol, _) in levels.items()}
   if ml is not None:
     out["size_bins_any"] = {b: {level: {k: out["strata"][level]["any"][b][k] for k in ("auc", "n_positive")}
-                                for level in levels} for b in M.SIZE_BINS}
+                                for level in levels} for b in SIZE_BINS}
   out["threshold_sweep_any"] = {level: _sweep(y[:, 0], p[:, 0], sweep) for level, (y, p, _, _) in levels.items()}
 
   hard = M.difficult_cases(scan_labels[:, 0], scan_prob[:, 0], DIFFICULT_POS_MAX, DIFFICULT_NEG_MIN)

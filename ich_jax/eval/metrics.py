@@ -28,8 +28,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import spatial, stats
 
-from ich_jax import SIZE_BINS, size_bin  # noqa: F401  (seed 001's size bins are domain constants)
-
 
 def _check_binary(y_true, name="y_true") -> np.ndarray:
   y = np.asarray(y_true)

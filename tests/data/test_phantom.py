@@ -68,13 +68,6 @@ def test_orders_match_the_package():
   assert len(P.PhantomSpec().subtype_probs) == len(P.SEED001_SIZE_MIX) == len(ich_jax.SUBTYPES)
 
 
-@pytest.mark.parametrize("volume, expected", [
-    (0.0, "none"), (0.004, "punctate"), (0.0099, "punctate"), (0.01, "small"), (4.99, "small"),
-    (5.0, "medium"), (25.0, "medium"), (25.01, "large"), (120.0, "large")])
-def test_size_bin(volume, expected):
-  assert P.size_bin(volume) == expected
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
 def test_volumes_labels_and_geometry_agree_with_masks(seed):
   ph = _phantom(seed, FINE)
@@ -103,7 +96,7 @@ def test_volumes_labels_and_geometry_agree_with_masks(seed):
     assert (own > 0) == (ph.blood_ml[i] > 0)
   for b in ph.bleeds:
     assert b["volume_ml"] == pytest.approx(b["voxels"] * voxel)
-    assert b["size_bin"] == P.size_bin(b["volume_ml"])
+    assert b["size_bin"] == ich_jax.size_bin(b["volume_ml"])
   # Bleeds are intracranial only.
   assert not (ph.masks.any(axis=0) & ~ph.intracranial).any()
 
@@ -265,7 +258,7 @@ def test_size_mix_per_subtype_draws_each_subtype_from_its_own_bins():
   # One bin per subtype: every bleed's target volume must come from its subtype's bin.
   want = {"epidural": "large", "intraparenchymal": "small", "intraventricular": "medium",
           "subarachnoid": "punctate", "subdural": "small"}
-  rows = tuple(tuple(float(b == want[s]) for b in P.SIZE_BINS) for s in ich_jax.SUBTYPES)
+  rows = tuple(tuple(float(b == want[s]) for b in ich_jax.SIZE_BINS) for s in ich_jax.SUBTYPES)
   spec = dataclasses.replace(COARSE, p_hemorrhage=1.0, p_extra_bleed=0.8, size_bin_probs_by_subtype=rows)
   seen = set()
   for seed in range(10):

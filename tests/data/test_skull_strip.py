@@ -4,7 +4,6 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from ml_collections import ConfigDict
 
 from ich_jax.data import config_defaults, dicom, phantom, pipeline, resample, skull_strip, slice_inputs, slice_plan
 from ich_jax.data import windows

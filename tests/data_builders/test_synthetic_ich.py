@@ -72,7 +72,7 @@ def test_forced_bin_studies_render_in_that_bin():
   from data_builders.synthetic_ich import synthetic_ich as S
   config = S.SyntheticIchConfig(name="forced_test", phantom=(
       ("matrix", 256), ("pixel_spacing_mm", (0.8, 0.9)), ("slice_thickness_mm", (2.5, 5.0)), ("max_slices", 10)))
-  from ich_jax.eval.metrics import size_bin
+  from ich_jax import size_bin
   for seed in range(3):
     examples = S._study_examples((config, "P0", 0, seed, "punctate"))
     ml = float(examples[0][1]["study_blood_ml"])

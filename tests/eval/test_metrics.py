@@ -274,12 +274,6 @@ def test_difficult_cases_seed_000_rule():
                                 [False, False, True, False, False, True])
 
 
-def test_size_bins_are_seed_001s():
-  got = M.size_bin(np.array([0.0, 0.005, 0.01, 4.99, 5.0, 25.0, 25.01, 80.0]))
-  assert list(got) == ["none", "punctate", "small", "small", "medium", "medium", "large", "large"]
-  assert M.size_bin(3.0) == "small"
-
-
 def test_scan_scores_max_and_mean():
   ids, s = M.scan_scores([0.1, 0.9, 0.3, 0.2], ["b", "b", "a", "a"])
   assert list(ids) == ["a", "b"] and np.allclose(s, [0.3, 0.9])

@@ -35,7 +35,6 @@ what it holds), `geometry` (planes, ellipsoids, partial volume), `head` (the
 head, its deep structures and fields), `scanner` (the slice planes), `bleeds`,
 `mimics`, `slices` (one slice's HU) and `study` (`make_phantom`).
 """
-from ich_jax import SIZE_BINS, size_bin  # noqa: F401  (seed 001's bins; data_builders/synthetic_ich reads them here)
 from ich_jax.data.phantom.mimics import MIMICS  # noqa: F401
 from ich_jax.data.phantom.spec import SEED001_SIZE_MIX, Phantom, PhantomSpec  # noqa: F401
 from ich_jax.data.phantom.study import make_phantom, noise_sd  # noqa: F401
