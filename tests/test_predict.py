@@ -286,7 +286,9 @@ def test_a_study_too_large_for_memory_is_refused_before_its_pixels_are_read(runs
   nib.save(nib.Nifti1Image(np.ascontiguousarray(p.hu.transpose(2, 1, 0)), np.diag([-1.8, -1.8, 5.0, 1.0])),
            studies / "c_large.nii.gz")
   small, large = (predict.study_memory_bytes(n, 128, 128, bundle) for n in (18, 24))
-  assert small < large
+  # The classifier bundle: int16 HU of the study, no mask, its one plan's float32 inputs held twice.
+  (plan,) = {m.plan for m in bundle.members.values()}
+  assert large == 24 * 128 * 128 * 2 + 2 * 24 * plan.image_size ** 2 * len(plan.recipe) * 4 and small < large
   options = dataclasses.replace(OPTIONS, max_study_gb=(small + large) / 2 / 1e9)
   rows = predict.predict_batch(bundle, studies, tmp_path / "out", options)
   assert [r["status"] for r in rows] == ["ok", "error", "error"]
