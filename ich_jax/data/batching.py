@@ -12,7 +12,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from ich_jax.data import resample, series_index, slice_inputs, slice_plan, windows
+from ich_jax.data import instances, resample, series_index, slice_inputs, slice_plan, windows
 
 
 def _channels_into(out: np.ndarray, hu: np.ndarray, plan: slice_plan.Plan, plane: np.ndarray,
@@ -68,6 +68,10 @@ class HostBatch:
       if key in batch and batch[key].shape[1:] != (size, size):
         h, w = batch[key].shape[1:]
         batch[key] = batch[key][:, resample.nearest_rows(h, size)][:, :, resample.nearest_rows(w, size)]
+    if plan.instances:
+      # After the resize: boxes in the model input's pixels.
+      found = [instances.from_mask(m, plan.instances) for m in batch["mask"]]
+      batch.update({k: np.stack([f[k] for f in found]) for k in instances.FIELDS})
     batch["image"] = image
     return batch
 

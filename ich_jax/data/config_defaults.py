@@ -28,6 +28,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # True: each example also carries `brain_mask` (uint8 [H, W]), the slice's classical skull-stripping
   # mask (ich_jax.data.skull_strip), the target of a skull-stripping U-Net (configs/skull_strip.py).
   c.brain_mask = False
+  # > 0: each example also carries its centre slice's hemorrhage instances (boxes, subtypes, an
+  # instance map; at most this many, ich_jax.data.instances), the targets of seed 001's detector.
+  c.instances = 0
   # Loading: grain thread prefetch per process, and optional worker processes.
   c.read_threads = 8                   # threads, each building a whole batch
   c.prefetch_batches = 8               # batches buffered ahead (memory: B*H*W*C*4 bytes each)

@@ -75,7 +75,8 @@ def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def resize(example: dict, image_size: int) -> dict:
-  """Resizes `image` (bilinear) and `mask` / `brain_mask` (nearest) to image_size², adjusting `pixel_spacing`."""
+  """Resizes `image` (bilinear) and `mask` / `brain_mask` (nearest) to image_size², adjusting `pixel_spacing`
+  and scaling `boxes` (CQ500's BHX boxes) where present."""
   image = example["image"]
   h, w = image.shape[:2]
   if (h, w) == (image_size, image_size):
@@ -87,6 +88,10 @@ def resize(example: dict, image_size: int) -> dict:
       out[key] = resize_mask(example[key], image_size)
   if "pixel_spacing" in example:
     out["pixel_spacing"] = resized_spacing(example["pixel_spacing"], (h, w), image_size)
+  if "boxes" in example:
+    # CQ500's BHX boxes (row0, col0, row1, col1 in stored pixels) follow the image.
+    out["boxes"] = (np.asarray(example["boxes"], np.float32)
+                    * np.array([image_size / h, image_size / w] * 2, np.float32))
   return out
 
 

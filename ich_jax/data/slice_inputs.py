@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ich_jax.data import augment as augment_lib
-from ich_jax.data import resample, series_index, slice_plan, windows
+from ich_jax.data import instances, resample, series_index, slice_plan, windows
 
 
 def read_example(source: series_index.SeriesSource, index: int, offsets: Sequence[int]) -> dict:
@@ -78,7 +78,8 @@ def numpy_fields(example: dict) -> dict:
 def preprocess(example: dict, cfg) -> dict:
   """read_example output -> model input dict (no augmentation); cfg is `config.data`."""
   plan = slice_plan.from_config(cfg)
-  return numpy_fields(resample.resize(to_channels(example, plan), plan.image_size))
+  example = resample.resize(to_channels(example, plan), plan.image_size)
+  return numpy_fields(instances.add_to_example(example, plan.instances))
 
 
 def load(source: series_index.SeriesSource, plan: slice_plan.Plan, index: int) -> dict:

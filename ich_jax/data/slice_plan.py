@@ -28,6 +28,9 @@ class Plan:
   augment: Any  # FrozenConfigDict
   on_device: bool = False
   brain_mask: bool = False
+  # > 0: examples carry the centre slice's hemorrhage instances, at most this many
+  # (ich_jax.data.instances; the targets of seed 001's Mask R-CNN).
+  instances: int = 0
 
   @property
   def stripped_offsets(self) -> tuple[int, ...]:
@@ -61,14 +64,21 @@ def from_config(cfg) -> Plan:
       clip_out_range=tuple(float(x) for x in get("clip_out_range")),
       augment=ml_collections.FrozenConfigDict(cfg.augment),
       on_device=_on_device(get("preprocess_on"), skull_stripping=any(op for *_, op in recipe) or
-                           bool(get("brain_mask"))),
+                           bool(get("brain_mask")), instances=int(get("instances"))),
       brain_mask=bool(get("brain_mask")),
+      instances=int(get("instances")),
   )
 
 
-def _on_device(where: str, skull_stripping: bool = False) -> bool:
+def _on_device(where: str, skull_stripping: bool = False, instances: int = 0) -> bool:
   if where not in PREPROCESS_ON:
     raise ValueError(f"config data.preprocess_on={where!r}; expected one of {PREPROCESS_ON}")
+  # Instances are connected components of the augmented mask (scipy), found on the host.
+  if instances:
+    if where == "device":
+      raise ValueError(f"config data.preprocess_on='device' with data.instances={instances}: instances are "
+                       "found on the host (connected components of the augmented mask); set 'host' or 'auto'")
+    return False
   # Skull stripping (ich_jax.data.skull_strip) is scipy morphology: such inputs are made on the host.
   if skull_stripping:
     if where == "device":
