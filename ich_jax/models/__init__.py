@@ -24,6 +24,7 @@ _MODULES = (
     "ich_jax.models.unet",
     "ich_jax.models.inception_unet",
     "ich_jax.models.fpn3d2d",
+    "ich_jax.models.maskrcnn",
     "ich_jax.models.sequence",
     "ich_jax.models.ensemble",
 )

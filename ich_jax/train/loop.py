@@ -157,11 +157,15 @@ def _build_train_step(exp: Experiment):
       loss, metrics = task.loss(model, batch)
       return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
-    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["model_state"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    # `value`: the loss, for a schedule that anneals on plateaus (optimizer.build).
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"], value=loss)
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    scale = optimizer.plateau_scale(opt_state)
+    if scale is not None:
+      metrics["lr_scale"] = jnp.asarray(scale, jnp.float32)
     new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
     return new_state, metrics
 
@@ -245,6 +249,9 @@ def train(config, workdir: str | pathlib.Path, *, allow_config_change: bool = Fa
         raise FloatingPointError(f"loss is {means['loss']} at step {done}; last checkpoint (finite): "
                                  f"step {ckpt.latest_step} in {workdir / 'checkpoints'}")
       means["learning_rate"] = float(optimizer.schedule(config.optimizer, exp.total_steps)(done))
+      if "lr_scale" in means:
+        # A plateau schedule: the rate in effect at this step (its scale is the last step's).
+        means["learning_rate"] *= float(jax.device_get(pending[-1]["lr_scale"]))
       writer.scalars(done, means)
       pending = []
       if bar is not None:

@@ -20,7 +20,8 @@ from ich_jax.train import losses
 _TASKS: dict[str, Callable[..., "Task"]] = {}
 
 # Modules holding further registered tasks, imported by `build` (not at import time).
-_MODULES: tuple[str, ...] = ("ich_jax.train.segmentation", "ich_jax.train.sequence", "ich_jax.train.ensemble")
+_MODULES: tuple[str, ...] = ("ich_jax.train.segmentation", "ich_jax.train.sequence", "ich_jax.train.ensemble",
+                             "ich_jax.train.detection")
 
 
 def register(name: str):
