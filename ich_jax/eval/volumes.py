@@ -16,7 +16,7 @@ from ich_jax.eval import metrics as M
 _INTRAPARENCHYMAL = LABELS.index("intraparenchymal")
 
 
-def _series_spacing(preds, rows: np.ndarray) -> tuple[float, float, float]:
+def series_spacing(preds, rows: np.ndarray) -> tuple[float, float, float]:
   """(slice gap, row, col) in mm: the gap from z positions, else the slice thickness."""
   dz = math.nan
   if "z_position" in preds and len(rows) > 1:
@@ -29,6 +29,18 @@ def _series_spacing(preds, rows: np.ndarray) -> tuple[float, float, float]:
     dz = float(np.median(np.asarray(preds["slice_thickness"], np.float64)[rows]))
   dy, dx = np.median(np.asarray(preds["pixel_spacing"], np.float64)[rows], axis=0)
   return dz, float(dy), float(dx)
+
+
+def series_rows(preds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+  """Series ids (sorted; the study id where there is no series id) and each series' rows in slice order.
+
+  Slice order is slice_index, else z_position, else row order: 3D measures (ABC/2's extent, 3D connected
+  components) need neighbouring rows to be neighbouring slices.
+  """
+  series = np.asarray(preds.get("series_id", preds["study_id"]))
+  order_key = np.asarray(preds.get("slice_index", preds.get("z_position", np.arange(len(series)))))
+  ids, inverse = np.unique(series, return_inverse=True)
+  return ids, np.split(np.lexsort((order_key, inverse)), np.cumsum(np.bincount(inverse))[:-1])
 
 
 def series_volumes(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
@@ -46,17 +58,14 @@ def series_volumes(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | N
   pred_masks = np.asarray(preds["pred_mask"]) if "pred_mask" in preds else None
   if pred_masks is not None and pred_masks.shape != masks.shape:
     raise ValueError(f"pred_mask shape {pred_masks.shape} != mask shape {masks.shape}")
-  series = np.asarray(preds.get("series_id", preds["study_id"]))
-  order_key = np.asarray(preds.get("slice_index", preds.get("z_position", np.arange(len(series)))))
-  ids, inverse = np.unique(series, return_inverse=True)
-  rows_of = np.split(np.lexsort((order_key, inverse)), np.cumsum(np.bincount(inverse))[:-1])
+  ids, rows_of = series_rows(preds)
   table: dict[str, list] = {k: [] for k in ("series_id", "reference_ml", "abc2_ml", "iph_reference_ml", "iph_abc2_ml",
                                             "predicted_ml", "dice", "subtypes")}
   for sid, rows in zip(ids, rows_of):
     ref = masks[rows]
     if not ref.any():
       continue
-    spacing = _series_spacing(preds, rows)
+    spacing = series_spacing(preds, rows)
     iph = ref == _INTRAPARENCHYMAL
     table["series_id"].append(str(sid))
     table["reference_ml"].append(M.volume_ml(ref, spacing))
@@ -72,7 +81,11 @@ def series_volumes(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | N
   return {k: np.array(v, dtype=str if k in ("series_id", "subtypes") else np.float64) for k, v in table.items()}
 
 
-def _agreement(reference: np.ndarray, estimate: np.ndarray) -> dict:
+def agreement(reference: np.ndarray, estimate: np.ndarray) -> dict:
+  """Seed 001's volume comparison of `estimate` with `reference` (mL, one per series): n, Pearson r, errors.
+
+  Errors are estimate − reference; the relative error divides by the reference, so pass series with blood.
+  """
   err = estimate - reference
   return {"n": int(reference.size), "pearson_r": M.pearson_r(estimate, reference) if reference.size else math.nan,
           "mean_error_ml": float(err.mean()) if err.size else math.nan,
@@ -93,10 +106,10 @@ def volume_metrics(preds: Mapping[str, np.ndarray]) -> dict | None:
   ref = table["reference_ml"]
   iph = table["iph_reference_ml"] > 0
   out = {"n_series_with_blood": int(ref.size), "reference": "labelled mask voxels",
-         "abc2": _agreement(ref, table["abc2_ml"]),
-         "abc2_intraparenchymal": _agreement(table["iph_reference_ml"][iph], table["iph_abc2_ml"][iph])}
+         "abc2": agreement(ref, table["abc2_ml"]),
+         "abc2_intraparenchymal": agreement(table["iph_reference_ml"][iph], table["iph_abc2_ml"][iph])}
   if "predicted_ml" in table:
-    out["predicted"] = _agreement(ref, table["predicted_ml"])
+    out["predicted"] = agreement(ref, table["predicted_ml"])
     dice = {"any": {"n_series": int(ref.size), "dice": float(np.nanmean(table["dice"])) if ref.size else math.nan}}
     for name in SUBTYPES:
       has = np.array([name in s.split() for s in table["subtypes"]], bool)
