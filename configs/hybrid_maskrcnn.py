@@ -97,7 +97,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.eval.batch_size = 16
   c.eval.threshold = 0.5
   c.eval.baseline = True
-  c.eval.detection = True               # the detection tables (ich_jax.eval.detection) in the report
 
   if a.cpu or a.cpu_2d:
     # Sized for ≤ 60 min on 2 CPU cores: 256 px (the phantoms' stored size, ≈0.9 mm pixels,

@@ -7,6 +7,9 @@ import numpy as np
 # CSV and the seed 003 paper (§2, the 6-digit label vector).
 LABELS = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 SUBTYPES = LABELS[1:]
+# The radiologists' abbreviations, for tables, reports and the detector's class names ("EDH/SDH").
+SHORT = {"any": "ICH", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
+         "subarachnoid": "SAH", "subdural": "SDH"}
 
 # Seed 001 paper (hybrid 3D/2D Mask R-CNN), size bins of hemorrhage volume in mL:
 # punctate < 0.01, small 0.01–5, medium 5–25, large > 25. Edges: a bin holds its

@@ -59,13 +59,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax import LABELS, SUBTYPES, atomic, lock, size_bin
+from ich_jax import LABELS, SHORT, SUBTYPES, atomic, lock, size_bin
 from ich_jax.data import study as study_lib
 from ich_jax.eval.formatting import MISSING, number
 from ich_jax.jsonable import jsonable
 
-SHORT = {"any": "ICH", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
-         "subarachnoid": "SAH", "subdural": "SDH"}
 REPORT_FORMAT = "ich-jax-prediction"
 REPORT_VERSION = 1
 OVERVIEW_SLICES = 6

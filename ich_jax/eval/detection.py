@@ -20,14 +20,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ich_jax import LABELS, SIZE_BINS, SUBTYPES, size_bin
+from ich_jax import LABELS, SHORT, SIZE_BINS, SUBTYPES, size_bin
 from ich_jax.data import instances
 from ich_jax.eval import metrics as M
 from ich_jax.eval import volumes
 from ich_jax.eval.classification import binary_labels
 
-SHORT = {"epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH", "subarachnoid": "SAH",
-         "subdural": "SDH"}
 ALL_ICH = "All ICH"
 # LUNA16's FROC operating points (false positives per scan); their mean sensitivity is the CPM.
 FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)
@@ -49,7 +47,8 @@ def class_name(group: Sequence[str]) -> str:
   return "/".join(SHORT[s] for s in group)
 
 
-def _check_classes(classes: Classes) -> list[tuple[str, ...]]:
+def check_classes(classes: Classes) -> list[tuple[str, ...]]:
+  """Class groups as tuples of subtype names; each subtype in one group at most, none empty."""
   seen: set[str] = set()
   out = []
   for group in classes:
@@ -186,7 +185,7 @@ def table2(preds: Mapping[str, np.ndarray], classes: Classes, *, threshold: floa
   the balanced set without blood. "full" is the All ICH row on every study. Both All ICH rows carry a
   bootstrap interval of the AUC (`n_boot` replications, `seed`).
   """
-  groups = _check_classes(classes)
+  groups = check_classes(classes)
   prob = M.check_scores(preds["probabilities"], "probabilities")
   if prob.ndim != 2 or prob.shape[1] != len(LABELS):
     raise ValueError(f"probabilities of shape {prob.shape}; expected [N, {len(LABELS)}] in LABELS order")
@@ -357,7 +356,7 @@ def box_ap(preds: Mapping[str, np.ndarray], classes: Classes, *, iou_threshold: 
   a false positive. References are the mask's instances (instances.from_mask), of the class whose group holds
   the subtype; subtypes in no class are skipped, for "any" too. NaN where a class has no reference.
   """
-  groups = _check_classes(classes)
+  groups = check_classes(classes)
   boxes, scores, det_class = _detections(preds)
   refs = _mask_references(_label_map(preds, "mask"))
   lut = _class_lut(groups)
@@ -412,7 +411,7 @@ def class_volumes(preds: Mapping[str, np.ndarray], classes: Classes) -> dict:
   intraparenchymal blood, ABC/2 of its largest 3D component against that component's volume, and the IPH
   class's predicted against reference volume (seed 001: ABC/2 r 0.954, the CNN 0.999).
   """
-  groups = _check_classes(classes)
+  groups = check_classes(classes)
   t = _series_table(preds, groups)
   out: dict = {"n_series": int(len(t["reference_ml"])), "classes": {}}
   for c, g in enumerate(groups):
@@ -439,7 +438,7 @@ def detection_metrics(preds: Mapping[str, np.ndarray], classes: Classes, *, thre
   Sections that need the reference mask (froc, box_ap, volumes) are None without one, as on CQ500, where
   Table 2 reads the labels and "froc_bhx" scores the BHX boxes; "froc_bhx" is None without annotated boxes.
   """
-  groups = _check_classes(classes)
+  groups = check_classes(classes)
   has_mask = "mask" in preds
   annotated = "boxes" in preds and np.asarray(preds.get("boxes_annotated", 0)).any()
   return {"classes": [class_name(g) for g in groups], "class_subtypes": [list(g) for g in groups],

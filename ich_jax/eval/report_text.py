@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ich_jax import LABELS
+from ich_jax.eval.detection_text import format_detection
 from ich_jax.eval.formatting import MISSING, auc_ci, is_missing, md_table, number, p_value, percent
 
 
@@ -65,6 +66,8 @@ def format_markdown(m: Mapping, *, title: str = "Evaluation report", figures: Se
               f"{d['n_negative']} without; listed in difficult_scans.csv."), ""]
   if m.get("volumes"):
     lines += _volumes(m["volumes"])
+  if m.get("detection"):
+    lines += [format_detection(m["detection"]), ""]
   extras = [f"{line}." for line in _other_lines(m, number)]
   if extras:
     lines += ["## Other", ""] + extras + [""]

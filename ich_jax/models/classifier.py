@@ -94,6 +94,10 @@ def _conv_or_dot(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
   channels_last = (dimension_numbers is not None
                    and tuple(dimension_numbers.lhs_spec) == (0, nd + 1, *range(1, nd + 1)))
   ones = (1,) * nd
+  if (nd == 3 and channels_last and window_strides[0] == 1 and tuple(lhs_dilation or ones) == ones
+      and tuple(rhs_dilation or ones) == ones and feature_group_count == 1 and batch_group_count == 1
+      and tuple(dimension_numbers.rhs_spec[:2]) == (nd + 1, nd) and out_sharding is None):
+    return _conv3d_as_2d(lhs, rhs, window_strides, padding, precision, preferred_element_type)
   unpadded = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
   if (rhs.shape[:nd] == ones and tuple(window_strides) == ones and tuple(lhs_dilation or ones) == ones
       and tuple(rhs_dilation or ones) == ones and feature_group_count == 1 and batch_group_count == 1
@@ -107,8 +111,36 @@ def _conv_or_dot(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
                                       preferred_element_type, out_sharding=out_sharding)
 
 
+def _conv3d_as_2d(lhs, rhs, strides, padding, precision, preferred_element_type):
+  """A 3D convolution [B, D, H, W, C] * [kz, kh, kw, C, O] with z stride 1 as kz 2D convolutions, summed.
+
+  out[z] = Σ_i conv2d(x[z + i − pad], w[i]): the same sums in another order.
+  XLA:CPU's 3D convolutions, and above all their gradients, are 5–50× slower
+  than the 2D ones over slices folded into the batch (seed 001's hybrid FPN:
+  docs/PERFORMANCE.md, "Models"); each 2D call takes `_conv_or_dot`'s 1×1 path.
+  """
+  kz = rhs.shape[0]
+  if isinstance(padding, str):
+    total = kz - 1 if padding == "SAME" else 0
+    z_pad, plane_pad = (total // 2, total - total // 2), padding
+  else:
+    z_pad, plane_pad = tuple(padding[0]), [tuple(p) for p in padding[1:]]
+  x = jnp.pad(lhs, ((0, 0), z_pad, (0, 0), (0, 0), (0, 0))) if any(z_pad) else lhs
+  b, d = x.shape[:2]
+  depth = d - kz + 1
+  dn = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  out = None
+  for i in range(kz):
+    plane = x[:, i:i + depth].reshape((b * depth,) + x.shape[2:])
+    y = _conv_or_dot(plane, rhs[i], tuple(strides[1:]), plane_pad, dimension_numbers=dn, precision=precision,
+                     preferred_element_type=preferred_element_type)
+    out = y if out is None else out + y
+  return out.reshape((b, depth) + out.shape[1:])
+
+
 class Conv(nnx.Conv):
-  """nnx.Conv (same parameters, same results) that runs 1×1 kernels as a matrix product (see `_conv_or_dot`)."""
+  """nnx.Conv (same parameters, same results) that runs 1×1 kernels as a matrix product and 3D kernels as
+  2D convolutions (see `_conv_or_dot`)."""
 
   def __init__(self, *args, **kw):
     kw.setdefault("conv_general_dilated", _conv_or_dot)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ich_jax.models import boxes, register
@@ -107,13 +108,16 @@ class HybridMaskRCNN(nnx.Module):
   def roi_features(self, pyramid: dict[str, jax.Array], rois: jax.Array, size: int) -> jax.Array:
     """ROIAlign of boxes [B, R, 4] (input pixels) on their FPN level (eq. 1): [B, R, size, size, C].
 
-    Every level is sampled and the box's own level selected: static shapes
-    (the per-level subsets torchvision gathers vary with the boxes), at 4× the
-    sampling cost of the selected level.
+    Every level a box in the image can map to is sampled and the box's own
+    level selected: static shapes (the per-level subsets torchvision gathers
+    vary with the boxes), at up to 4× the sampling cost of the selected level.
     """
     level = boxes.roi_levels(rois)  # [B, R], 2..5
+    # Levels no box inside the image can reach (eq. 1 with the whole image as the box) are skipped.
+    image_size = max(pyramid["p2"].shape[1:3]) * STRIDES[0]
+    top = int(np.clip(np.floor(4 + np.log2(image_size / 224.0 + 1e-6)), 2, 5))
     out = 0.0
-    for k, (name, stride) in enumerate(zip(LEVELS, STRIDES), start=2):
+    for k, (name, stride) in enumerate(zip(LEVELS[:top - 1], STRIDES[:top - 1]), start=2):
       feats = jax.vmap(lambda f, r, s=stride: boxes.roi_align(f, r, (size, size), sampling_ratio=self.sampling_ratio,
                                                               spatial_scale=1.0 / s))(pyramid[name], rois)
       out = out + jnp.where((level == k)[..., None, None, None], feats, 0.0)

@@ -42,40 +42,18 @@ import numpy as np
 import optax
 
 from ich_jax import LABELS, SUBTYPES
+from ich_jax.eval import detection as detection_eval
 from ich_jax.models import boxes, maskrcnn
 from ich_jax.train import tasks
 
 # Seed 001 (Introduction, Table 2): IPH, EDH/SDH, SAH; IVH as a fourth class (see the module doc).
 PAPER_CLASSES = (("intraparenchymal",), ("epidural", "subdural"), ("subarachnoid",), ("intraventricular",))
 FIVE_SUBTYPES = tuple((s,) for s in SUBTYPES)
-ABBREVIATIONS = {"epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH", "subarachnoid": "SAH",
-                 "subdural": "SDH"}
 # Faster R-CNN's box-coder weights: (1, 1, 1, 1) for the RPN, (10, 10, 5, 5) for the box head (torchvision).
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 # Smooth-L1 beta of torchvision's RPN and box losses.
 SMOOTH_L1_BETA = 1.0 / 9.0
-
-
-def class_names(classes) -> tuple[str, ...]:
-  """"IPH", "EDH/SDH", …: one name per class group."""
-  return tuple("/".join(ABBREVIATIONS[s] for s in group) for group in classes)
-
-
-def check_classes(classes) -> tuple[tuple[str, ...], ...]:
-  """Class groups as tuples of subtype names; each subtype in at most one group."""
-  groups = tuple(tuple(str(s) for s in ((g,) if isinstance(g, str) else g)) for g in classes)
-  seen: list[str] = []
-  for group in groups:
-    for s in group:
-      if s not in SUBTYPES:
-        raise ValueError(f"config task.classes names {s!r}; subtypes are {SUBTYPES}")
-      if s in seen:
-        raise ValueError(f"config task.classes puts {s!r} in two classes: {groups}")
-      seen.append(s)
-  if not groups or any(not g for g in groups):
-    raise ValueError(f"config task.classes={groups!r}: need one or more non-empty groups of subtypes")
-  return groups
 
 
 def smooth_l1(x: jax.Array, beta: float = SMOOTH_L1_BETA) -> jax.Array:
@@ -150,8 +128,8 @@ class Detection(tasks.Task):
                roi_fg_iou: float = 0.5, box_pre_nms: int = 1000, box_nms: float = 0.5, box_score_threshold: float = 0.05,
                detections: int = 16, mask_threshold: float = 0.5, mask_score_threshold: float = 0.5,
                mask_loss_weight: float = 1.0):
-    self.classes = check_classes(classes)
-    self.names = class_names(self.classes)
+    self.classes = tuple(detection_eval.check_classes(classes))
+    self.names = tuple(detection_eval.class_name(g) for g in self.classes)
     k = len(self.classes)
     # LABELS index → class (−1: "any", or a subtype in no class); class → the LABELS index pred_mask writes.
     self.class_of = np.full(len(LABELS), -1, np.int32)

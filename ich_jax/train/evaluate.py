@@ -45,6 +45,13 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
                                        for i in preds["record_index"]])
   meta = {"step": int(step) if step is not None else None, "split": config.dataset.eval_split,
           "dataset": f"{config.dataset.name}/{config.dataset.config}"}
+  if "det_boxes" in preds:
+    # A detector (seed 001): Table 2 on the balanced set, FROC, box AP and volumes per class.
+    from ich_jax.eval import detection
+
+    meta["detection"] = detection.detection_metrics(
+        preds, exp.task.classes, threshold=float(config.eval.threshold), n_boot=int(config.eval.get("n_boot", 500)),
+        seed=int(config.eval.get("bootstrap_seed", 0)))
   return report.write_evaluation(preds, workdir, config.eval, meta=meta,
                                  title=f"Evaluation of {workdir.name}, step {meta['step']}")
 

@@ -69,3 +69,23 @@ def test_batchnorm_mask_goes_through_flax():
   mask = (jnp.arange(6) < 4)[None, None, :, None]
   ref, ours = nnx.BatchNorm(3, rngs=nnx.Rngs(0)), BatchNorm(3, rngs=nnx.Rngs(0))
   _close(ours(x, mask=mask), ref(x, mask=mask), 0)
+
+
+@pytest.mark.parametrize("kernel,padding,stride", [
+    ((3, 3, 3), "SAME", 1), ((3, 1, 1), ((1, 1), (0, 0), (0, 0)), 1),   # 2D convolutions over z
+    ((3, 3, 3), "SAME", (1, 2, 2)), ((2, 3, 3), "VALID", 1), ((3, 3, 3), ((0, 2), (1, 1), (1, 1)), 1),
+    ((3, 3, 3), "SAME", 2),   # z stride 2: lax's 3D convolution
+])
+def test_3d_conv_matches_nnx_conv_values_and_gradients(kernel, padding, stride):
+  ref = nnx.Conv(4, 5, kernel, strides=stride, padding=padding, rngs=nnx.Rngs(0))
+  ours = Conv(4, 5, kernel, strides=stride, padding=padding, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 5, 6, 7, 4))
+  assert ours(x).shape == ref(x).shape
+  _close(ours(x), ref(x), 1e-5)
+
+  def loss(m, x):
+    return (m(x) * jnp.sin(jnp.arange(5.0))).sum()
+
+  g_ref, g_ours = nnx.grad(loss, argnums=(0, 1))(ref, x), nnx.grad(loss, argnums=(0, 1))(ours, x)
+  _close(g_ours[0].kernel[...], g_ref[0].kernel[...], 1e-4)
+  _close(g_ours[1], g_ref[1], 1e-4)

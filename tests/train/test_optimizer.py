@@ -42,7 +42,7 @@ def test_cosine_with_warmup_and_an_end_factor():
 
 def test_constant_and_unknown_schedules():
   assert _rates(optimizer.schedule(_config(), 10), (0, 9, 1000)) == pytest.approx([1e-3] * 3)
-  with pytest.raises(ValueError, match="optimizer.schedule='linear'; expected cosine, constant or step"):
+  with pytest.raises(ValueError, match="optimizer.schedule='linear'; expected cosine, constant, step or plateau"):
     optimizer.schedule(_config(schedule="linear"), 10)
 
 
