@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ich_jax import LABELS
+from ich_jax.eval.compare import format_comparison
 from ich_jax.eval.detection_text import format_detection
 from ich_jax.eval.formatting import MISSING, auc_ci, is_missing, md_table, number, p_value, percent
 
@@ -68,6 +69,8 @@ def format_markdown(m: Mapping, *, title: str = "Evaluation report", figures: Se
     lines += _volumes(m["volumes"])
   if m.get("detection"):
     lines += [format_detection(m["detection"]), ""]
+  if m.get("side_by_side"):
+    lines += format_comparison(m["side_by_side"])
   extras = [f"{line}." for line in _other_lines(m, number)]
   if extras:
     lines += ["## Other", ""] + extras + [""]

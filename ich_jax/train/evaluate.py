@@ -52,6 +52,11 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
     meta["detection"] = detection.detection_metrics(
         preds, exp.task.classes, threshold=float(config.eval.threshold), n_boot=int(config.eval.get("n_boot", 500)),
         seed=int(config.eval.get("bootstrap_seed", 0)))
+  if config.eval.get("compare_with"):
+    # Other runs' predictions on the same studies (the quickstart CNN, an ablation), side by side.
+    from ich_jax.eval import compare
+
+    meta["side_by_side"] = compare.compare_workdirs(preds, dict(config.eval.compare_with))
   return report.write_evaluation(preds, workdir, config.eval, meta=meta,
                                  title=f"Evaluation of {workdir.name}, step {meta['step']}")
 
