@@ -19,12 +19,14 @@ bundle's jit-compiled models (`ich_jax.bundle`). OUT receives
                     and why, the bundle (hash, members), timings (read, preprocess, model, write) in seconds;
                     status "ok", or "incomplete" when the series may lack slices (unreadable files beside it,
                     InstanceNumber gaps, fewer slices than ImagesInAcquisition, a z coverage too short for a
-                    head), with the reasons in "completeness"
+                    head), with the reasons in "completeness"; detector bundles (seed 001's Mask R-CNN) also
+                    "detections": every kept box scoring at least the threshold (`detection_entries`)
   report.md         the same for people (an incomplete study says INCOMPLETE at the top)
-  mask.nii.gz       bundles with a segmentation member: the predicted blood mask on the input's voxel grid
-                    (0 = none; 1–5 = the LABELS index of the subtype when the model segments subtypes, else 1)
+  mask.nii.gz       bundles with a segmentation or detector member: the predicted blood mask on the input's
+                    voxel grid (0 = none; 1–5 = the LABELS index of the subtype when the model segments subtypes,
+                    else 1; a detector's: its class's smallest LABELS index, so EDH/SDH reads 1)
   overview.png      the most suspicious slices in the brain window with the Grad-CAM (classifier bundles) or
-                    the predicted mask, and their probabilities
+                    the predicted mask, a detector's boxes with their class and score, and their probabilities
 
 Batch mode is explicit (`--batch`): then `--input` holds one study per entry,
 each sub-folder (a DICOM study) or .nii/.nii.gz file, and OUT gets one folder
@@ -114,8 +116,16 @@ class _Clock:
 # --- From model outputs to findings (pure) -------------------------------------------------------------
 
 
-def study_findings(prob: np.ndarray, threshold: float, *, subtypes_predicted: bool = True) -> dict:
-  """Study-level probability (the most suspicious slice's, seeds 000 and 003), decision and that slice, per class."""
+def study_findings(prob: np.ndarray, threshold: float, *, subtypes_predicted: bool = True,
+                   classes: Sequence[Sequence[str]] | None = None) -> dict:
+  """Study-level probability (the most suspicious slice's, seeds 000 and 003), decision and that slice, per class.
+
+  `classes`: the groups of subtypes of a detector whose scores are the probabilities: a subtype in a group
+  of several carries the group's score (noted), one in no group is not predicted.
+  """
+  from ich_jax.eval.detection import class_name
+
+  group_of = {s: g for g in (classes or ()) for s in g}
   out = {}
   for c, name in enumerate(LABELS):
     k = int(np.argmax(prob[:, c]))
@@ -123,7 +133,39 @@ def study_findings(prob: np.ndarray, threshold: float, *, subtypes_predicted: bo
     entry = {"probability": p, "positive": bool(p >= threshold), "slice_index": k}
     if c and not subtypes_predicted:
       entry.update(probability=None, positive=None, note="not predicted: the bundle segments blood, not subtypes")
+    elif c and classes is not None and name not in group_of:
+      entry.update(probability=None, positive=None, note="not predicted: no class of the detector holds it")
+    elif c and len(group_of.get(name, ())) > 1:
+      entry["note"] = f"the detector's {class_name(group_of[name])} class: its score stands for all its subtypes"
     out[name] = entry
+  return out
+
+
+def detection_entries(found: Mapping, classes: Sequence[Sequence[str]], native_shape: tuple[int, int],
+                      threshold: float, per_slice: Mapping[str, Sequence] | None = None) -> list[dict]:
+  """A detector's kept boxes (`Bundle.predict`'s "detections") scoring at least `threshold` → report entries,
+  by slice (z order), then score, highest first.
+
+  The threshold is the bundle's operating one, so the list is exactly what makes the study positive: a
+  slice's "any" probability is its best detection's score. Boxes go from the detector's input to the study's
+  slice grid (`resample.scale_boxes`: the inverse of the preprocessing's resize, which has no crop). Entry:
+  slice_index, the `per_slice` fields at that slice (e.g. sop_uid, z_position), class (e.g. "EDH/SDH"),
+  subtypes (the group it stands for), score, box [y1, x1, y2, x2] (pixel edges: rows y, columns x of the
+  slice as read; y2 − y1 rows tall).
+  """
+  from ich_jax.data import resample
+  from ich_jax.eval.detection import class_name
+
+  boxes = resample.scale_boxes(found["boxes"], found["input_shape"], native_shape)
+  scores, cls = np.asarray(found["scores"]), np.asarray(found["classes"])
+  out = []
+  for i in range(len(scores)):
+    kept = np.flatnonzero((cls[i] >= 0) & (scores[i] >= threshold))
+    for d in kept[np.argsort(-scores[i][kept], kind="stable")]:
+      group = classes[int(cls[i, d])]
+      out.append({"slice_index": i, **{k: v[i] for k, v in (per_slice or {}).items()},
+                  "class": class_name(group), "subtypes": list(group), "score": float(scores[i, d]),
+                  "box": [float(v) for v in boxes[i, d]]})
   return out
 
 
@@ -147,15 +189,32 @@ def largest_bleed(mask: np.ndarray) -> np.ndarray:
   return labels == (int(np.argmax(sizes)) + 1)
 
 
-def volumes(mask: np.ndarray, spacing_mm: tuple[float, float, float], *, subtypes: bool) -> dict:
+def volumes(mask: np.ndarray, spacing_mm: tuple[float, float, float], *, subtypes: bool,
+            classes: Sequence[Sequence[str]] | None = None) -> dict:
   """Per-subtype volume (mL) and size bin (seed 001) of a predicted label map, and ABC/2 of the largest
-  intraparenchymal bleed (of the largest bleed of any kind when the model does not segment subtypes)."""
+  intraparenchymal bleed (of the largest bleed of any kind when the model does not segment subtypes).
+
+  `classes`: a detector's groups of subtypes, its label map read as groups (any LABELS index of a group is
+  the group, `ich_jax.eval.detection.class_lut`): volumes per class ("per_class": {"EDH/SDH": {"subtypes",
+  "ml", "size_bin"}}) instead of per subtype, ABC/2 of the largest bleed of intraparenchymal's class.
+  """
   from ich_jax.eval import metrics as M
+  from ich_jax.eval.detection import class_lut, class_name
 
   blood = mask > 0
   out = {"spacing_mm": [float(s) for s in spacing_mm], "subtypes_segmented": subtypes,
          "blood": {"ml": M.volume_ml(blood, spacing_mm), "size_bin": size_bin(M.volume_ml(blood, spacing_mm))}}
-  if subtypes:
+  if classes is not None:
+    groups = [tuple(g) for g in classes]
+    of_class = class_lut(groups)[mask]
+    out["per_class"] = {}
+    for c, group in enumerate(groups):
+      ml = M.volume_ml(of_class == c, spacing_mm)
+      out["per_class"][class_name(group)] = {"subtypes": list(group), "ml": ml, "size_bin": size_bin(ml)}
+    iph = [c for c, g in enumerate(groups) if "intraparenchymal" in g]
+    target, what = ((of_class == iph[0], f"largest {class_name(groups[iph[0]])} bleed") if iph else
+                    (blood, "largest bleed (no detector class holds intraparenchymal blood)"))
+  elif subtypes:
     out["per_subtype"] = {}
     for k, name in enumerate(SUBTYPES, start=1):
       ml = M.volume_ml(mask == k, spacing_mm)
@@ -213,7 +272,18 @@ def _size_check(bundle, options: Options):
 # --- Writing ----------------------------------------------------------------------------------------------
 
 
-def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -> tuple[list[dict], str]:
+def tile_boxes(found: Sequence[Mapping], slice_index: int, native_shape: tuple[int, int],
+               tile_shape: tuple[int, int]) -> list[dict]:
+  """The `detection_entries` on one slice as an overview tile draws them: {"box" in the tile's pixels,
+  "label": class and score}."""
+  from ich_jax.data import resample
+
+  return [{"box": [float(v) for v in resample.scale_boxes(d["box"], native_shape, tile_shape)],
+           "label": f"{d['class']} {d['score']:.2f}"} for d in found if d["slice_index"] == slice_index]
+
+
+def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native,
+                    found=None) -> tuple[list[dict], str]:
   from ich_jax.data import resample, windows
   from ich_jax.data.windows import BRAIN_WINDOW
 
@@ -221,6 +291,8 @@ def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -
   size = min(OVERVIEW_SIZE, max(study.hu.shape[1:]))
   cams = None if mask_native is not None else bundle.gradcam(images_by_plan, rows, batch=OVERVIEW_SLICES)
   label = "predicted mask" if mask_native is not None else ("Grad-CAM (any)" if cams is not None else "")
+  if found is not None:
+    label = "; ".join(t for t in (label, f"boxes ≥ {bundle.threshold:g}") if t)
   tiles = []
   for j, i in enumerate(rows):
     example = {"image": windows.apply_window(study.hu[i], *BRAIN_WINDOW)[..., None]}
@@ -235,7 +307,8 @@ def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native) -
     sub = 1 + int(np.argmax(prob[i, 1:]))
     caption = (f"slice {i} (z {study.z_positions[i]:.1f} mm)\nICH {prob[i, 0]:.2f}"
                + (f" · {SHORT[LABELS[sub]]} {prob[i, sub]:.2f}" if bundle.predicts_subtypes else ""))
-    tiles.append({"image": example["image"][..., 0], "overlay": overlay, "kind": kind, "caption": caption})
+    tiles.append({"image": example["image"][..., 0], "overlay": overlay, "kind": kind, "caption": caption,
+                  "boxes": tile_boxes(found or (), i, study.hu.shape[1:], (size, size))})
   return tiles, label
 
 
@@ -265,12 +338,16 @@ def _markdown(report: Mapping) -> str:
               f"| all blood | {v['blood']['ml']:.2f} | {v['blood']['size_bin']} |"]
     for name, e in (v.get("per_subtype") or {}).items():
       lines.append(f"| {name} | {e['ml']:.2f} | {e['size_bin']} |")
+    for name, e in (v.get("per_class") or {}).items():
+      lines.append(f"| {name} ({', '.join(e['subtypes'])}) | {e['ml']:.2f} | {e['size_bin']} |")
     a = v["abc2"]
     lines += ["", f"ABC/2 of the {a['of']}: " + ("none" if a["ml"] is None else
               f"{a['ml']:.2f} mL (its voxel volume {a['voxel_ml']:.2f} mL, slices {a['slices'][0]}–{a['slices'][1]})"),
               ""]
   elif report.get("volumes_note"):
     lines += [f"Volumes: {report['volumes_note']}", ""]
+  if "detections" in report:
+    lines += _markdown_detections(report)
   if report["notes"]:
     lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
   t = report["timings"]
@@ -279,6 +356,25 @@ def _markdown(report: Mapping) -> str:
   if "overview.png" in report["outputs"]:
     lines += ["![overview](overview.png)", ""]
   return "\n".join(lines)
+
+
+MARKDOWN_DETECTIONS = 30    # rows of report.md's detection table; report.json lists them all
+
+
+def _markdown_detections(report: Mapping) -> list[str]:
+  found, d = report["detections"], report["detector"]
+  lines = ["## Detections", "",
+           f"Boxes scoring at least {report['threshold']} ({len(found)}; {d['below_threshold']} kept below it not "
+           "listed), in pixels of the slice as read (rows y, columns x).", ""]
+  if not found:
+    return lines
+  lines += ["| slice | z (mm) | class | score | box y1, x1, y2, x2 |", "|---|---|---|---|---|"]
+  for e in found[:MARKDOWN_DETECTIONS]:
+    lines.append(f"| {e['slice_index']} | {e['z_position']:.1f} | {e['class']} | {e['score']:.3f} | "
+                 + ", ".join(f"{v:.1f}" for v in e["box"]) + " |")
+  if len(found) > MARKDOWN_DETECTIONS:
+    lines.append(f"\n… and {len(found) - MARKDOWN_DETECTIONS} more in report.json.")
+  return lines + [""]
 
 
 # --- One study ---------------------------------------------------------------------------------------------
@@ -313,10 +409,15 @@ def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) 
   outputs = bundle.predict(images, study.z_positions, batch_size=options.batch_size, progress=progress)
   prob = outputs["probabilities"]
   rows = suspicious_slices(prob, min(options.overview_slices, study.num_slices))
+  detector, found = bundle.detector, None
+  if detector is not None:
+    id_key, ids = _slice_ids(study)
+    found = detection_entries(outputs["detections"], detector.task.classes, study.hu.shape[1:], bundle.threshold,
+                              per_slice={id_key: ids, "z_position": study.z_positions.tolist()})
   tiles = label = None
   if not bundle.has_mask and options.overview_slices:
     # Grad-CAM is model work: computed here, drawn below.
-    tiles, label = _overview_tiles(study, images, bundle, outputs, rows, None)
+    tiles, label = _overview_tiles(study, images, bundle, outputs, rows, None, found)
   clock.start("write")
   notes = list(study.notes)
   if bundle.gradcam_error:
@@ -331,8 +432,17 @@ def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) 
                        "selection": study.selection, "hu_check": study.hu_check},
             "bundle": {"path": str(bundle.directory.absolute()), "sha256": bundle.hash, "members": bundle.describe()},
             "threshold": bundle.threshold,
-            "findings": study_findings(prob, bundle.threshold, subtypes_predicted=bundle.predicts_subtypes),
+            "findings": study_findings(prob, bundle.threshold, subtypes_predicted=bundle.predicts_subtypes,
+                                       classes=_probability_classes(bundle)),
             "suspicious_slices": rows, "notes": notes}
+  if detector is not None:
+    from ich_jax.eval.detection import class_name
+
+    d = outputs["detections"]
+    report["detector"] = {"member": detector.name, "input_shape": list(d["input_shape"]),
+                          "classes": [{"class": class_name(g), "subtypes": list(g)} for g in detector.task.classes],
+                          "below_threshold": int(((d["classes"] >= 0) & (d["scores"] < bundle.threshold)).sum())}
+    report["detections"] = found
   tmp = atomic.begin(out_dir, "prediction", input=str(pathlib.Path(input_path).absolute()))
   try:
     _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, label, clock, options)
@@ -343,15 +453,29 @@ def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) 
   return report
 
 
+def _slice_ids(study) -> tuple[str, list]:
+  """Each slice's identity in its source: ("sop_uid", SOPInstanceUIDs) for DICOM, ("source_slice", the NIfTI
+  file's stored slice indices) for NIfTI."""
+  if study.source == "dicom":
+    return "sop_uid", list(study.slice_uids)
+  return "source_slice", [int(i) for i in study.source_index]
+
+
+def _probability_classes(bundle):
+  """The detector's classes when its scores alone are the bundle's probabilities (`study_findings`), else None."""
+  d = bundle.detector
+  return d.task.classes if d is not None and bundle.outputs["probabilities"]["members"] == [d.name] else None
+
+
 def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, label, clock, options) -> None:
   from ich_jax.eval.prediction_files import write_predictions_csv
 
   prob = outputs["probabilities"]
   preds = {"study_id": np.full(study.num_slices, study.study_id), "series_id": np.full(study.num_slices, study.series_id),
            "slice_index": np.arange(study.num_slices), "z_position": study.z_positions, "probabilities": prob}
-  extra = ["sop_uid" if study.source == "dicom" else "source_slice", "z_position"]
-  preds["sop_uid" if study.source == "dicom" else "source_slice"] = (
-      np.asarray(study.slice_uids) if study.source == "dicom" else study.source_index)
+  id_key, ids = _slice_ids(study)
+  extra = [id_key, "z_position"]
+  preds[id_key] = np.asarray(ids)
   written = ["predictions.csv", "report.json", "report.md"]
   if bundle.has_mask:
     mask_native = upsample_mask(outputs["pred_mask"], study.hu.shape[1:])
@@ -359,14 +483,14 @@ def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, lab
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
       report["volumes"], report["volumes_note"] = None, f"no volumes: the slice spacing {spacing} is unknown"
     else:
-      report["volumes"] = volumes(mask_native, spacing, subtypes=bundle.mask_subtypes)
+      report["volumes"] = volumes(mask_native, spacing, subtypes=bundle.mask_subtypes, classes=bundle.mask_classes)
       preds["blood_ml"] = (mask_native > 0).sum(axis=(1, 2)) * float(np.prod(spacing)) / 1000.0
       extra.append("blood_ml")
     import nibabel as nib
     nib.save(study.mask_image(mask_native), str(tmp / "mask.nii.gz"))
     written.append("mask.nii.gz")
     if options.overview_slices:
-      tiles, label = _overview_tiles(study, images, bundle, outputs, rows, mask_native)
+      tiles, label = _overview_tiles(study, images, bundle, outputs, rows, mask_native, report.get("detections"))
   write_predictions_csv(preds, tmp / "predictions.csv", extra_columns=extra)
   if tiles:
     from ich_jax.eval import plots

@@ -1,5 +1,5 @@
 """Test-wide set-up: 8 virtual CPU devices (multi-device code paths), a tiny built dataset, run folders and their
-bundles (`runs`, for tests/bundle and tests/test_predict.py)."""
+bundles (`runs`, and a detector's: `detection_run`, for tests/bundle and tests/test_predict.py)."""
 import os
 
 # Must precede the first JAX import of the session: the data-parallel mesh then
@@ -73,3 +73,31 @@ def runs(tiny_data_dir, tmp_path_factory):
   bundle_lib.combine(root / "pair", average=[root / "cls_bundle"], mask=root / "seg" / "bundle")
   return {"cls_config": cls, "cls": root / "cls", "cls_bundle": bundle_lib.load(root / "cls_bundle"),
           "pair": bundle_lib.load(root / "pair"), "root": root}
+
+
+@pytest.fixture(scope="session")
+def detection_run(tiny_data_dir, tmp_path_factory):
+  """Seed 001's Mask R-CNN (configs/hybrid_maskrcnn.py:smoke) as a run folder (`make_run`: initial weights, as
+  `runs` makes its runs) and its bundle (export_bundle). Untrained, every class scores about 1/5, so the
+  operating threshold and the instance-mask score threshold are set to 0.1: boxes are listed and masks pasted,
+  and each output has content a wrong mapping would change."""
+  import jax
+
+  from configs import hybrid_maskrcnn
+  from ich_jax import bundle as bundle_lib
+  from ich_jax.bundle import export
+  from tests.fake_runs import make_run
+
+  root = tmp_path_factory.mktemp("detection")
+  config = hybrid_maskrcnn.get_config("smoke")
+  config.dataset.data_dir = tiny_data_dir
+  config.eval.threshold = 0.1
+  config.task.mask_score_threshold = 0.1
+  old = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  try:
+    make_run(config, root / "det", 3)
+  finally:
+    jax.config.update("jax_default_prng_impl", old)
+  export.export_bundle(config, root / "det")
+  return {"config": config, "run": root / "det", "bundle": bundle_lib.load(root / "det" / "bundle"), "root": root}

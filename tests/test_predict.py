@@ -85,6 +85,95 @@ def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a
   assert "HEAD NONCON" in md and "Rejected" in md and "ABC/2" in md
 
 
+def test_detection_entries_are_the_boxes_at_the_threshold_on_the_slices_grid():
+  """Injected detections on a 64² detector input, mapped by hand to a 128 × 96 slice (rows × 2, columns × 1.5)."""
+  classes = (("intraparenchymal",), ("epidural", "subdural"))
+  found = {"boxes": np.array([[[8, 4, 16, 20], [0, 0, 64, 64], [1, 2, 3, 4]],
+                              [[10, 10, 20, 30], [30, 30, 40, 40], [0, 0, 0, 0]]], np.float32),
+           "scores": np.array([[0.3, 0.9, 0.2], [0.5, 0.7, 0.0]], np.float32),
+           "classes": np.array([[1, 0, 0], [0, 1, -1]], np.int32), "input_shape": (64, 64)}
+  got = predict.detection_entries(found, classes, (128, 96), 0.3,
+                                  per_slice={"sop_uid": ["u0", "u1"], "z_position": [-5.0, 0.0]})
+  # Slice order, then score; 0.2 is under the threshold and class -1 is padding.
+  assert [(e["slice_index"], e["sop_uid"], e["z_position"], e["class"], e["subtypes"], e["box"]) for e in got] == [
+      (0, "u0", -5.0, "IPH", ["intraparenchymal"], [0.0, 0.0, 128.0, 96.0]),
+      (0, "u0", -5.0, "EDH/SDH", ["epidural", "subdural"], [16.0, 6.0, 32.0, 30.0]),
+      (1, "u1", 0.0, "EDH/SDH", ["epidural", "subdural"], [60.0, 45.0, 80.0, 60.0]),
+      (1, "u1", 0.0, "IPH", ["intraparenchymal"], [20.0, 15.0, 40.0, 45.0])]
+  assert [e["score"] for e in got] == pytest.approx([0.9, 0.3, 0.7, 0.5])
+  assert predict.detection_entries(found, classes, (128, 96), 0.95) == []
+  # On an overview tile of 256²: rows × 2, columns × 8/3 of the slice's.
+  assert predict.tile_boxes(got, 1, (128, 96), (256, 256)) == [
+      {"box": [120.0, 120.0, 160.0, 160.0], "label": "EDH/SDH 0.70"},
+      {"box": [40.0, 40.0, 80.0, 120.0], "label": "IPH 0.50"}]
+
+
+def test_a_detectors_mask_gives_volumes_per_class_and_its_findings_say_what_a_group_means():
+  classes = (("intraparenchymal",), ("epidural", "subdural"), ("subarachnoid",))
+  mask = np.zeros((3, 10, 10), np.uint8)
+  mask[0, :2, :5] = 1            # EDH/SDH's label (its smallest LABELS index: epidural)
+  mask[1, :3, :3] = 5            # a subdural label counts for the same class
+  mask[1, 5:9, 5:9] = 2          # IPH: 16 voxels on slice 1, 4 on slice 2 (one 3-D bleed)
+  mask[2, 5:7, 5:7] = 2
+  got = predict.volumes(mask, (5.0, 0.5, 0.4), subtypes=True, classes=classes)
+  voxel = 5.0 * 0.5 * 0.4 / 1000
+  assert "per_subtype" not in got
+  assert {k: (e["subtypes"], e["ml"]) for k, e in got["per_class"].items()} == {
+      "IPH": (["intraparenchymal"], pytest.approx(20 * voxel)),
+      "EDH/SDH": (["epidural", "subdural"], pytest.approx(19 * voxel)),
+      "SAH": (["subarachnoid"], 0.0)}
+  assert got["blood"]["ml"] == pytest.approx(39 * voxel)
+  assert got["abc2"]["of"] == "largest IPH bleed" and got["abc2"]["voxel_ml"] == pytest.approx(20 * voxel)
+  assert got["abc2"]["slices"] == [1, 2]
+  prob = np.array([[0.6, 0.4, 0.3, 0.0, 0.1, 0.4]], np.float32)
+  f = predict.study_findings(prob, 0.35, classes=classes)
+  assert "EDH/SDH" in f["epidural"]["note"] and f["subdural"]["note"] == f["epidural"]["note"]
+  assert f["epidural"]["positive"] and "note" not in f["intraparenchymal"]
+  assert f["intraventricular"]["probability"] is None and "no class of the detector" in f["intraventricular"]["note"]
+
+
+def test_a_detector_bundle_reports_its_boxes_class_volumes_mask_and_overview_on_the_dicom_grid(detection_run,
+                                                                                                tmp_path):
+  det = detection_run["bundle"]
+  p = make_phantom(21)
+  files = write_study(tmp_path / "study", p)
+  report = predict.predict_study(det, tmp_path / "study", tmp_path / "out", OPTIONS)
+  out = tmp_path / "out"
+  assert {"mask.nii.gz", "overview.png", "report.json", "report.md"} <= {f.name for f in out.iterdir()}
+  assert json.loads((out / "report.json").read_text())["detections"] == report["detections"]
+  # The detector's own outputs on these slices (64² input), by hand: boxes × 2 onto the 128² DICOM grid.
+  member = det.members["det"]
+  images = det.preprocess(study_lib.read_study(tmp_path / "study").records())
+  raw = {k: np.asarray(v) for k, v in member.jitted("predict")(member.state, {"image": images[member.plan]}).items()}
+  names = ("IPH", "EDH/SDH", "SAH", "IVH")
+  uids = [pydicom.dcmread(f).SOPInstanceUID for f in files]
+  expected = []
+  for i in range(len(p.hu)):
+    for d in np.argsort(-raw["det_scores"][i], kind="stable"):
+      if raw["det_classes"][i, d] >= 0 and raw["det_scores"][i, d] >= 0.1:
+        expected.append((i, uids[i], names[raw["det_classes"][i, d]], list(raw["det_boxes"][i, d] * 2.0)))
+  assert expected
+  assert [(e["slice_index"], e["sop_uid"], e["class"], e["box"]) for e in report["detections"]] == expected
+  np.testing.assert_allclose([e["z_position"] for e in report["detections"]],
+                             [p.z_positions_mm[e[0]] for e in expected], atol=1e-4)
+  assert report["detector"]["below_threshold"] == int(((raw["det_classes"] >= 0) & (raw["det_scores"] < 0.1)).sum())
+  assert report["findings"]["subdural"]["note"].startswith("the detector's EDH/SDH class")
+  # mask.nii.gz: the instance masks' label map, nearest-upsampled onto the DICOM grid; volumes per class from it.
+  img = nib.load(out / "mask.nii.gz")
+  assert img.shape == (128, 128, len(p.hu))
+  mask = np.asarray(img.dataobj).transpose(2, 1, 0)
+  np.testing.assert_array_equal(mask, np.repeat(np.repeat(raw["pred_mask"], 2, axis=1), 2, axis=2))
+  assert mask.any()
+  voxel_ml = 5.0 * p.pixel_spacing_mm[0] * p.pixel_spacing_mm[1] / 1000
+  for name, label in (("IPH", 2), ("EDH/SDH", 1), ("SAH", 4), ("IVH", 3)):
+    assert report["volumes"]["per_class"][name]["ml"] == pytest.approx(np.count_nonzero(mask == label) * voxel_ml)
+  assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  md = (out / "report.md").read_text()
+  first = report["detections"][0]
+  assert "## Detections" in md and f"| {first['slice_index']} | {first['z_position']:.1f} | {first['class']} | " in md
+  assert "| EDH/SDH (epidural, subdural) |" in md
+
+
 def test_nifti_input_predicts_and_its_mask_keeps_the_files_shape_and_affine(runs, tmp_path):
   p = make_phantom(4)
   # Stored RAS (x to the right, y anterior) with an offset origin: the reverse of the axial L, P, S order.

@@ -26,7 +26,9 @@ A member (manifest `members`, in dependency order: a member's inputs come before
   role        "classifier" (task multilabel_classification: slice → six probabilities, Grad-CAM),
               "segmentation" (task segmentation: slice → blood maps, `pred_mask`),
               "sequence" (task sequence_classification: seed 003's seq_gru_1/2 over the whole series),
-              "ensemble_weights" (task ensemble: seed 000's weight model over segmentation members' maps)
+              "ensemble_weights" (task ensemble: seed 000's weight model over segmentation members' maps),
+              "detector" (task detection: seed 001's Mask R-CNN: slice → boxes, scores and classes, a label map
+              of its instance masks as `pred_mask`, six probabilities)
   model       {"name", "num_classes", "in_channels", "options"}: `ich_jax.models.build` arguments
   task        the task config (`ich_jax.train.tasks.build`): how the model is called and what it predicts
   data        slice-input members only: how a slice becomes its input (`ich_jax.data.pipeline`): image_size,
@@ -40,8 +42,12 @@ A member (manifest `members`, in dependency order: a member's inputs come before
 
   probabilities  {"combine": "mean", "members": [names]}: per-slice probabilities, the mean over the members
                  (one member: its own); a study's probability is its most suspicious slice's (seeds 000, 003)
-  mask           the member whose `pred_mask` is the predicted blood mask (segmentation or ensemble_weights), or null
+  mask           the member whose `pred_mask` is the predicted blood mask (segmentation, ensemble_weights or
+                 detector), or null
   gradcam        the classifier member whose Grad-CAM the overview shows, or null
+  detections     the detector member whose boxes the report lists, or null (absent in bundles written before
+                 detectors: read as null). Its classes (groups of subtypes) are its task's `classes`; its boxes
+                 are on its input (`data.image_size`²), which the predictor maps back to the stored slice
 
 So a seed 003 cascade is three members (CNN → seq_gru_1 → seq_gru_2, probabilities from the last), seed
 000's ensemble is U-Nets plus the weight model (probabilities and mask from it), and averaged backbones

@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   c = sub.add_parser("combine", help="one bundle from several: averaged probabilities, a segmentation's mask")
   c.add_argument("--out", required=True, help="the new bundle folder")
   c.add_argument("--average", nargs="+", required=True, help="bundles whose per-slice probabilities are averaged")
-  c.add_argument("--mask", help="a segmentation bundle whose mask (and volumes) the new bundle reports")
+  c.add_argument("--mask", help="a segmentation or detector bundle whose mask (and volumes) the new bundle reports")
   c.add_argument("--threshold", type=float, help="operating threshold (default: the inputs' common one)")
   e = sub.add_parser("export", help="the bundle of a run folder (an experiment's stage: W/ensemble_all, "
                      "W/fold0/patch_unet), from its config.json and checkpoints")

@@ -12,7 +12,8 @@ from ich_jax.bundle.format import BundleError, read_listed, read_manifest, write
 
 def combine(out, average: Sequence, mask=None, *, threshold: float | None = None) -> pathlib.Path:
   """One bundle from several: per-slice probabilities averaged over the `average` bundles' answers, the mask
-  (and its volumes) from `mask`'s (a segmentation bundle; it joins the average only if listed there too).
+  (and its volumes) from `mask`'s (a segmentation or detector bundle; it joins the average only if listed there
+  too), the boxes from the first of these bundles that detects.
 
   Members are renamed `<k>.<name>` for the k-th input bundle. The threshold is the inputs' common one
   unless given.
@@ -38,8 +39,11 @@ def combine(out, average: Sequence, mask=None, *, threshold: float | None = None
         outputs["gradcam"] = rename[o["gradcam"]]
     if mask is not None and path == pathlib.Path(mask):
       if o.get("mask") is None:
-        raise BundleError(f"combine: --mask {path} predicts no mask (no segmentation member in its outputs)")
+        raise BundleError(f"combine: --mask {path} predicts no mask (no segmentation or detector member in its "
+                          "outputs)")
       outputs["mask"] = rename[o["mask"]]
+    if outputs.get("detections") is None and o.get("detections") is not None:
+      outputs["detections"] = rename[o["detections"]]
     seen[str(path)] = manifest["sha256"]
   if threshold is None:
     if len(thresholds) > 1:

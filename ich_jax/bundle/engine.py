@@ -43,14 +43,28 @@ class Bundle:
 
   @property
   def mask_subtypes(self) -> bool:
-    """True when the mask labels subtypes (1–5, LABELS index); False: 1 = blood of unknown subtype."""
+    """True when the mask labels subtypes (1–5, LABELS index; a detector's: its class's smallest, see
+    `mask_classes`); False: 1 = blood of unknown subtype."""
     m = self.members.get(self.outputs.get("mask"))
-    return m is not None and m.role == "segmentation" and m.task.maps == "subtypes"
+    return m is not None and (m.role == "detector" or (m.role == "segmentation" and m.task.maps == "subtypes"))
+
+  @property
+  def mask_classes(self) -> tuple[tuple[str, ...], ...] | None:
+    """A detector mask's classes (groups of subtypes; its label map holds each group's smallest LABELS index,
+    ich_jax.train.detection), or None: the mask labels single subtypes, or blood."""
+    m = self.members.get(self.outputs.get("mask"))
+    return m.task.classes if m is not None and m.role == "detector" else None
+
+  @property
+  def detector(self) -> Member | None:
+    """The member whose boxes the bundle outputs (`outputs.detections`), or None."""
+    return self.members.get(self.outputs.get("detections"))
 
   @property
   def predicts_subtypes(self) -> bool:
     """False when every probability member is a blood-only segmentation (its subtype columns repeat "any")."""
-    return any(m.role in ("classifier", "sequence") or (m.role == "segmentation" and m.task.maps == "subtypes")
+    return any(m.role in ("classifier", "sequence", "detector")
+               or (m.role == "segmentation" and m.task.maps == "subtypes")
                for m in (self.members[n] for n in self.outputs["probabilities"]["members"]))
 
   def warm_up(self, batch_size: int, *, gradcam_batch: int = 0) -> None:
@@ -63,7 +77,8 @@ class Bundle:
 
   def describe(self) -> list[dict]:
     return [{"name": m.name, "role": m.role, "model": m.entry["model"]["name"], "inputs": m.entry["inputs"],
-             "image_size": m.plan.image_size if m.plan else None, "window": window(m.entry)}
+             "image_size": m.plan.image_size if m.plan else None, "window": window(m.entry),
+             **({"classes": [list(g) for g in m.task.classes]} if m.role == "detector" else {})}
             for m in self.members.values()]
 
   # --- The per-slice model call -----------------------------------------------------------------
@@ -73,7 +88,8 @@ class Bundle:
 
     The one place a slice model is called, through its task: the task's
     `predict` outputs (probabilities [B, 6]; segmentation also pred_mask
-    [B, H, W]), plus `features` [B, F] for classifiers feeding a sequence model
+    [B, H, W]; a detector also pred_mask and det_boxes [B, D, 4], det_scores
+    [B, D], det_classes [B, D]), plus `features` [B, F] for classifiers feeding a sequence model
     and `maps` [B, H, W] float16 for segmentation members feeding a weight
     model. A segmentation member trained on windows (manifest task `patch` >
     0, seed 002's patch U-Net) sees the slice as its training run's evaluation
@@ -171,7 +187,10 @@ class Bundle:
     """Every member on the study's preprocessed slices (`preprocess`) → the bundle's outputs.
 
     Returns {"probabilities": [S, 6] float32 (outputs.probabilities), "members": {name: outputs},
-    and "pred_mask" [S, h, w] uint8 at the mask member's input size when the bundle predicts masks}.
+    "pred_mask" [S, h, w] uint8 at the mask member's input size when the bundle predicts masks, and
+    "detections" when it detects: {"boxes" [S, D, 4] (y1, x1, y2, x2, pixel edges of the detector's h × w
+    input), "scores" [S, D] (0: padding), "classes" [S, D] (index into `detector.task.classes`, -1: padding),
+    "input_shape" (h, w)}}.
     """
     n = len(z_positions)
     bar = None
@@ -182,7 +201,7 @@ class Bundle:
     results: dict[str, dict] = {}
     try:
       for m in self.members.values():
-        if m.role in ("classifier", "segmentation"):
+        if m.role in ("classifier", "segmentation", "detector"):
           results[m.name] = self._batched(m, {"image": images[m.plan]}, n, batch_size, bar)
         elif m.role == "ensemble_weights":
           results[m.name] = self._ensemble_outputs(m, results, images[m.plan], n, batch_size, bar)
@@ -202,6 +221,10 @@ class Bundle:
            "members": results}
     if self.has_mask:
       out["pred_mask"] = results[self.outputs["mask"]]["pred_mask"].astype(np.uint8)
+    if self.detector is not None:
+      r, size = results[self.detector.name], self.detector.plan.image_size
+      out["detections"] = {"boxes": r["det_boxes"].astype(np.float32), "scores": r["det_scores"].astype(np.float32),
+                           "classes": r["det_classes"].astype(np.int32), "input_shape": (size, size)}
     return out
 
   def gradcam(self, images: Mapping, rows: Sequence[int], class_index: int = 0, *, batch: int) -> np.ndarray | None:

@@ -40,8 +40,9 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
   (`evaluate.select_checkpoint`, seed 002's best validation Jaccard), else its
   newest. A member keeps its run's task config, so a U-Net trained on windows
   (`task.patch`, `task.stride`) predicts stitched, as its evaluation did.
-  Outputs: the run's own probabilities; its mask if it segments; Grad-CAM from
-  the first classifier member.
+  Outputs: the run's own probabilities; its mask if it segments or detects
+  (a detector's mask is the label map of its instance masks); its boxes if it
+  detects; Grad-CAM from the first classifier member.
   """
   workdir = pathlib.Path(workdir)
   out = pathlib.Path(out) if out is not None else workdir / "bundle"
@@ -78,7 +79,8 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
   classifiers = [n for n, r in roles.items() if r == "classifier"]
   outputs = {"probabilities": {"combine": "mean", "members": [top]},
              "mask": top if roles[top] in MASK_ROLES else None,
-             "gradcam": classifiers[0] if classifiers else None}
+             "gradcam": classifiers[0] if classifiers else None,
+             "detections": top if roles[top] == "detector" else None}
   if jax.process_index() == 0:
     write(out, members, outputs, threshold=float(config.eval.threshold),
                  meta={"exported_from": str(workdir.absolute()), "model": config.model.name, "task": config.task.name},

@@ -18,9 +18,10 @@ FORMAT = "ich-jax-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
 ROLES = {"multilabel_classification": "classifier", "segmentation": "segmentation",
-         "sequence_classification": "sequence", "ensemble": "ensemble_weights"}
-SLICE_ROLES = ("classifier", "segmentation", "ensemble_weights")   # members that read preprocessed slices
-MASK_ROLES = ("segmentation", "ensemble_weights")
+         "sequence_classification": "sequence", "ensemble": "ensemble_weights", "detection": "detector"}
+# Members that read preprocessed slices; members whose `pred_mask` a bundle may output.
+SLICE_ROLES = ("classifier", "segmentation", "ensemble_weights", "detector")
+MASK_ROLES = ("segmentation", "ensemble_weights", "detector")
 DATA_FIELDS = ("image_size", "recipe", "intensity", "clip_range", "clip_out_range")
 
 
@@ -136,7 +137,9 @@ def check_outputs(members: Sequence[Mapping], outputs: Mapping) -> None:
     if name not in seen:
       raise BundleError(f"outputs.probabilities names {name!r}, not a member ({sorted(seen)})")
   if outputs.get("mask") is not None and seen.get(outputs["mask"]) not in MASK_ROLES:
-    raise BundleError(f"outputs.mask={outputs['mask']!r} is not a segmentation or ensemble_weights member")
+    raise BundleError(f"outputs.mask={outputs['mask']!r} is not a segmentation, ensemble_weights or detector member")
+  if outputs.get("detections") is not None and seen.get(outputs["detections"]) != "detector":
+    raise BundleError(f"outputs.detections={outputs['detections']!r} is not a detector member")
   if outputs.get("gradcam") is not None and seen.get(outputs["gradcam"]) != "classifier":
     raise BundleError(f"outputs.gradcam={outputs['gradcam']!r} is not a classifier member")
 
@@ -154,7 +157,7 @@ def write(directory, members: Sequence[tuple[dict, dict]], outputs: Mapping, *, 
                       inputs=[p for p in inputs if _is_bundle(p)])
   entries = [e for e, _ in members]
   outputs = {"probabilities": dict(outputs["probabilities"]), "mask": outputs.get("mask"),
-             "gradcam": outputs.get("gradcam")}
+             "gradcam": outputs.get("gradcam"), "detections": outputs.get("detections")}
   check_outputs(entries, outputs)
   threshold = float(threshold)
   if not 0.0 < threshold < 1.0:

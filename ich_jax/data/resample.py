@@ -90,9 +90,19 @@ def resize(example: dict, image_size: int) -> dict:
     out["pixel_spacing"] = resized_spacing(example["pixel_spacing"], (h, w), image_size)
   if "boxes" in example:
     # CQ500's BHX boxes (row0, col0, row1, col1 in stored pixels) follow the image.
-    out["boxes"] = (np.asarray(example["boxes"], np.float32)
-                    * np.array([image_size / h, image_size / w] * 2, np.float32))
+    out["boxes"] = scale_boxes(example["boxes"], (h, w), (image_size, image_size)).astype(np.float32)
   return out
+
+
+def scale_boxes(boxes, from_shape: tuple[int, int], to_shape: tuple[int, int]) -> np.ndarray:
+  """Boxes [..., 4] (y1, x1, y2, x2 on pixel edges) of an [H, W] slice → the same boxes once the slice is
+  resized to `to_shape` (float64).
+
+  Exact for `resize`'s half-pixel-centre grid: pixel edge e of H maps to edge e·H'/H, whichever way the
+  resize goes, so a detector's boxes on its input map back to the stored slice by the inverse ratio.
+  """
+  factor = np.array([to_shape[0] / from_shape[0], to_shape[1] / from_shape[1]] * 2)
+  return np.asarray(boxes, np.float64) * factor
 
 
 def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:

@@ -62,7 +62,7 @@ def check_classes(classes: Classes) -> list[tuple[str, ...]]:
   return out
 
 
-def _class_lut(groups: list[tuple[str, ...]]) -> np.ndarray:
+def class_lut(groups: list[tuple[str, ...]]) -> np.ndarray:
   """LABELS index → class index (-1: no blood, or a subtype in no class); reads masks and predicted maps alike."""
   lut = np.full(len(LABELS), -1, np.int8)
   for c, group in enumerate(groups):
@@ -139,7 +139,7 @@ def _study_truth(preds, groups, study_ids: np.ndarray) -> tuple[np.ndarray, np.n
       ml[:, 0] = M.scan_scores(np.asarray(preds["study_blood_ml"], np.float64), study_of_row)[1]
     return pos, ml, "labels"
   mask = _label_map(preds, "mask")
-  lut = _class_lut(groups)
+  lut = class_lut(groups)
   ml = np.zeros((len(study_ids), 1 + len(groups)))
   for rows in volumes.series_rows(preds)[1]:
     spacing = volumes.series_spacing(preds, rows)
@@ -359,7 +359,7 @@ def box_ap(preds: Mapping[str, np.ndarray], classes: Classes, *, iou_threshold: 
   groups = check_classes(classes)
   boxes, scores, det_class = _detections(preds)
   refs = _mask_references(_label_map(preds, "mask"))
-  lut = _class_lut(groups)
+  lut = class_lut(groups)
   ref_class = [lut[sub] for _, sub in refs]
   out: dict = {}
   n_ref: dict[str, int] = {}
@@ -383,7 +383,7 @@ def _series_table(preds, groups) -> dict[str, np.ndarray]:
   mask, pred = _label_map(preds, "mask"), _label_map(preds, "pred_mask")
   if pred.shape != mask.shape:
     raise ValueError(f"pred_mask shape {pred.shape} != mask shape {mask.shape}")
-  lut = _class_lut(groups)
+  lut = class_lut(groups)
   ids, rows_of = volumes.series_rows(preds)
   shape = (len(ids), len(groups))
   t = {"reference_ml": np.zeros(shape), "predicted_ml": np.zeros(shape), "dice": np.full(shape, np.nan),

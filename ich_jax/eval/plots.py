@@ -87,10 +87,27 @@ def volume_scatter(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str
   return path
 
 
+BOX_COLOR = (1.0, 0.9, 0.0)   # a detector's boxes: yellow, apart from the red mask and the jet heat map
+
+
+def outline(rgb: np.ndarray, box, color) -> np.ndarray:
+  """Draws box (y1, x1, y2, x2, pixel edges) as a 1-pixel outline on the pixels it covers, in place, clipped
+  to the image; returns `rgb` [h, w, 3]."""
+  h, w = rgb.shape[:2]
+  top, left = int(np.clip(np.floor(box[0]), 0, h - 1)), int(np.clip(np.floor(box[1]), 0, w - 1))
+  bottom, right = int(np.clip(np.ceil(box[2]) - 1, 0, h - 1)), int(np.clip(np.ceil(box[3]) - 1, 0, w - 1))
+  color = np.asarray(color, rgb.dtype)
+  rgb[[top, bottom], left:right + 1] = color
+  rgb[top:bottom + 1, [left, right]] = color
+  return rgb
+
+
 def study_overview(tiles: Sequence[Mapping], path: str | pathlib.Path, *, title: str = "",
                    overlay_label: str = "") -> pathlib.Path:
   """A montage of slices, each {"image": [h, w] in [0, 1] (brain window), "overlay": [h, w] or None,
-  "kind": "heat" (a Grad-CAM, scaled to its maximum) or "mask" (non-zero = blood), "caption": str}.
+  "kind": "heat" (a Grad-CAM, scaled to its maximum) or "mask" (non-zero = blood), "caption": str, and
+  optionally "boxes": [{"box": (y1, x1, y2, x2) in the tile's pixel edges, "label": str}] (a detector's,
+  outlined with the label above)}.
 
   At most three per row, every tile the first one's size. The overlay is blended where it is non-zero
   (heat: above a fifth of its maximum), so the anatomy stays readable under it. The montage is composed as
@@ -120,6 +137,8 @@ def study_overview(tiles: Sequence[Mapping], path: str | pathlib.Path, *, title:
         heat = overlay / peak if peak > 0 else overlay
         where, color, alpha = heat > 0.2, jet(heat)[..., :3].astype(np.float32), 0.4
       rgb = np.where(where[..., None], (1 - alpha) * rgb + alpha * color, rgb)
+    for b in tile.get("boxes") or ():
+      outline(rgb, b["box"], BOX_COLOR)
     y = top + r * (h + band) + band
     canvas[y:y + h, c * w:(c + 1) * w] = rgb
   fig = _figure((canvas.shape[1] / 100, canvas.shape[0] / 100))
@@ -129,6 +148,10 @@ def study_overview(tiles: Sequence[Mapping], path: str | pathlib.Path, *, title:
     r, c = divmod(i, cols)
     fig.text((c * w + w / 2) / canvas.shape[1], 1 - (top + r * (h + band) + 3) / height, tile.get("caption", ""),
              ha="center", va="top", fontsize=8, color="white")
+    for b in tile.get("boxes") or ():
+      y1, x1 = max(b["box"][0], 0.0), max(b["box"][1], 0.0)
+      fig.text((c * w + x1) / canvas.shape[1], 1 - (top + r * (h + band) + band + y1 - 1) / height, b["label"],
+               ha="left", va="bottom", fontsize=7, color=BOX_COLOR)
   if title or overlay_label:
     fig.text(0.5, 1 - 4 / height, " · ".join(t for t in (title, overlay_label) if t), ha="center", va="top",
              fontsize=9, color="white")

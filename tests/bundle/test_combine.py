@@ -1,4 +1,5 @@
-"""Ensembles of bundles: two classifiers averaged, member by member, loaded from the bundle alone."""
+"""Ensembles of bundles: two classifiers averaged, member by member, loaded from the bundle alone; a detector's
+mask and boxes beside a classifier's probabilities."""
 import numpy as np
 import pytest
 
@@ -40,3 +41,16 @@ def test_combined_bundle_averages_its_classifiers(runs, tmp_path):
   np.testing.assert_allclose(got["probabilities"], (one + other) / 2, rtol=1e-6)
   with pytest.raises(bundle_lib.BundleError, match="predicts no mask"):
     bundle_lib.combine(tmp_path / "x", average=[src], mask=src)
+
+
+def test_a_detector_bundle_gives_a_combined_bundle_its_mask_and_boxes(runs, detection_run, tmp_path):
+  from ich_jax.bundle import format as bundle_format
+
+  bundle_lib.combine(tmp_path / "both", average=[runs["root"] / "cls_bundle"], mask=detection_run["bundle"].directory,
+                     threshold=0.5)
+  both = bundle_lib.load(tmp_path / "both")
+  assert both.outputs == {"probabilities": {"combine": "mean", "members": ["0.cls"]}, "mask": "1.det",
+                          "gradcam": "0.cls", "detections": "1.det"}
+  assert both.mask_subtypes and both.mask_classes == detection_run["bundle"].mask_classes
+  with pytest.raises(bundle_lib.BundleError, match="outputs.detections='0.cls' is not a detector member"):
+    bundle_format.check_outputs(both.manifest["members"], {**both.outputs, "detections": "0.cls"})

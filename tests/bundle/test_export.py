@@ -1,4 +1,5 @@
-"""A run folder's bundle: seed 003's cascade exported as one bundle, its input runs brought along as members."""
+"""A run folder's bundle: seed 003's cascade exported as one bundle, its input runs brought along as members; seed
+001's detector exported with its classes, boxes and instance-mask label map."""
 import shutil
 
 import jax
@@ -58,3 +59,37 @@ def test_seed003_cascade_exports_as_one_bundle_and_predicts_as_its_stages_were_t
   got = cascade.predict(cascade.preprocess(records), p.z_positions_mm, batch_size=8)
   np.testing.assert_allclose(got["probabilities"], stage, rtol=1e-5, atol=1e-6)
   assert not np.allclose(got["members"]["seq_gru_1"]["probabilities"], got["probabilities"], atol=1e-3)
+
+
+def _phantom_records(p):
+  # The detection task's evaluation input carries instance targets (data.instances): an empty mask gives none.
+  return [{"image": p.hu[i], "mask": np.zeros(p.hu[i].shape, np.uint8), "series_id": b"s", "study_id": b"s",
+           "slice_index": i} for i in range(len(p.hu))]
+
+
+def test_a_detection_run_exports_a_bundle_that_detects_as_its_checkpoint_evaluates(detection_run):
+  from ich_jax.train.detection import PAPER_CLASSES
+
+  det = detection_run["bundle"]
+  assert [(m["name"], m["role"], m["model"], m["image_size"], m["classes"]) for m in det.describe()] == [
+      ("det", "detector", "hybrid_maskrcnn", 64, [list(g) for g in PAPER_CLASSES])]
+  assert det.outputs == {"probabilities": {"combine": "mean", "members": ["det"]}, "mask": "det", "gradcam": None,
+                         "detections": "det"}
+  assert det.has_mask and det.mask_subtypes and det.predicts_subtypes and det.threshold == 0.1
+  assert det.mask_classes == PAPER_CLASSES and det.detector.task.classes == PAPER_CLASSES
+  # Everything the task predicts, equal to the checkpoint's predictions through the evaluation loop.
+  p = make_phantom(20)
+  records = _phantom_records(p)
+  exp, state, _ = loop.restore_for_eval(detection_run["config"], detection_run["run"])
+  expected = loop.predict_split(exp, state, series_index.SeriesSource(records), batch_size=16)
+  got = det.predict(det.preprocess(records), p.z_positions_mm, batch_size=8)
+  for key in ("probabilities", "pred_mask", "det_boxes", "det_scores", "det_classes"):
+    np.testing.assert_array_equal(got["members"]["det"][key], expected[key], err_msg=key)
+  d = got["detections"]
+  assert d["input_shape"] == (64, 64)
+  np.testing.assert_array_equal(d["boxes"], expected["det_boxes"])
+  np.testing.assert_array_equal(d["scores"], expected["det_scores"])
+  np.testing.assert_array_equal(d["classes"], expected["det_classes"])
+  np.testing.assert_array_equal(got["pred_mask"], expected["pred_mask"])
+  # Untrained at a 0.1 threshold (tests/conftest.py): boxes to list and masks pasted, so what follows checks content.
+  assert (d["scores"] >= det.threshold).any() and got["pred_mask"].any()

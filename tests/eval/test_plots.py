@@ -65,3 +65,29 @@ def test_study_overview_lays_out_tiles_three_to_a_row(tmp_path):
   np.testing.assert_allclose(tile(3)[20, 25], [64, 64, 64], atol=2)
   # The sixth place of the second row stays empty (black).
   assert not rgb[top + h + band:, 2 * w:].any()
+
+
+def test_detector_boxes_are_outlined_on_their_tile(tmp_path):
+  rgb = np.zeros((8, 10, 3), np.float32)
+  plots.outline(rgb, (2.0, 1.5, 5.0, 4.0), (1.0, 1.0, 0.0))
+  # Pixel edges 2..5 × 1.5..4: rows 2–4, columns 1–3 (every pixel the box touches), one pixel wide.
+  drawn = rgb[..., 0] > 0
+  expected = np.zeros((8, 10), bool)
+  expected[[2, 4], 1:4] = expected[2:5, [1, 3]] = True
+  np.testing.assert_array_equal(drawn, expected)
+  assert (rgb[drawn] == [1, 1, 0]).all() and not rgb[~drawn].any()
+  plots.outline(rgb, (-3.0, 6.0, 20.0, 30.0), (0.0, 0.0, 1.0))   # past the edge: clipped to the last pixels
+  assert rgb[0, 6:, 2].all() and rgb[7, 6:, 2].all() and rgb[:, 9, 2].all() and rgb[:, 6, 2].all()
+
+  h, w, band, top = 40, 50, 34, 22
+  tiles = [{"image": np.zeros((h, w)), "overlay": None, "caption": "slice 0",
+            "boxes": [{"box": (10.0, 5.0, 20.0, 25.0), "label": "EDH/SDH 0.91"}]},
+           {"image": np.zeros((h, w)), "overlay": None, "caption": "slice 1", "boxes": []}]
+  path = plots.study_overview(tiles, tmp_path / "overview.png", title="study")
+  got = np.asarray(Image.open(path).convert("RGB")).astype(int)
+  first = got[top + band:top + band + h, :w]
+  np.testing.assert_allclose(first[10, 5:25], np.tile([255, 230, 0], (20, 1)), atol=2)   # BOX_COLOR
+  np.testing.assert_allclose(first[15, 24], [255, 230, 0], atol=2)
+  np.testing.assert_array_equal(first[15, 10:20], np.zeros((10, 3)))     # the inside is left as it was
+  # No boxes, nothing drawn (below the rows the first tile's label may run into).
+  assert not got[top + band + 12:top + band + h, w:2 * w].any()
