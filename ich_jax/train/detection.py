@@ -293,25 +293,41 @@ class Detection(tasks.Task):
     return (jnp.where(real[:, None], bx[idx][safe], 0.0), jnp.where(real, top[safe], 0.0),
             jnp.where(real, cls[idx][safe], -1).astype(jnp.int32))
 
-  def detect(self, model, image) -> dict[str, jax.Array]:
-    anchors = self._check_model(model, image)
-    shape = image.shape[1:3]
-    pyramid = model.pyramid(image)
+  # Inference in its stages (benchmarks/detection.py times each): backbone (model.pyramid), proposals,
+  # box head with its NMS, mask head with the pasting.
+
+  def inference_proposals(self, model, pyramid, shape) -> tuple[jax.Array, jax.Array]:
+    """The RPN's top `rpn_post_nms_test` proposals after NMS: boxes [B, P, 4], valid [B, P]."""
+    anchors = jnp.asarray(maskrcnn.anchors_for(shape, self.anchor_scales, self.anchor_ratios))
     logits, deltas = model.rpn(pyramid)
-    props, ok = jax.vmap(lambda lg, dl: proposals(
+    return jax.vmap(lambda lg, dl: proposals(
         anchors, lg, dl, shape, pre_nms=self.rpn_pre_nms_test, post_nms=self.rpn_post_nms_test,
         nms_threshold=self.rpn_nms))(logits.astype(jnp.float32), deltas.astype(jnp.float32))
+
+  def boxes_of(self, model, pyramid, props, ok, shape) -> dict[str, jax.Array]:
+    """Box head on the proposals: class_max [B, K] and the kept detections (class-aware NMS)."""
     cls_logits, box_deltas = model.box_head(pyramid, props)
     prob = jax.nn.softmax(cls_logits.astype(jnp.float32), axis=-1)
     class_max = (prob[..., 1:] * ok[..., None]).max(axis=1)  # [B, K]
     det_boxes, det_scores, det_classes = jax.vmap(lambda p, o, pr, d: self._detect_one(p, o, pr, d, shape))(
         props, ok, prob, box_deltas.astype(jnp.float32))
+    return {"class_max": class_max, "det_boxes": det_boxes, "det_scores": det_scores, "det_classes": det_classes}
+
+  def masks_of(self, model, pyramid, det_boxes, det_classes, shape) -> jax.Array:
+    """Mask head on the detections, pasted on the image: probabilities [B, D, H, W]."""
     mask_logits = model.mask_head(pyramid, det_boxes).astype(jnp.float32)  # [B, D, s, s, K]
     mask_prob = jax.nn.sigmoid(jnp.take_along_axis(
         mask_logits, jnp.maximum(det_classes, 0)[:, :, None, None, None], axis=-1)[..., 0])
-    pasted = jax.vmap(lambda mk, bx: paste_masks(mk, bx, shape))(mask_prob, det_boxes)  # [B, D, H, W]
-    return {"class_max": class_max, "det_boxes": det_boxes, "det_scores": det_scores, "det_classes": det_classes,
-            "pasted": pasted}
+    return jax.vmap(lambda mk, bx: paste_masks(mk, bx, shape))(mask_prob, det_boxes)
+
+  def detect(self, model, image) -> dict[str, jax.Array]:
+    self._check_model(model, image)
+    shape = image.shape[1:3]
+    pyramid = model.pyramid(image)
+    props, ok = self.inference_proposals(model, pyramid, shape)
+    out = self.boxes_of(model, pyramid, props, ok, shape)
+    out["pasted"] = self.masks_of(model, pyramid, out["det_boxes"], out["det_classes"], shape)
+    return out
 
   def label_map(self, pasted, det_scores, det_classes) -> jax.Array:
     """uint8 [B, H, W]: the LABELS index of the best-scoring covering detection's class (module doc)."""
