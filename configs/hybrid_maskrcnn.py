@@ -122,10 +122,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.optimizer.plateau_patience = 3
     c.eval.batch_size = 16
     c.eval.n_boot = 200
+    # Side by side in the report, on the same held-out studies (`ich_jax.eval.compare`; small256 holds
+    # the quickstart's phantoms at 256): the quickstart CNN, and the other of the 3D / 2D pair. A run
+    # not found is listed as such; the paths are the README's and docs/experiments.md's workdirs.
+    c.eval.compare_with = {"quickstart CNN": "runs/quickstart", "2D ablation": "runs/maskrcnn_2d"}
     if a.cpu_2d:
       # The 2D ablation: the centre slice alone, the same network with a one-slice 3D arm.
       c.data.recipe = ((0, 0, 480),)
       c.model.options.num_slices = 1
+      c.eval.compare_with = {"quickstart CNN": "runs/quickstart", "3D (5 slices)": "runs/maskrcnn_cpu"}
 
   if a.smoke:
     c.dataset.config = "tiny"

@@ -6,9 +6,15 @@ its label the max of its slices' labels, its size bin from the study's total
 blood volume (the bins of `ich_jax.size_bin`). Each row puts the studies with
 that hemorrhage (and size) against every study without blood, as the
 evaluation report's strata do, so a detector and a classifier are compared on
-exactly the same cases: the studies every run predicted (joined on study_id),
-with their labels checked to agree. DeLong's test (paired, same studies)
-compares each run with the first.
+exactly the same cases: the studies every run predicted, with their labels
+checked to agree. DeLong's test (paired, same studies) compares each run with
+the first.
+
+Studies are joined on study_id; runs that share none (the phantom builds
+give each resolution its own UIDs: `small` and `small256` hold the same
+phantoms) are joined on the study's content instead: patient_id, its number
+of slices and its first z position, which a rendering at another in-plane
+resolution keeps. The output says which ("joined_on").
 
 `compare_runs` takes per-slice predictions by run name; `compare_workdirs`
 reads run folders (a run with no predictions is listed as missing, never
@@ -30,28 +36,61 @@ from ich_jax.eval.prediction_files import read_predictions
 SMALL_BINS = ("punctate", "small")
 
 
+def _content_keys(preds: Mapping[str, np.ndarray], study: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+  """Per study (in `ids` order): "patient|slices|first z", or None when the predictions lack the fields."""
+  if "patient_id" not in preds or "z_position" not in preds:
+    return None
+  patient = np.asarray(preds["patient_id"]).astype(str)
+  z = np.asarray(preds["z_position"], np.float64)
+  keys = []
+  for s in ids:
+    rows = study == s
+    keys.append(f"{patient[rows][0]}|{int(rows.sum())}|{z[rows].min():.1f}")
+  return np.array(keys)
+
+
 def study_scores(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Per study: id, labels [S, 6] (max slice), scores [S, 6] (max slice) and blood volume (mL, NaN if unknown)."""
+  """Per study: id, labels [S, 6] (max slice), scores [S, 6] (max slice), blood volume (mL, NaN if unknown)
+  and the content key of the module doc (None without patient_id and z_position)."""
   study = np.asarray(preds["study_id"]).astype(str)
   ids, scores = M.scan_scores(np.asarray(preds["probabilities"], np.float64), study)
   _, labels = M.scan_scores(np.asarray(preds["labels"], np.float64), study)
   ml = (M.scan_scores(np.asarray(preds["study_blood_ml"], np.float64), study)[1] if "study_blood_ml" in preds
         else np.full(len(ids), np.nan))
-  return {"study_id": np.asarray(ids).astype(str), "labels": labels > 0.5, "scores": scores, "blood_ml": ml}
+  ids = np.asarray(ids).astype(str)
+  return {"study_id": ids, "labels": labels > 0.5, "scores": scores, "blood_ml": ml,
+          "content": _content_keys(preds, study, ids)}
 
 
-def _join(studies: Mapping[str, dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """The studies every run predicted (sorted ids) and each run's row order on them; labels must agree."""
+def _common(studies: Mapping[str, dict], field: str) -> set:
   names = list(studies)
-  common = set(studies[names[0]]["study_id"])
+  common = set(studies[names[0]][field])
   for name in names[1:]:
-    common &= set(studies[name]["study_id"])
+    common &= set(studies[name][field])
+  return common
+
+
+def _join(studies: Mapping[str, dict]) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
+  """The studies every run predicted (sorted keys), each run's row order on them and the key joined on;
+  labels must agree."""
+  names = list(studies)
+  field = "study_id"
+  common = _common(studies, field)
+  if not common and all(studies[n]["content"] is not None for n in names):
+    field = "content"
+    for name in names:
+      keys = studies[name]["content"]
+      if len(set(keys)) != len(keys):
+        raise ValueError(f"run {name!r}: two studies share patient, slice count and first z; cannot join "
+                         "runs without common study_id")
+    common = _common(studies, field)
   if not common:
-    raise ValueError(f"runs {names} share no study_id: they were not evaluated on the same studies")
+    raise ValueError(f"runs {names} share no study_id (nor patient_id, slice count and first z): they were "
+                     "not evaluated on the same studies")
   ids = np.array(sorted(common))
   order = {}
   for name in names:
-    index = {s: i for i, s in enumerate(studies[name]["study_id"])}
+    index = {s: i for i, s in enumerate(studies[name][field])}
     order[name] = np.array([index[s] for s in ids])
   first = studies[names[0]]["labels"][order[names[0]]]
   for name in names[1:]:
@@ -61,7 +100,7 @@ def _join(studies: Mapping[str, dict]) -> tuple[np.ndarray, dict[str, np.ndarray
       raise ValueError(f"runs {names[0]!r} and {name!r} disagree on the labels of study {str(ids[bad[0]])!r} "
                        f"({first[bad[0]].astype(int).tolist()} vs {other[bad[0]].astype(int).tolist()}) "
                        f"and {bad.size - 1} more: not the same data")
-  return ids, order
+  return ids, order, ("study_id" if field == "study_id" else "patient_id, slice count, first z")
 
 
 def compare_runs(preds_by_run: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
@@ -74,7 +113,7 @@ def compare_runs(preds_by_run: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
     raise ValueError("compare_runs needs at least one run")
   studies = {name: study_scores(p) for name, p in preds_by_run.items()}
   names = list(studies)
-  ids, order = _join(studies)
+  ids, order, joined_on = _join(studies)
   first = names[0]
   y = studies[first]["labels"][order[first]]
   ml = studies[first]["blood_ml"][order[first]]
@@ -100,7 +139,7 @@ def compare_runs(preds_by_run: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
         if name != first:
           row["p_value"][name] = M.delong_test(pos[keep], scores[first][keep, c], scores[name][keep, c])["p_value"]
       rows.append(row)
-  return {"runs": names, "n_studies": len(ids), "rows": rows}
+  return {"runs": names, "n_studies": len(ids), "joined_on": joined_on, "rows": rows}
 
 
 def compare_workdirs(this_run: Mapping[str, np.ndarray], others: Mapping[str, str | pathlib.Path], *,
@@ -131,7 +170,7 @@ def format_comparison(m: Mapping, *, heading: str = "## Side by side on the same
            f"Study-level AUC on the {m['n_studies']} held-out studies every run predicted (a study's score: its "
            "most probable slice). Each row's studies with that hemorrhage against every study without blood; size "
            "by the study's total blood volume (punctate < 0.01, small 0.01–5, medium 5–25, large > 25 mL). "
-           f"p: DeLong's test against {first!r} on the same studies.", ""]
+           f"p: DeLong's test against {first!r} on the same studies. Joined on {m['joined_on']}.", ""]
   for name, folder in m.get("folders", {}).items():
     state = "not found: run it first, or set config eval.compare_with" if name in m.get("missing", {}) else "read"
     lines.append(f"- {name}: `{folder}` ({state})")

@@ -74,3 +74,20 @@ def test_other_data_is_refused_and_missing_runs_are_listed(tmp_path):
   assert _row(m, "any", "all")["auc"]["cnn"] == pytest.approx(7 / 12)
   text = "\n".join(compare.format_comparison(m))
   assert f"`{tmp_path / 'nothing'}` (not found" in text
+
+
+def test_runs_on_other_renderings_of_the_same_studies_join_on_patient_and_z():
+  """small and small256 hold the same phantoms under different UIDs: joined on patient, slice count and z."""
+  a = _run([0.1, 0.2, 0.3, 0.9, 0.8, 0.7, 0.25])
+  b = _run([0.1, 0.2, 0.3, 0.15, 0.8, 0.7, 0.05])
+  for run, uid in ((a, "1.2.3."), (b, "9.8.7.")):
+    run["patient_id"] = np.char.add("p", np.char.mod("%d", np.repeat(np.arange(7) // 2, 2)))  # two studies each
+    run["z_position"] = np.tile([0.0, 5.0], 7) + np.repeat(np.arange(7) % 2 * 100.0, 2)
+    run["study_id"] = np.char.add(uid, run["study_id"])
+  b = {k: v[::-1] for k, v in b.items()}
+  m = compare.compare_runs({"det": a, "cnn": b})
+  assert m["joined_on"] == "patient_id, slice count, first z" and m["n_studies"] == 7
+  assert _row(m, "any", "all")["auc"]["cnn"] == pytest.approx(7 / 12)
+  b["z_position"] = b["z_position"] + 1.0     # other slices: nothing in common
+  with pytest.raises(ValueError, match="share no study_id"):
+    compare.compare_runs({"det": a, "cnn": b})
