@@ -108,8 +108,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.experiment.sequence_folds = sequence.NUM_FOLDS   # seed 003 §2: 10-fold for both sequence models
   c.experiment.only = ()               # stage names or folder prefixes to run alone ("densenet121/")
 
-  # Per backbone: the registered model and its options.
-  c.backbones = ConfigDict({name: ConfigDict({"name": name, "options": ConfigDict()})
+  # Per backbone: the registered model, its options and its ImageNet weights. Seed 003's public code fine-tunes
+  # Cadene's se_resnext101_32x4d and torchvision's DenseNets (lr 5e-4, 10 epochs is a fine-tuning recipe);
+  # no file can be fetched by ich-jax, so `pretrained` names none: set it to the downloaded file, e.g.
+  #   --config.backbones.densenet121.pretrained=/weights/densenet121.tv_in1k.safetensors
+  # (timm's densenet121.tv_in1k, densenet169.tv_in1k, legacy_seresnext101_32x4d.in1k model.safetensors, or the
+  # torchvision / Cadene .pth files: docs/models.md, "Pretrained weights"). Without it a run on real data says
+  # loudly that it trains from scratch. The public code normalises every channel with mean 0.456, std 0.224
+  # (2DCNN dataset.py, albumentations.Normalize): "seed003", applied with or without pretrained weights.
+  c.backbones = ConfigDict({name: ConfigDict({"name": name, "options": ConfigDict(), "pretrained": None,
+                                              "pretrained_preprocessing": "seed003", "first_conv_rule": "mean"})
                             for name in c.experiment.backbones})
 
   c.cnn = _cnn(a.neighbours)

@@ -42,7 +42,19 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.experiment.backbones = ("densenet121", "inception_resnet_v2", "mobilenet_v2", "vgg19")
   c.experiment.annotations = ("weak", "strong")
   c.experiment.only = ()
-  c.backbones = ConfigDict({name: ConfigDict({"name": name, "options": ConfigDict()})
+  # Per backbone: seed 000's code is Keras, so its four are keras.applications' networks (DenseNet121 and
+  # MobileNetV2 as options.variant "keras": Keras's padding and BatchNorm constants). The paper does not say
+  # whether they start from ImageNet weights, and its 4-channel input is not what Keras's ImageNet weights
+  # take, so `pretrained` is None (from scratch, said loudly on real data). To fine-tune, set it to the
+  # keras.applications .h5 file (or timm's safetensors, with variant "torchvision") and its preprocessing:
+  #   --config.backbones.vgg19.pretrained=/weights/vgg19_weights_tf_dim_ordering_tf_kernels.h5
+  #   --config.backbones.vgg19.pretrained_preprocessing=keras_caffe
+  # (densenet121: keras_torch; inception_resnet_v2, mobilenet_v2: keras_tf). The first convolution's RGB
+  # kernel becomes 4 channels by rule "mean" (docs/models.md, "Pretrained weights").
+  keras = {"densenet121": {"variant": "keras"}, "mobilenet_v2": {"variant": "keras"}}
+  c.backbones = ConfigDict({name: ConfigDict({"name": name, "options": ConfigDict(keras.get(name, {})),
+                                              "pretrained": None, "pretrained_preprocessing": None,
+                                              "first_conv_rule": "mean"})
                             for name in c.experiment.backbones})
 
   # One run (both annotations; the strong arm adds c.strong).

@@ -63,7 +63,7 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
     exp, state, step = loop.restore_for_eval(cfg, run, evaluate.selected_step(run))
     data = loop.input_module(cfg)
     model = {"name": cfg.model.name, "num_classes": int(cfg.model.get("num_classes", len(LABELS))),
-             "in_channels": int(data.in_channels(cfg)), "options": cfg.model.get("options", {})}
+             "in_channels": int(data.in_channels(cfg)), "options": loop.model_options(cfg)}
     role = ROLES.get(cfg.task.name)
     name = _member_name(run, set(names.values()))
     entry, arrays, _ = member_entry(

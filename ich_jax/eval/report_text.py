@@ -85,6 +85,8 @@ def _header(m: Mapping, title: str) -> list[str]:
   meta = [f"{k}: {m[k]}" for k in ("dataset", "split", "step", "source") if m.get(k) is not None]
   if meta:
     lines += ["; ".join(meta), ""]
+  if m.get("initial_weights"):
+    lines += [f"Initial weights: {m['initial_weights']}", ""]
   lines += [(f"{m['n_slices']} slices ({m['n_positive_slices']} with blood) in {m['n_scans']} scans "
             f"({m['n_positive_scans']} with blood). A scan's probability and label are the maximum over its slices "
             f"(seeds 000, 003). Operating threshold {m['threshold']}."), ""]

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 def stage_config(template, dataset, seed: int, *, model=None, **fields):
   """A loop config from an experiment's parts: `template` (data, model, task, optimizer, train, eval), its dataset
-  and seed; `model` ({"name", "options"}) replaces the template's model; `fields` set dataset fields (splits,
-  kind, exports)."""
+  and seed; `model` ({"name", "options"}, optionally "pretrained", "pretrained_preprocessing" and
+  "first_conv_rule") replaces the template's model; `fields` set dataset fields (splits, kind, exports)."""
   config, dataset = template.copy_and_resolve_references(), dataset.copy_and_resolve_references()
   with dataset.unlocked():
     for key, value in fields.items():
@@ -27,6 +27,10 @@ def stage_config(template, dataset, seed: int, *, model=None, **fields):
     config.dataset = dataset
     if model is not None:
       config.model = {"name": model.name, "options": model.get("options", {})}
+      # The backbone's weight file and what goes with it (ich_jax.models.pretrained), where the config names them.
+      for key in ("pretrained", "pretrained_preprocessing", "first_conv_rule"):
+        if key in model:
+          config.model[key] = model[key]
   return config
 
 

@@ -6,6 +6,7 @@ trainer changes. Modules here know nothing about datasets or losses.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any, Callable
 
 from flax import nnx
@@ -52,9 +53,20 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def build(name: str, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, **options: Any) -> nnx.Module:
-  """Constructs model `name`; NHWC input with `in_channels`, `num_classes` logits."""
+def build(name: str, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, pretrained: str | None = None,
+          first_conv_rule: str = "mean", **options: Any) -> nnx.Module:
+  """Constructs model `name`; NHWC input with `in_channels`, `num_classes` logits.
+
+  `pretrained`: a weight file (.safetensors, .pth/.pt, .h5) loaded by `ich_jax.models.weight_files` (all or
+  nothing; what it did is logged); `first_conv_rule` adapts its first convolution to `in_channels` ≠ 3.
+  """
   _load_all()
   if name not in _REGISTRY:
     raise KeyError(f"config model.name={name!r} is not a registered model; known: {', '.join(sorted(_REGISTRY))}")
-  return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, rngs=rngs, **options)
+  model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, rngs=rngs, **options)
+  if pretrained:
+    from ich_jax.models import weight_files
+    report = weight_files.load(model, name, pretrained, num_classes=num_classes, in_channels=in_channels,
+                          first_conv_rule=first_conv_rule)
+    logging.getLogger(__name__).info("pretrained weights: %s", report.summary())
+  return model

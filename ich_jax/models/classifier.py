@@ -9,7 +9,9 @@ Every classifier here exposes (see `small_cnn` for the same protocol):
 
 Options common to all: `dtype` ("bfloat16" computes activations in bfloat16 while
 parameters, batch statistics and optimizer state stay float32 — the usual
-mixed-precision recipe; None keeps float32 throughout) and `mask_head`.
+mixed-precision recipe; None keeps float32 throughout), `mask_head`, and
+`preprocessing` (the input normalisation pretrained weights expect, applied
+first in `features_map`: PREPROCESSING; None leaves the input as it is).
 """
 from __future__ import annotations
 
@@ -26,6 +28,37 @@ from flax import nnx
 TORCH_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's BatchNorm2d momentum 0.1 weights the new batch; flax's weights the old average.
 TORCH_BN = {"momentum": 0.9, "epsilon": 1e-5}
+
+
+# The preprocessing a pretrained network expects of an input in [0, 1] (ich_jax's windowed channels),
+# by `config.model.pretrained_preprocessing`; per channel c, constants of channel c mod 3. "imagenet":
+# torchvision's and timm's mean/std; "seed003": seed 003's public code, albumentations.Normalize with
+# mean 0.456 and std 0.224 on every channel (grey windows); "keras_torch" (DenseNet), "keras_tf"
+# (InceptionResNetV2, MobileNetV2: x·2 − 1), "keras_caffe" (VGG19: BGR order, x·255 − the BGR means):
+# keras.applications' `preprocess_input` of each network.
+PREPROCESSING = ("imagenet", "seed003", "keras_torch", "keras_tf", "keras_caffe")
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def preprocessing_affine(mode: str | None, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+  """(a, b) with input·a + b the preprocessing `mode` expects, per channel; None for no change."""
+  if mode is None or mode == "none":
+    return None
+  if mode not in PREPROCESSING:
+    raise ValueError(f"config model.pretrained_preprocessing={mode!r}; expected one of {PREPROCESSING} or None")
+  idx = np.arange(channels) % 3
+  if mode in ("imagenet", "keras_torch"):
+    mean, std = np.array(_IMAGENET_MEAN)[idx], np.array(_IMAGENET_STD)[idx]
+    a, b = 1.0 / std, -mean / std
+  elif mode == "seed003":
+    a, b = np.full(channels, 1 / 0.224), np.full(channels, -0.456 / 0.224)
+  elif mode == "keras_tf":
+    a, b = np.full(channels, 2.0), np.full(channels, -1.0)
+  else:
+    # Caffe's order is BGR: channel c of an RGB-ordered input lands at 2 − c; its mean is that of BGR[c].
+    a, b = np.full(channels, 255.0), -np.array(_CAFFE_BGR_MEAN)[idx]
+  return a.astype(np.float32), b.astype(np.float32)
 
 
 def compute_dtype(dtype: Any):
@@ -236,12 +269,24 @@ class Classifier(nnx.Module):
   num_features: int
 
   def _init_heads(self, *, fmap_channels: int, num_features: int, num_classes: int, mask_head: bool,
-                  dtype, rngs: nnx.Rngs, head: nnx.Module | None = None):
+                  dtype, rngs: nnx.Rngs, head: nnx.Module | None = None, preprocessing: str | None = None):
     # `head` maps pooled(fmap) to logits; a plain linear layer unless the reference has more.
     self.head = nnx.Linear(num_features, num_classes, dtype=dtype, rngs=rngs) if head is None else head
     # Per-cell blood logit for strong labels (seed 000 §2.1.5); opt-in, outside the reference count.
     self.mask_head = Conv(fmap_channels, 1, (1, 1), dtype=dtype, rngs=rngs) if mask_head else nnx.data(None)
     self.num_features = num_features
+    preprocessing_affine(preprocessing, 3)     # refuses an unknown name at build time
+    self.preprocessing = preprocessing
+
+  def _prepare(self, x):
+    """The input as the pretrained weights expect it (option `preprocessing`, see PREPROCESSING); x in [0, 1]."""
+    affine = preprocessing_affine(getattr(self, "preprocessing", None), x.shape[-1])
+    if affine is None:
+      return x
+    if self.preprocessing == "keras_caffe" and x.shape[-1] == 3:
+      x = x[..., ::-1]          # Caffe's VGG weights take BGR
+    a, b = affine
+    return x * jnp.asarray(a, x.dtype) + jnp.asarray(b, x.dtype)
 
   def features_map(self, x):
     raise NotImplementedError

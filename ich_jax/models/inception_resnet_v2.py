@@ -93,7 +93,8 @@ class InceptionResNetBlock(nnx.Module):
 
 class InceptionResNetV2(Classifier):
 
-  def __init__(self, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, mask_head: bool = False, dtype=None):
+  def __init__(self, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, mask_head: bool = False, dtype=None,
+               preprocessing: str | None = None, repeats: tuple[int, int, int] = (10, 20, 10)):
     dtype = compute_dtype(dtype)
     kw = {"dtype": dtype, "rngs": rngs}
     v = "VALID"
@@ -105,23 +106,30 @@ class InceptionResNetV2(Classifier):
     # mixed_5b (Inception-A): 96 + 64 + 96 + 64 = 320 channels.
     self.mixed_5b = Branches(192, [[(96, 1)], [(48, 1), (64, 5)], [(64, 1), (96, 3), (96, 3)], ["avg", (64, 1)]],
                              **kw)
-    self.block35 = nnx.List([InceptionResNetBlock(320, "block35", 0.17, **kw) for _ in range(10)])
+    # `repeats`: block35, block17, block8 counts (Keras: 10, 20, 10; the last block8 has no ReLU). Fewer
+    # build the small networks the tests load weights into.
+    n35, n17, n8 = repeats
+    if n8 < 1:
+      raise ValueError(f"inception_resnet_v2: options.repeats={tuple(repeats)}; the last entry (block8) must be ≥ 1")
+    self.block35 = nnx.List([InceptionResNetBlock(320, "block35", 0.17, **kw) for _ in range(n35)])
     # mixed_6a (Reduction-A): 384 + 384 + 320 = 1088.
     self.mixed_6a = Branches(320, [[(384, 3, 2, v)], [(256, 1), (256, 3), (384, 3, 2, v)], ["max"]], **kw)
-    self.block17 = nnx.List([InceptionResNetBlock(1088, "block17", 0.1, **kw) for _ in range(20)])
+    self.block17 = nnx.List([InceptionResNetBlock(1088, "block17", 0.1, **kw) for _ in range(n17)])
     # mixed_7a (Reduction-B): 384 + 288 + 320 + 1088 = 2080.
     self.mixed_7a = Branches(1088, [[(256, 1), (384, 3, 2, v)], [(256, 1), (288, 3, 2, v)],
                                     [(256, 1), (288, 3), (320, 3, 2, v)], ["max"]], **kw)
     # Nine block8 with ReLU, the tenth at scale 1 without.
-    self.block8 = nnx.List([InceptionResNetBlock(2080, "block8", 0.2, **kw) for _ in range(9)]
+    self.block8 = nnx.List([InceptionResNetBlock(2080, "block8", 0.2, **kw) for _ in range(n8 - 1)]
                            + [InceptionResNetBlock(2080, "block8", 1.0, activation=False, **kw)])
     self.conv_7b = conv_bn(2080, 1536, 1, **kw)
-    self._init_heads(fmap_channels=1536, num_features=1536, num_classes=num_classes, mask_head=mask_head, **kw)
+    self._init_heads(fmap_channels=1536, num_features=1536, num_classes=num_classes, mask_head=mask_head,
+                     preprocessing=preprocessing, **kw)
 
   def features_map(self, x):
     if min(x.shape[1:3]) < MIN_SIZE:
       raise ValueError(f"inception_resnet_v2 needs images of at least {MIN_SIZE}×{MIN_SIZE} (its stem and "
                        f"reductions use unpadded convolutions); got {x.shape[1]}×{x.shape[2]}")
+    x = self._prepare(x)
     for layer in self.stem:
       x = _apply(layer, x)
     x = self.mixed_5b(x)

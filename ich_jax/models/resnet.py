@@ -74,7 +74,8 @@ class ResNet(Classifier):
 
   def __init__(self, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, block: str, layers: Sequence[int],
                groups: int = 1, width_per_group: int = 64, se_reduction: int | None = None,
-               ceil_pool: bool = False, mask_head: bool = False, dtype=None):
+               ceil_pool: bool = False, mask_head: bool = False, dtype=None,
+               preprocessing: str | None = None):
     dtype = compute_dtype(dtype)
     if block not in EXPANSION:
       raise ValueError(f"resnet: block={block!r}; expected one of {sorted(EXPANSION)}")
@@ -90,11 +91,12 @@ class ResNet(Classifier):
                             se_reduction=se_reduction, dtype=dtype, rngs=rngs))
         cin = planes * EXPANSION[block]
     self.blocks = nnx.List(blocks)
+    self.stage_sizes = tuple(layers)      # the pretrained loaders name blocks layer{stage}.{i}
     self._init_heads(fmap_channels=cin, num_features=cin, num_classes=num_classes, mask_head=mask_head,
-                     dtype=dtype, rngs=rngs)
+                     preprocessing=preprocessing, dtype=dtype, rngs=rngs)
 
   def features_map(self, x):
-    x = self.stem(x)
+    x = self.stem(self._prepare(x))
     x = max_pool(x, 3, 2, padding=0, ceil_mode=True) if self.ceil_pool else max_pool(x, 3, 2, padding=1)
     for block in self.blocks:
       x = block(x)

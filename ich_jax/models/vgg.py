@@ -3,6 +3,8 @@
 Seed 000 (§2.1.5) compares VGG19 trained on weak and strong labels. Its
 classifier is the reference one: 7×7 adaptive average pool, 25088 → 4096 →
 4096 → classes with ReLU and dropout 0.5 — 120M of its 144M parameters.
+Options `cfg` (layer widths, "M" a pool; config E by default) and `fc_widths`
+build the other VGG configurations and the small ones the tests load weights into.
 """
 from __future__ import annotations
 
@@ -41,11 +43,15 @@ class VGG(Classifier):
   (Selvaraju et al. 2017 use VGG-16's last conv layer); `pooled` is the 4096-d penultimate vector."""
 
   def __init__(self, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, batch_norm: bool = False,
-               dropout: float = 0.5, mask_head: bool = False, dtype=None):
+               dropout: float = 0.5, mask_head: bool = False, dtype=None, preprocessing: str | None = None,
+               cfg=VGG19, fc_widths: tuple[int, int] = (4096, 4096)):
     dtype = compute_dtype(dtype)
+    cfg = tuple(cfg)
+    if not cfg or cfg[-1] != "M":
+      raise ValueError(f"vgg: options.cfg must end with a max pool 'M' (VGG's fifth pool), got {cfg!r}")
     layers, c = [], in_channels
-    # The fifth pool (VGG19[-1]) opens `pooled`, so that features_map ends at the last conv.
-    for v in VGG19[:-1]:
+    # The last pool (cfg[-1]) opens `pooled`, so that features_map ends at the last conv.
+    for v in cfg[:-1]:
       if v == "M":
         layers.append(None)
         continue
@@ -54,14 +60,17 @@ class VGG(Classifier):
                     else ConvReLU(c, v, dtype=dtype, rngs=rngs))
       c = v
     self.layers = nnx.List(layers)
-    self.fc1 = nnx.Linear(c * 7 * 7, 4096, kernel_init=_LINEAR_INIT, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(4096, 4096, kernel_init=_LINEAR_INIT, dtype=dtype, rngs=rngs)
+    w1, w2 = fc_widths
+    self.fc1 = nnx.Linear(c * 7 * 7, w1, kernel_init=_LINEAR_INIT, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(w1, w2, kernel_init=_LINEAR_INIT, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
-    head = nnx.Linear(4096, num_classes, kernel_init=_LINEAR_INIT, dtype=dtype, rngs=rngs)
-    self._init_heads(fmap_channels=c, num_features=4096, num_classes=num_classes, mask_head=mask_head,
+    head = nnx.Linear(w2, num_classes, kernel_init=_LINEAR_INIT, dtype=dtype, rngs=rngs)
+    self._init_heads(fmap_channels=c, num_features=w2, num_classes=num_classes, mask_head=mask_head,
+                     preprocessing=preprocessing,
                      dtype=dtype, rngs=rngs, head=head)
 
   def features_map(self, x):
+    x = self._prepare(x)
     for layer in self.layers:
       x = max_pool(x, 2, 2) if layer is None else layer(x)
     return x

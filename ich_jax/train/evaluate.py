@@ -44,7 +44,7 @@ def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step:
     preds[BASELINE_COLUMN] = np.array([baseline.bright_fraction(source[int(i)]["image"])
                                        for i in preds["record_index"]])
   meta = {"step": int(step) if step is not None else None, "split": config.dataset.eval_split,
-          "dataset": f"{config.dataset.name}/{config.dataset.config}"}
+          "dataset": f"{config.dataset.name}/{config.dataset.config}", "initial_weights": loop.initial_weights(config)}
   if "det_boxes" in preds:
     # A detector (seed 001): Table 2 on the balanced set, FROC, box AP and volumes per class.
     from ich_jax.eval import detection

@@ -81,11 +81,36 @@ def input_module(config):
   return kinds[kind]
 
 
+def model_options(config) -> dict:
+  """`models.build` options of `config.model`: its `options`, plus `preprocessing` from
+  `model.pretrained_preprocessing` (the input normalisation its pretrained weights expect)."""
+  options = dict(config.model.get("options", {}))
+  if config.model.get("pretrained_preprocessing"):
+    options["preprocessing"] = config.model.pretrained_preprocessing
+  return options
+
+
 def _build_model(config) -> nnx.Module:
   # Outputs default to the six labels; a segmentation model's are its maps (config.model.num_classes).
   return models.build(config.model.name, num_classes=int(config.model.get("num_classes", len(LABELS))),
                       in_channels=input_module(config).in_channels(config),
-                      rngs=nnx.Rngs(config.seed), **config.model.get("options", {}))
+                      rngs=nnx.Rngs(config.seed), **model_options(config))
+
+
+def initial_weights(config) -> str:
+  """Where a run's weights start, in words (printed at a fresh start, and in metrics.json and report.md)."""
+  m = config.model
+  if m.get("pretrained"):
+    return (f"pretrained: {m.pretrained} (first_conv_rule {m.get('first_conv_rule', 'mean')!r}, "
+            f"preprocessing {m.get('pretrained_preprocessing')!r})")
+  if m.get("init_from"):
+    return f"initialised from the run in {m.init_from}"
+  from ich_jax.models import weight_files
+
+  if m.name in weight_files.BINDERS and config.dataset.name != "synthetic_ich":
+    return (f"FROM SCRATCH: no config.model.pretrained, so {m.name} starts from random weights while the seed "
+            f"papers fine-tune ImageNet weights ({weight_files.PUBLISHED[m.name]}; docs/models.md)")
+  return "from scratch (random initialisation)"
 
 
 # Jitted steps by what they compile from. Stages of one experiment (ich_jax.experiments) build the same
@@ -99,7 +124,7 @@ def _step_key(exp: Experiment, method: str, *parts) -> tuple:
   c = exp.config
   # Where the initial weights come from does not change what compiles. The task's method itself is in
   # the key, so a step never outlives a change of the code it traced (a test's monkeypatched loss).
-  model = {k: v for k, v in c.model.to_dict().items() if k != "init_from"}
+  model = {k: v for k, v in c.model.to_dict().items() if k not in ("init_from", "pretrained", "first_conv_rule")}
   return (json.dumps(model, sort_keys=True, default=str), input_module(c).in_channels(c),
           json.dumps(c.task.to_dict(), sort_keys=True, default=str), type(exp.task),
           getattr(type(exp.task), method), exp.mesh.devices.shape, tuple(d.id for d in exp.mesh.devices.flat),
@@ -223,8 +248,15 @@ def train(config, workdir: str | pathlib.Path, *, allow_config_change: bool = Fa
     print(f"Resuming from step {start} of {exp.total_steps}", flush=True)
   else:
     state, start = exp.init_state(), 0
+    weights = initial_weights(config)
+    if weights.startswith("FROM SCRATCH"):
+      log.warning("%s", weights)
+    if is_main:
+      print(f"Initial weights: {weights}", flush=True)
     if config.model.get("init_from"):
       state = load_pretrained(exp, state, config.model.init_from)
+    if config.model.get("pretrained"):
+      state = load_weights_file(exp, state)
   writer = summary.SummaryWriter(workdir, enabled=is_main, start_step=start)
   step_fn = make_train_step(exp)
   data_sharding = sharding.batch_sharding(exp.mesh)
@@ -310,6 +342,26 @@ def load_pretrained(exp: Experiment, state: dict, workdir: str | pathlib.Path) -
   source = nnx.merge(src_exp.graphdef_eval, src_state["params"], src_state["model_state"])
   model.load_pretrained(source)
   log.info("initialised from %s (step %d, model %s)", workdir, src_step, src_config.model.name)
+  _, params, model_state = nnx.split(model, nnx.Param, ...)
+  new = {"step": state["step"], "params": params, "model_state": model_state, "opt_state": exp.tx.init(params)}
+  return jax.device_put(new, sharding.replicated(exp.mesh))
+
+
+def load_weights_file(exp: Experiment, state: dict) -> dict:
+  """`state` with the model's weights from the file `config.model.pretrained` (ich_jax.models.pretrained:
+  all or nothing; a head for another class count stays fresh, a first convolution for other input channels
+  is adapted by `config.model.first_conv_rule`). The optimizer starts afresh."""
+  from ich_jax.models import weight_files
+
+  c = exp.config
+  model = nnx.merge(exp.graphdef_train, state["params"], state["model_state"])
+  report = weight_files.load(model, c.model.name, c.model.pretrained,
+                           num_classes=int(c.model.get("num_classes", len(LABELS))),
+                           in_channels=input_module(c).in_channels(c),
+                           first_conv_rule=c.model.get("first_conv_rule", "mean"))
+  log.info("pretrained weights: %s", report.summary())
+  if jax.process_index() == 0:
+    print(f"Pretrained weights: {report.summary()}", flush=True)
   _, params, model_state = nnx.split(model, nnx.Param, ...)
   new = {"step": state["step"], "params": params, "model_state": model_state, "opt_state": exp.tx.init(params)}
   return jax.device_put(new, sharding.replicated(exp.mesh))
