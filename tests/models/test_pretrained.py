@@ -251,6 +251,15 @@ def test_old_torchvision_densenet_names_and_cadene_heads_are_read(tmp_path):
   P.load(b, "densenet121", _write("timm_densenet121", tmp_path), num_classes=pc.NUM_CLASSES, in_channels=3)
   sa, sb = _state(a), _state(b)
   assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+  # Cadene's Inception-ResNet-v2 names timm's `classif` `last_linear`.
+  ref = pc.load_ref("timm_inception_resnet_v2")
+  cadene = {k.replace("classif.", "last_linear."): pc.golden_tensor(k, s, unit_bn_scale=True) for k, s in ref["tensors"]}
+  save_file(cadene, str(tmp_path / "cadene.safetensors"))
+  options = pc.CASES["timm_inception_resnet_v2"]["ours"][1]
+  c = _abstract("inception_resnet_v2", options)
+  P.load(c, "inception_resnet_v2", tmp_path / "cadene.safetensors", num_classes=pc.NUM_CLASSES, in_channels=3)
+  np.testing.assert_array_equal(np.asarray(c.head.kernel.get_value()),
+                                cadene["last_linear.weight"].T)
 
 
 def test_keras_weights_need_the_keras_variant_and_unit_scales_are_enforced(tmp_path):
