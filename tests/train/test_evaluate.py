@@ -83,6 +83,7 @@ def test_selection_needs_a_validation_split_and_a_checkpoint(tmp_path, fake_loop
 def _evaluate_config(**eval_options) -> ConfigDict:
   config = _config(eval_split="test")
   config.eval.update(eval_options)
+  config.model = ConfigDict({"name": "small_cnn", "options": {}})
   return config
 
 
@@ -119,7 +120,8 @@ def test_blood_predictions_get_the_baseline_score_of_their_record(tmp_path, monk
   exp = types.SimpleNamespace(task=types.SimpleNamespace())          # no `target`: hemorrhage masks
   assert evaluate.evaluate(_evaluate_config(baseline=baseline), tmp_path, exp=exp, state={}, step=7) == {
       "written": True}
-  assert written["meta"] == {"step": 7, "split": "test", "dataset": "synthetic_ich/tiny"}
+  assert written["meta"] == {"step": 7, "split": "test", "dataset": "synthetic_ich/tiny",
+                             "initial_weights": "from scratch (random initialisation)"}
   assert written["title"] == f"Evaluation of {tmp_path.name}, step 7" and written["workdir"] == tmp_path
   if baseline:
     np.testing.assert_allclose(written["preds"][evaluate.BASELINE_COLUMN], [0.3, 0.0, 0.2])
