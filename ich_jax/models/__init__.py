@@ -66,7 +66,6 @@ def build(name: str, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, pret
   model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, rngs=rngs, **options)
   if pretrained:
     from ich_jax.models import weight_files
-    report = weight_files.load(model, name, pretrained, num_classes=num_classes, in_channels=in_channels,
-                          first_conv_rule=first_conv_rule)
+    report = weight_files.load(model, name, pretrained, first_conv_rule=first_conv_rule)
     logging.getLogger(__name__).info("pretrained weights: %s", report.summary())
   return model

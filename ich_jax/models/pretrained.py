@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
   # Shapes only: the file fills every variable (a missing one is refused), so no random initialisation.
   model = nnx.eval_shape(lambda: models.build(args.model, num_classes=classes, in_channels=3, rngs=nnx.Rngs(0),
                                               **variant))
-  report = load(model, args.model, args.input, num_classes=classes, in_channels=3)
+  report = load(model, args.model, args.input)
   save_converted(model, args.model, args.output, source=pathlib.Path(args.input).name)
   print(f"{report.summary()} → {args.output}")
   return 0

@@ -183,9 +183,8 @@ def _check_variant(weights: Weights, name: str, model) -> None:
                           "options.variant='keras': drop that option to load them")
 
 
-def _bind(weights: Weights, name: str, model, *, num_classes: int, in_channels: int,
-          first_conv_rule: str) -> _Binder:
-  binder = _Binder(weights, name, num_classes=num_classes, in_channels=in_channels, first_conv_rule=first_conv_rule)
+def _bind(weights: Weights, name: str, model, *, first_conv_rule: str) -> _Binder:
+  binder = _Binder(weights, name, first_conv_rule=first_conv_rule)
   if weights.convention == "ich_jax":
     _bind_ich_jax(binder, name, model)
     return binder
@@ -236,7 +235,7 @@ def _bind_ich_jax(binder: _Binder, name: str, model) -> None:
     array = binder.take(key)
     want = variable.get_value().shape
     if array.ndim == 4 and array.shape != want and array.shape[:2] == want[:2] and array.shape[3] == want[3]:
-      array = binder._first_conv(array, key)
+      array = binder._first_conv(array, key, want[2])
     binder.put(variable, array, key)
   unused = [k for k in tensors if k not in binder.used]
   if unused:
@@ -246,14 +245,14 @@ def _bind_ich_jax(binder: _Binder, name: str, model) -> None:
 # --- Public API ---------------------------------------------------------------------
 
 
-def load(model, name: str, path: str | pathlib.Path, *, num_classes: int, in_channels: int,
-         first_conv_rule: str = "mean") -> Report:
-  """Loads the file at `path` into `model` (model `name` of the registry), in place, all or nothing."""
+def load(model, name: str, path: str | pathlib.Path, *, first_conv_rule: str = "mean") -> Report:
+  """Loads the file at `path` into `model` (model `name` of the registry), in place, all or nothing. The model's
+  own head width and input channels decide whether the file's classifier loads and how its first convolution
+  is adapted."""
   if first_conv_rule not in FIRST_CONV_RULES:
     raise ValueError(f"config model.first_conv_rule={first_conv_rule!r}; expected one of {FIRST_CONV_RULES}")
   weights = read(path)
-  binder = _bind(weights, name, model, num_classes=num_classes, in_channels=in_channels,
-                 first_conv_rule=first_conv_rule)
+  binder = _bind(weights, name, model, first_conv_rule=first_conv_rule)
   for variable, array in binder.pairs:
     variable.set_value(jnp.asarray(array, dtype=variable.get_value().dtype))
   return Report(str(path), name, loaded=len(binder.pairs), notes=binder.notes)

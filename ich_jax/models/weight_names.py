@@ -43,9 +43,9 @@ class Weights:
 class _Binder:
   """Collects (variable, array) pairs by the file's names; refuses at the first missing or mis-shaped one."""
 
-  def __init__(self, weights: Weights, model_name: str, *, num_classes: int, in_channels: int, first_conv_rule: str):
+  def __init__(self, weights: Weights, model_name: str, *, first_conv_rule: str):
     self.w, self.model_name = weights, model_name
-    self.num_classes, self.in_channels, self.rule = num_classes, in_channels, first_conv_rule
+    self.rule = first_conv_rule
     self.pairs: list[tuple[nnx.Variable, np.ndarray]] = []
     self.used: set[str] = set()
     self.notes: list[str] = []
@@ -76,12 +76,12 @@ class _Binder:
 
   def conv(self, conv, key: str) -> None:
     weight = self.take(f"{key}.weight")
-    kh, kw, cin, cout = conv.kernel.get_value().shape
-    if self._first:
-      cin = weight.shape[1] if weight.ndim == 4 else cin    # the first convolution may be adapted
+    kh, kw, cin_model, cout = conv.kernel.get_value().shape
+    # The first convolution may take another channel count than the model's (it is adapted below).
+    cin = weight.shape[1] if self._first and weight.ndim == 4 else cin_model
     self.check(f"{key}.weight", weight.shape, (cout, cin, kh, kw))
     kernel = weight.transpose(2, 3, 1, 0)
-    self.put(conv.kernel, self._first_conv(kernel, f"{key}.weight"), f"{key}.weight")
+    self.put(conv.kernel, self._first_conv(kernel, f"{key}.weight", cin_model), f"{key}.weight")
     self._bias(conv, f"{key}.bias")
 
   def _bias(self, layer, key: str) -> None:
@@ -145,7 +145,7 @@ class _Binder:
     groups = getattr(conv, "feature_group_count", 1)
     if groups > 1 and kernel.ndim == 4 and kernel.shape[2:] == (groups, 1):
       kernel = kernel.transpose(0, 1, 3, 2)
-    self.put(conv.kernel, self._first_conv(kernel, name), name)
+    self.put(conv.kernel, self._first_conv(kernel, name, conv.kernel.get_value().shape[2]), name)
     self._bias(conv, f"{layer}/bias")
 
   def kbn(self, norm, layer: str) -> None:
@@ -164,12 +164,13 @@ class _Binder:
 
   # The first convolution --------------------------------------------------------------
 
-  def _first_conv(self, kernel: np.ndarray, key: str) -> np.ndarray:
+  def _first_conv(self, kernel: np.ndarray, key: str, c: int) -> np.ndarray:
+    """The file's first kernel for the model's `c` input channels (FIRST_CONV_RULES when c ≠ 3)."""
     first, self._first = self._first, False
-    if not first or kernel.shape[2] == self.in_channels:
+    if not first or kernel.shape[2] == c:
       return kernel         # only the network's first convolution sees the input channels
     rule = self.rule
-    c, cin = self.in_channels, kernel.shape[2]
+    cin = kernel.shape[2]
     if cin != 3:
       raise PretrainedError(f"pretrained weights {self.w.path}: first convolution {key!r} takes {cin} channels; "
                             f"adapting it to {c} is defined for RGB (3-channel) kernels only")

@@ -348,7 +348,7 @@ def load_pretrained(exp: Experiment, state: dict, workdir: str | pathlib.Path) -
 
 
 def load_weights_file(exp: Experiment, state: dict) -> dict:
-  """`state` with the model's weights from the file `config.model.pretrained` (ich_jax.models.pretrained:
+  """`state` with the model's weights from the file `config.model.pretrained` (ich_jax.models.weight_files:
   all or nothing; a head for another class count stays fresh, a first convolution for other input channels
   is adapted by `config.model.first_conv_rule`). The optimizer starts afresh."""
   from ich_jax.models import weight_files
@@ -356,9 +356,7 @@ def load_weights_file(exp: Experiment, state: dict) -> dict:
   c = exp.config
   model = nnx.merge(exp.graphdef_train, state["params"], state["model_state"])
   report = weight_files.load(model, c.model.name, c.model.pretrained,
-                           num_classes=int(c.model.get("num_classes", len(LABELS))),
-                           in_channels=input_module(c).in_channels(c),
-                           first_conv_rule=c.model.get("first_conv_rule", "mean"))
+                             first_conv_rule=c.model.get("first_conv_rule", "mean"))
   log.info("pretrained weights: %s", report.summary())
   if jax.process_index() == 0:
     print(f"Pretrained weights: {report.summary()}", flush=True)

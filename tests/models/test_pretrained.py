@@ -83,7 +83,7 @@ def _loaded(case: str, tmp_path):
   name, options = pc.CASES[case]["ours"]
   model = nnx.eval_shape(lambda: _ours(name, options))
   weights = P.read(_write(case, tmp_path))
-  binder = P._bind(weights, name, model, num_classes=pc.NUM_CLASSES, in_channels=3, first_conv_rule="mean")
+  binder = P._bind(weights, name, model, first_conv_rule="mean")
   assert binder.notes == [] and len(binder.pairs) == len(list(P._state_items(model)))
   for variable, array in binder.pairs:
     variable.set_value(jax.numpy.asarray(array))
@@ -134,7 +134,7 @@ def test_full_size_network_binds_every_tensor(ours):
       weights = P.Weights(network, "keras", tensors, layers=[layer for layer, _ in entry["layers"]])
     else:
       weights = P.Weights(network, "torch", {k: _fake(s) for k, s in entry["tensors"]})
-    binder = P._bind(weights, name, model, num_classes=1000, in_channels=3, first_conv_rule="mean")
+    binder = P._bind(weights, name, model, first_conv_rule="mean")
     assert (network, len(binder.pairs), binder.notes) == (network, count, [])
 
 
@@ -142,7 +142,7 @@ def test_other_class_count_keeps_a_fresh_head_and_says_so(tmp_path):
   path = _write("timm_resnet18", tmp_path)
   model = _resnet(num_classes=6)
   fresh_head = np.asarray(model.head.kernel.get_value()).copy()
-  report = P.load(model, "resnet18", path, num_classes=6, in_channels=3)
+  report = P.load(model, "resnet18", path)
   assert any("'fc' (10 classes) not loaded" in n and "6 outputs" in n for n in report.notes)
   np.testing.assert_array_equal(np.asarray(model.head.kernel.get_value()), fresh_head)
   stem = pc.golden_tensor("conv1.weight", (64, 3, 7, 7)).transpose(2, 3, 1, 0)
@@ -153,7 +153,7 @@ def test_other_class_count_keeps_a_fresh_head_and_says_so(tmp_path):
 def test_first_convolution_adapted_to_other_channel_counts(channels, rule, tmp_path):
   path = _write("timm_resnet18", tmp_path)
   model = _resnet(in_channels=channels)
-  report = P.load(model, "resnet18", path, num_classes=pc.NUM_CLASSES, in_channels=channels, first_conv_rule=rule)
+  report = P.load(model, "resnet18", path, first_conv_rule=rule)
   assert any(f"from 3 to {channels} input channels by rule {rule!r}" in n for n in report.notes)
   rgb = pc.golden_tensor("conv1.weight", (64, 3, 7, 7)).transpose(2, 3, 1, 0)
   got = np.asarray(model.stem.conv.kernel.get_value())
@@ -193,7 +193,7 @@ def test_misfitting_file_is_refused_and_nothing_is_loaded(edit, message, tmp_pat
   model = _resnet()
   before = _state(model)
   with pytest.raises(P.PretrainedError, match="do not fit resnet18") as e:
-    P.load(model, "resnet18", bad, num_classes=pc.NUM_CLASSES, in_channels=3)
+    P.load(model, "resnet18", bad)
   assert message in str(e.value) and str(bad) in str(e.value)
   after = _state(model)
   assert all(np.array_equal(before[k], after[k]) for k in before)
@@ -232,8 +232,8 @@ def test_pth_state_dict_loads_like_the_safetensors_file(tmp_path):
   # DataParallel's "module." prefix, as many published checkpoints carry it.
   torch.save({"state_dict": {f"module.{k}": v for k, v in tensors.items()}}, tmp_path / "m.pth")
   a, b = _abstract("mobilenet_v2", {}), _abstract("mobilenet_v2", {})
-  P.load(a, "mobilenet_v2", tmp_path / "m.pth", num_classes=pc.NUM_CLASSES, in_channels=3)
-  P.load(b, "mobilenet_v2", _write("torchvision_mobilenet_v2", tmp_path), num_classes=pc.NUM_CLASSES, in_channels=3)
+  P.load(a, "mobilenet_v2", tmp_path / "m.pth")
+  P.load(b, "mobilenet_v2", _write("torchvision_mobilenet_v2", tmp_path))
   sa, sb = _state(a), _state(b)
   assert all(np.array_equal(sa[k], sb[k]) for k in sa)
 
@@ -247,8 +247,8 @@ def test_old_torchvision_densenet_names_and_cadene_heads_are_read(tmp_path):
   from safetensors.numpy import save_file
   save_file(old, str(tmp_path / "old.safetensors"))
   a, b = (_abstract("densenet121", {"block_config": (1, 2, 1, 1)}) for _ in range(2))
-  P.load(a, "densenet121", tmp_path / "old.safetensors", num_classes=pc.NUM_CLASSES, in_channels=3)
-  P.load(b, "densenet121", _write("timm_densenet121", tmp_path), num_classes=pc.NUM_CLASSES, in_channels=3)
+  P.load(a, "densenet121", tmp_path / "old.safetensors")
+  P.load(b, "densenet121", _write("timm_densenet121", tmp_path))
   sa, sb = _state(a), _state(b)
   assert all(np.array_equal(sa[k], sb[k]) for k in sa)
   # Cadene's Inception-ResNet-v2 names timm's `classif` `last_linear`.
@@ -257,21 +257,19 @@ def test_old_torchvision_densenet_names_and_cadene_heads_are_read(tmp_path):
   save_file(cadene, str(tmp_path / "cadene.safetensors"))
   options = pc.CASES["timm_inception_resnet_v2"]["ours"][1]
   c = _abstract("inception_resnet_v2", options)
-  P.load(c, "inception_resnet_v2", tmp_path / "cadene.safetensors", num_classes=pc.NUM_CLASSES, in_channels=3)
+  P.load(c, "inception_resnet_v2", tmp_path / "cadene.safetensors")
   np.testing.assert_array_equal(np.asarray(c.head.kernel.get_value()),
                                 cadene["last_linear.weight"].T)
 
 
 def test_keras_weights_need_the_keras_variant_and_unit_scales_are_enforced(tmp_path):
   with pytest.raises(P.PretrainedError, match="options.variant='keras'"):
-    P.load(_abstract("mobilenet_v2", {}), "mobilenet_v2", _write("keras_mobilenet_v2", tmp_path),
-           num_classes=pc.NUM_CLASSES, in_channels=3)
+    P.load(_abstract("mobilenet_v2", {}), "mobilenet_v2", _write("keras_mobilenet_v2", tmp_path))
   ref = pc.load_ref("timm_inception_resnet_v2")
   path = tmp_path / "scaled.safetensors"
   pc.write_safetensors(path, ref["tensors"], unit_bn_scale=False)
   with pytest.raises(P.PretrainedError, match="BatchNorm without scale.*'conv2d_1a.bn.weight'"):
-    P.load(_abstract("inception_resnet_v2", {"repeats": (1, 1, 1)}), "inception_resnet_v2", path,
-           num_classes=pc.NUM_CLASSES, in_channels=3)
+    P.load(_abstract("inception_resnet_v2", {"repeats": (1, 1, 1)}), "inception_resnet_v2", path)
 
 
 def test_convert_and_inspect_commands(tmp_path, capsys):
@@ -284,7 +282,7 @@ def test_convert_and_inspect_commands(tmp_path, capsys):
   a = models.build("mobilenet_v2", num_classes=pc.NUM_CLASSES, in_channels=3, rngs=nnx.Rngs(1), variant="keras",
                    pretrained=str(converted))
   b = _abstract("mobilenet_v2", {"variant": "keras"})
-  P.load(b, "mobilenet_v2", h5, num_classes=pc.NUM_CLASSES, in_channels=3)
+  P.load(b, "mobilenet_v2", h5)
   sa, sb = _state(a), _state(b)
   assert all(np.array_equal(sa[k], sb[k]) for k in sa)
   with pytest.raises(P.PretrainedError, match="converted for model 'mobilenet_v2', not 'densenet121'"):
