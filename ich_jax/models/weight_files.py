@@ -37,7 +37,7 @@ __all__ = ["BINDERS", "FIRST_CONV_RULES", "PUBLISHED", "PretrainedError", "Repor
 
 
 def read(path: str | pathlib.Path) -> Weights:
-  """The tensors of a .safetensors, .pth/.pt or .h5 file, as float32 numpy arrays."""
+  """The tensors of a .safetensors, .pth/.pt or .h5 file: floats as float32 numpy arrays, integers kept."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"pretrained weights {path}: no such file")
@@ -52,7 +52,7 @@ def read(path: str | pathlib.Path) -> Weights:
                         ".pth/.pt (PyTorch state dict) or .h5 (Keras weights)")
 
 
-def _float32(name: str, value, path) -> np.ndarray:
+def _numeric(name: str, value, path) -> np.ndarray:
   array = np.asarray(value)
   if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
     raise PretrainedError(f"pretrained weights {path}: tensor {name!r} has dtype {array.dtype}, not a number")
@@ -69,7 +69,7 @@ def _read_safetensors(path: pathlib.Path) -> Weights:
     with safe_open(str(path), framework="numpy") as f:
       metadata = dict(f.metadata() or {})
       for key in f.keys():
-        tensors[key] = _float32(key, f.get_tensor(key), path)
+        tensors[key] = _numeric(key, f.get_tensor(key), path)
   except PretrainedError:
     raise
   except Exception as e:   # safetensors raises its own error types for truncated headers and data
@@ -103,7 +103,7 @@ def _read_torch(path: pathlib.Path) -> Weights:
     if not hasattr(value, "detach"):
       continue
     name = key[len("module."):] if key.startswith("module.") else key
-    tensors[name] = _float32(name, value.detach().float().numpy() if value.is_floating_point()
+    tensors[name] = _numeric(name, value.detach().float().numpy() if value.is_floating_point()
                              else value.detach().numpy(), path)
   return Weights(str(path), "torch", tensors)
 
@@ -132,7 +132,7 @@ def _read_keras_h5(path: pathlib.Path) -> Weights:
         layers.append(_keras_name(layer))
         for name in names:
           short = name.split("/")[-1].split(":")[0]
-          tensors[f"{_keras_name(layer)}/{short}"] = _float32(name, group[name][()], path)
+          tensors[f"{_keras_name(layer)}/{short}"] = _numeric(name, group[name][()], path)
     except (KeyError, OSError) as e:
       raise PretrainedError(f"pretrained weights {path}: unreadable layer data ({e}); truncated or corrupt?") from e
   return Weights(str(path), "keras", tensors, layers=layers)

@@ -7,8 +7,6 @@ and shapes (`pretrained_cases.golden_tensor`), so no framework is needed here.
 from __future__ import annotations
 
 import functools
-import gzip
-import json
 import sys
 
 import jax
@@ -105,15 +103,10 @@ def _fake(shape):
   return np.lib.stride_tricks.as_strided(np.ones(1, np.float32), shape=tuple(shape), strides=(0,) * len(shape))
 
 
-def _full_names() -> dict:
-  with gzip.open(pc.REFS / "full_names.json.gz", "rt") as f:
-    return json.load(f)
-
-
 def _full_groups() -> dict[str, list[str]]:
   """Recorded full-size networks by the ich-jax model (and variant) they load into."""
   groups: dict[str, list[str]] = {}
-  for network, entry in _full_names().items():
+  for network, entry in pc.load_full_names().items():
     keras = network.startswith("keras/") and entry["ours"] in ("densenet121", "mobilenet_v2")
     groups.setdefault(entry["ours"] + (":keras" if keras else ""), []).append(network)
   return groups
@@ -128,7 +121,7 @@ def test_full_size_network_binds_every_tensor(ours):
   model = nnx.eval_shape(lambda: models.build(name, num_classes=1000, in_channels=3, rngs=nnx.Rngs(0), **options))
   count = len(list(P._state_items(model)))
   for network in _full_groups()[ours]:
-    entry = _full_names()[network]
+    entry = pc.load_full_names()[network]
     if network.startswith("keras/"):
       tensors = {f"{layer}/{w}": _fake(s) for layer, ws in entry["layers"] for w, s in ws}
       weights = P.Weights(network, "keras", tensors, layers=[layer for layer, _ in entry["layers"]])
