@@ -37,6 +37,9 @@ _FULL_3D = np.ones((3, 3, 3), bool)
 _NAN = float("nan")
 
 Classes = Sequence[Sequence[str]]
+# Seed 001's Table 2 strata: IPH, EDH/SDH together, SAH ("Statistical Analysis"); IVH, which its data lacks
+# and ours has, as an extra row.
+TABLE2_CLASSES = (("intraparenchymal",), ("epidural", "subdural"), ("subarachnoid",), ("intraventricular",))
 
 
 # --- Classes and inputs ------------------------------------------------------------
@@ -120,6 +123,24 @@ def balanced_studies(study_positive: np.ndarray, seed: int) -> np.ndarray:
   return keep
 
 
+def balanced_pairs(pos: np.ndarray, neg: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """One row of seed 001's balanced Table 2: its positives and as many negatives (or, with fewer negatives than
+  positives, every negative and as many positives), taken in the fixed random `order` of the studies.
+
+  A row's negatives are the first of one permutation, so a smaller row's negatives are a subset of a
+  larger row's, and one seed names every row's set."""
+  n = int(min(pos.sum(), neg.sum()))
+  ranked = np.empty(len(order), np.int64)
+  ranked[order] = np.arange(len(order))
+  out = []
+  for group in (pos, neg):
+    keep = np.zeros_like(group)
+    members = np.flatnonzero(group)
+    keep[members[np.argsort(ranked[members], kind="stable")[:n]]] = True
+    out.append(keep)
+  return out[0], out[1]
+
+
 def _study_truth(preds, groups, study_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
   """Per study: positive [S, 1 + C] (All ICH, then each class) and volume mL [S, 1 + C] (None: unknown).
 
@@ -177,7 +198,11 @@ def _with_ci(entry: dict, y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) 
 
 def table2(preds: Mapping[str, np.ndarray], classes: Classes, *, threshold: float = 0.5, seed: int = 0,
            n_boot: int = 500) -> dict:
-  """Seed 001 Table 2: per-study statistics on the balanced set by hemorrhage type and size, and All ICH overall.
+  """Seed 001 Table 2: per-study statistics on balanced sets by hemorrhage type and size, and All ICH overall.
+
+  "published": the paper's table, each row on its own balanced set (`_published`). "balanced": one balanced
+  set of all studies, each row's positives against all of its hemorrhage-free studies (so a row's PPV and NPV
+  follow the row's own prevalence).
 
   A study's score for a class is the maximum over its slices of the class's subtype probabilities (All ICH:
   the "any" column). Rows: "All ICH", then each class; in each, "all" and one row per size bin of the class's
@@ -206,9 +231,32 @@ def table2(preds: Mapping[str, np.ndarray], classes: Classes, *, threshold: floa
   full = _with_ci(_row(pos[:, 0], ~pos[:, 0], score[:, 0], threshold), pos[:, 0], score[:, 0], n_boot, seed)
   return {"reference": reference, "threshold": float(threshold), "seed": int(seed), "n_boot": int(n_boot),
           "n_studies": int(len(study_ids)), "n_positive_studies": int(pos[:, 0].sum()),
+          "published": _published(prob, study_of_row, study_ids, preds, threshold, seed),
           "balanced": {"n_studies": int(balanced.sum()), "n_positive": int((balanced & pos[:, 0]).sum()),
                        "n_negative": int(neg.sum()), "rows": rows},
           "full": {ALL_ICH: full}}
+
+
+def _published(prob, study_of_row, study_ids, preds, threshold: float, seed: int) -> dict:
+  """Seed 001 Table 2 as published: every row (type × size) on its own balanced set, "an equal number of
+  positive and negative cases", so its PPV and NPV are those of a 50 % prevalence. Rows: All ICH, then
+  `TABLE2_CLASSES` whatever the detector's classes; a study's score for a row is its highest slice
+  probability of the row's subtypes; negatives are hemorrhage-free studies drawn in one fixed order (`seed`)."""
+  groups = [tuple(g) for g in TABLE2_CLASSES]
+  cols = np.stack([prob[:, 0]] + [prob[:, [LABELS.index(s) for s in g]].max(1) for g in groups], 1)
+  score = M.scan_scores(cols, study_of_row)[1]
+  pos, ml, _ = _study_truth(preds, groups, study_ids)
+  negatives = ~pos[:, 0]
+  order = np.random.default_rng(seed).permutation(len(study_ids))
+  rows = {}
+  for c, name in enumerate([ALL_ICH] + [class_name(g) for g in groups]):
+    in_row = {"all": pos[:, c]}
+    if ml is not None and not np.isnan(ml[:, c]).all():
+      bins = size_bin(ml[:, c])
+      in_row.update({b: pos[:, c] & (bins == b) for b in SIZE_BINS})
+    rows[name] = {row: _row(*balanced_pairs(p, negatives, order), score[:, c], threshold)
+                  for row, p in in_row.items()}
+  return {"rows": rows}
 
 
 # --- Reference lesions ----------------------------------------------------------------------

@@ -275,13 +275,50 @@ def test_detection_metrics_is_json_and_formats_its_numbers():
   assert m["froc_bhx"] is None and m["box_ap"]["IPH"] == pytest.approx(1 / 3)  # s0's bleed found, s2's two not
   json.dumps(jsonable(m), allow_nan=False)
   text = format_detection(m)
-  assert "## Seed 001 Table 2 (balanced set)" in text
+  assert "## Seed 001 Table 2 (as published: each row on its own balanced set)" in text
+  assert "## Seed 001 Table 2, all negatives: one balanced set" in text
   assert "| All ICH | All | 3/3 | 0.667 | 0.889 | 0.667 | 0.667 | 0.667 | 0.667 |" in text
   assert "|  | Large | 0/3 | n/a | n/a | n/a | 0.667 | n/a | n/a |" in text
   # FROC: 1 of 6 lesions (s0; s1; s2's IPH and SAH on two slices) at no false positive.
   assert "| Sensitivity |" + " 0.167 |" * 8 in text
   assert "IoU >= 0.3" in text and "| IPH | 3 | 0.333 |" in text
   assert "| IPH | 2 | 1.000 | +0.00 | 1.000 |" in text and "ABC/2 r" in text
+
+
+def test_published_table2_balances_every_row_with_negatives_drawn_in_one_fixed_order():
+  five = [(s,) for s in ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")]
+  t = D.table2(_table2_preds(), five, threshold=0.5, seed=4, n_boot=0)
+  rows = t["published"]["rows"]
+  # Seed 001's strata whatever the detector's classes.
+  assert list(rows) == ["All ICH", "IPH", "EDH/SDH", "SAH", "IVH"]
+  # Studies s0..s5 (ids sorted); s3, s4, s5 are hemorrhage-free. A row with k positives takes the first k
+  # negatives of one permutation drawn from seed 4.
+  order = np.random.default_rng(4).permutation(6)
+  negatives = [int(i) for i in order if i >= 3]
+  iph_neg_scores = {3: 0.1, 4: 0.5, 5: 0.2}
+  taken = negatives[:2]
+  # IPH: s0 0.8 and s2 0.45 against the two drawn negatives.
+  neg = np.array([iph_neg_scores[i] for i in taken])
+  auc = np.mean([(p > n) + 0.5 * (p == n) for p in (0.8, 0.45) for n in neg])
+  spec = float((neg < 0.5).mean())
+  _check(rows["IPH"]["all"], n_positive=2, n_negative=2, auc=auc, sensitivity=0.5, specificity=spec,
+         accuracy=(1 + (neg < 0.5).sum()) / 4)
+  # One positive: one negative, the first of the same order (a subset of the larger row's).
+  first = negatives[0]
+  _check(rows["IPH"]["small"], n_positive=1, n_negative=1, auc=float(0.8 > iph_neg_scores[first]))
+  for name, entry in rows.items():
+    for row, e in entry.items():
+      assert e["n_negative"] == e["n_positive"], (name, row)
+      if e["n_positive"] and not np.isnan(e["ppv"]):   # PPV at 50 % prevalence
+        assert e["ppv"] == pytest.approx(e["sensitivity"] / (e["sensitivity"] + 1 - e["specificity"]))
+  # All ICH: 3 positives, all 3 negatives; as the one-set table's row.
+  _check(rows["All ICH"]["all"], n_positive=3, n_negative=3, auc=8 / 9)
+  again = D.table2(_table2_preds(), five, seed=4, n_boot=0)["published"]
+  assert json.dumps(jsonable(again)) == json.dumps(jsonable(t["published"]))
+  # More positives than negatives: every negative and as many positives, first in the order.
+  pos, keep_neg = D.balanced_pairs(np.array([1, 1, 1, 0, 1], bool), np.array([0, 0, 0, 1, 0], bool),
+                                   np.array([4, 2, 0, 1, 3]))
+  assert pos.tolist() == [False, False, False, False, True] and keep_neg.tolist() == [False, False, False, True, False]
 
 
 def test_without_a_mask_table2_reads_the_labels_and_mask_sections_are_none():
