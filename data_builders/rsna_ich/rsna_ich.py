@@ -29,6 +29,22 @@ Layout, labels and quirks: ../shared/reference/datasets.md (RSNA). The build
 Configs: `slices` (one example per slice, native 512), `slices256`, and
 `scans` / `scans256` (one example per series, for the sequence models: seed
 003 §2 feeds whole scans and their z-gaps to its GRUs).
+
+The `*_stage1` configs (`slices_stage1`, `slices256_stage1`, `scans_stage1`,
+`scans256_stage1`) make `test` seed 003's own test set instead: Table 3 is
+scored on the RSNA stage-1 ("batch-1") test set, whose labels stage 2 released
+inside `stage_2_train.csv` (seed 003 §2 "Dataset"). Its image IDs come from
+`stage_1_sample_submission.csv` in manual_dir (rows `ID_<hex>_<subtype>`), or
+else from the file names in a `stage_1_test_images/` (`stage_1_test/`) folder;
+`test` then holds exactly those images, labelled. The split stays by patient:
+a patient with stage-1 test images has every other image of theirs (stage-1
+training images, in stage 2's training set) left out of `train` and
+`validation`, counted in the build report; the paper trained on the whole
+stage-1 training set. Without either source the build falls back to holding
+out patients, in an order fixed by a hash of the PatientID, until
+`stage1_fallback_fraction` of the images (the stage-1 test's share) is held
+out: a test set of the same size, not the same images; the report says which
+source was used. `stage_2_test` is not read by these configs.
 """
 from __future__ import annotations
 
@@ -48,6 +64,11 @@ from ich_jax.data import dicom
 TRAIN_DIRS = ("stage_2_train", "stage_2_train_images")
 TEST_DIRS = ("stage_2_test", "stage_2_test_images")
 LABELS_CSV = "stage_2_train.csv"
+# Where the stage-1 test image IDs are read from, first found first: Kaggle's stage-1 sample submission (six
+# rows ID_<hex>_<subtype> per image), or the stage-1 download's test image folder (file names ID_<hex>.dcm).
+STAGE1_SUBMISSION = "stage_1_sample_submission.csv"
+STAGE1_TEST_DIRS = ("stage_1_test_images", "stage_1_test")
+TEST_SETS = ("stage_2_test", "stage_1_test")
 _ROW_ID = re.compile(r"(ID_[0-9A-Za-z]+)_(" + "|".join(LABELS) + r")")
 
 
@@ -55,6 +76,17 @@ _ROW_ID = re.compile(r"(ID_[0-9A-Za-z]+)_(" + "|".join(LABELS) + r")")
 class RsnaIchConfig(ingest.IngestConfig):
   # Fraction of stage_2_train patients held out as `validation` (by PatientID, fixed by a hash of the ID).
   validation_fraction: float = 0.1
+  # What `test` is: "stage_2_test", Kaggle's unlabelled stage-2 test images; "stage_1_test", the stage-1 test
+  # images held out of stage_2_train by patient, labelled (seed 003 Table 3's test set; module docstring).
+  test_set: str = "stage_2_test"
+  # "stage_1_test" without the stage-1 IDs in manual_dir: the share of the images held out by patient instead.
+  # Seed 003 §2 "Dataset": batch-1 has 674,258 training and 78,545 test slices (78,545 / 752,803 = 10.4 %).
+  stage1_fallback_fraction: float = 78545 / (674258 + 78545)
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.test_set not in TEST_SETS:
+      raise ValueError(f"{self.name}: test_set must be one of {TEST_SETS}, got {self.test_set!r}")
 
 
 # --- Labels ------------------------------------------------------------------------
@@ -71,32 +103,19 @@ def read_labels(path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
   path = pathlib.Path(path)
   seen: dict[tuple[str, str], tuple[int, str]] = {}
   duplicates = 0
-  with open(path, newline="") as f:
-    reader = csv.reader(f)
-    header = [c.strip() for c in next(reader, [])]
-    if header != ["ID", "Label"]:
-      raise ValueError(f"{path}: header must be 'ID,Label', got {','.join(header)!r}")
-    for line, row in enumerate(reader, start=2):
-      if not any(c.strip() for c in row):
-        continue
-      if len(row) != 2:
-        raise ValueError(f"{path}:{line}: expected 2 columns ID,Label, got {row!r}")
-      row_id, value = row[0].strip(), row[1].strip()
-      m = _ROW_ID.fullmatch(row_id)
-      if not m:
-        raise ValueError(f"{path}:{line}: column ID: {row_id!r} is not ID_<hex>_<subtype> "
-                         f"with subtype one of {', '.join(LABELS)}")
-      if value not in ("0", "1"):
-        raise ValueError(f"{path}:{line}: column Label: {value!r} for {row_id} is not 0 or 1")
-      key = (m.group(1), m.group(2))
-      if key in seen:
-        first_line, first_value = seen[key]
-        if first_value != value:
-          raise ValueError(f"{path}: conflicting duplicate rows for {row_id}: Label {first_value} "
-                           f"(line {first_line}) and {value} (line {line})")
-        duplicates += 1
-        continue
-      seen[key] = (line, value)
+  for line, image, subtype, value in _id_label_rows(path):
+    row_id = f"{image}_{subtype}"
+    if value not in ("0", "1"):
+      raise ValueError(f"{path}:{line}: column Label: {value!r} for {row_id} is not 0 or 1")
+    key = (image, subtype)
+    if key in seen:
+      first_line, first_value = seen[key]
+      if first_value != value:
+        raise ValueError(f"{path}: conflicting duplicate rows for {row_id}: Label {first_value} "
+                         f"(line {first_line}) and {value} (line {line})")
+      duplicates += 1
+      continue
+    seen[key] = (line, value)
   by_image: dict[str, dict[str, float]] = {}
   for (image, subtype), (_, value) in seen.items():
     by_image.setdefault(image, {})[subtype] = float(value)
@@ -111,6 +130,84 @@ def read_labels(path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     labels[image] = vector
   return labels, {"label rows: exact duplicates dropped": duplicates,
                   "images whose 'any' differs from max(subtypes) (kept as given)": inconsistent}
+
+
+def read_stage1_ids(path) -> set[str]:
+  """Image IDs of `stage_1_sample_submission.csv` (`ID,Label`, six rows `ID_<hex>_<subtype>` per image).
+
+  Raises:
+    ValueError naming the file, line and value of a malformed row (`_id_label_rows`).
+  """
+  return {image for _, image, _, _ in _id_label_rows(pathlib.Path(path))}
+
+
+def _id_label_rows(path: pathlib.Path):
+  """(line, ID_<hex>, subtype, Label) per row of a Kaggle `ID,Label` CSV, blank rows skipped.
+
+  Raises:
+    ValueError naming the file, line and value: a header other than
+    `ID,Label`, a row without two columns, an ID not ID_<hex>_<subtype>.
+  """
+  with open(path, newline="") as f:
+    reader = csv.reader(f)
+    header = [c.strip() for c in next(reader, [])]
+    if header != ["ID", "Label"]:
+      raise ValueError(f"{path}: header must be 'ID,Label', got {','.join(header)!r}")
+    for line, row in enumerate(reader, start=2):
+      if not any(c.strip() for c in row):
+        continue
+      if len(row) != 2:
+        raise ValueError(f"{path}:{line}: expected 2 columns ID,Label, got {row!r}")
+      row_id = row[0].strip()
+      m = _ROW_ID.fullmatch(row_id)
+      if not m:
+        raise ValueError(f"{path}:{line}: column ID: {row_id!r} is not ID_<hex>_<subtype> "
+                         f"with subtype one of {', '.join(LABELS)}")
+      yield line, m.group(1), m.group(2), row[1].strip()
+
+
+def stage1_test_ids(root: pathlib.Path) -> tuple[set[str] | None, str]:
+  """The stage-1 test image IDs from manual_dir (`STAGE1_SUBMISSION`, else `STAGE1_TEST_DIRS`) and where they
+  came from; (None, "") when neither is there."""
+  submission = ingest.require_file(root, [STAGE1_SUBMISSION], "stage-1 sample submission", required=False)
+  if submission is not None:
+    return read_stage1_ids(submission), str(submission)
+  folder = ingest.require_file(root, STAGE1_TEST_DIRS, "stage-1 test image folder", required=False)
+  if folder is not None:
+    return set(list_images(folder)), str(folder)
+  return None, ""
+
+
+def stage1_split(series_images: dict[str, list[str]], patient: dict[str, str], held: set[str] | None,
+                 fallback_fraction: float) -> tuple[dict[str, list[str]], set[str], set[str]]:
+  """The stage-1 test set within stage_2_train, by patient.
+
+  Args:
+    series_images: series UID → its image IDs.
+    patient: series UID → patient.
+    held: the stage-1 test image IDs; None: the fallback, patients in a hashed
+      order until `fallback_fraction` of the images is held out.
+
+  Returns:
+    (series UID → its held-out image IDs, the image IDs left out of every
+    split because their patient has held-out images, the held-out patients).
+  """
+  if held is None:
+    sizes: dict[str, int] = {}
+    for uid, ids in series_images.items():
+      sizes[patient[uid]] = sizes.get(patient[uid], 0) + len(ids)
+    target, n, chosen = fallback_fraction * sum(sizes.values()), 0, set()
+    for p in ingest.stable_order(sizes, salt="rsna_ich:stage_1_test"):
+      if n >= target:
+        break
+      chosen.add(p)
+      n += sizes[p]
+    return {uid: list(ids) for uid, ids in series_images.items() if patient[uid] in chosen}, set(), chosen
+  test = {uid: [i for i in ids if i in held] for uid, ids in series_images.items()}
+  test = {uid: ids for uid, ids in test.items() if ids}
+  patients = {patient[uid] for uid in test}
+  left_out = {i for uid, ids in series_images.items() if patient[uid] in patients for i in ids if i not in held}
+  return test, left_out, patients
 
 
 def list_images(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -208,8 +305,13 @@ class RsnaIch(ingest.IngestBuilder):
     stage_2_train.csv
     stage_2_train/ID_<hex>.dcm ...      (or stage_2_train_images/)
     stage_2_test/ID_<hex>.dcm ...       (optional; or stage_2_test_images/)
+  The *_stage1 configs (seed 003's test set) also read, if present:
+    stage_1_sample_submission.csv       (from the stage-1 data; or a stage_1_test_images/ folder)
   """
-  BUILDER_CONFIGS = ingest.standard_configs(RsnaIchConfig, "series")
+  BUILDER_CONFIGS = ingest.standard_configs(RsnaIchConfig, "series") + [
+      dataclasses.replace(c, name=f"{c.name}_stage1", test_set="stage_1_test",
+                          description=f"{c.description} test: the stage-1 test images, labelled (seed 003 Table 3).")
+      for c in ingest.standard_configs(RsnaIchConfig, "series")]
   TASK_UNIT = "series"   # one worker task per series (the progress bar's unit)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -234,14 +336,22 @@ class RsnaIch(ingest.IngestBuilder):
     csv_path = ingest.require_file(root, [LABELS_CSV], "label CSV")
     train_dir = ingest.require_file(root, TRAIN_DIRS, "training image folder")
     test_dir = ingest.require_file(root, TEST_DIRS, "test image folder", required=False)
+    stage1 = cfg.test_set == "stage_1_test"
+    if stage1 and test_dir is not None:
+      report.note(test_dir, f"config {cfg.name}: test is the stage-1 test set; {test_dir.name} is not read")
+      test_dir = None
 
     labels, counts = read_labels(csv_path)
     for what, n in counts.items():
       report.count("labels", what, n)
     train_images = list_images(train_dir)
     check_join(labels, train_images, csv_path, train_dir)
+    held, source = None, ""
+    if stage1:
+      held, source = stage1_test_ids(root)
+      self._check_stage1_ids(held, source, train_images, train_dir)
     test_images = list_images(test_dir) if test_dir is not None else {}
-    if test_dir is None:
+    if test_dir is None and not stage1:
       report.note(root, f"no {' or '.join(TEST_DIRS)} folder: no test split")
 
     series = self._scan(list(train_images.values()) + list(test_images.values()))
@@ -252,6 +362,13 @@ class RsnaIch(ingest.IngestBuilder):
         raise ValueError(f"series {uid} has files in both {train_dir} and {test_dir}")
 
     patient = {uid: self._patient(s) for uid, s in series.items()}
+    held_out: set[str] = set()
+    if stage1:
+      test_images_of, held_out = self._stage1_test(train_series, patient, held, source)
+      # Exactly the held-out images: a series mixing them with others (none in the real data) keeps only them.
+      test_series = {uid: [h for h in train_series[uid] if pathlib.Path(h.path).stem in ids]
+                     for uid, ids in ((u, set(i)) for u, i in test_images_of.items())}
+      train_series = {uid: s for uid, s in train_series.items() if patient[uid] not in held_out}
     patients = ingest.stable_order({patient[uid] for uid in train_series}, salt="rsna_ich")
     n_val = min(len(patients) - 1, max(1, round(cfg.validation_fraction * len(patients)))) \
         if cfg.validation_fraction > 0 and len(patients) > 1 else 0
@@ -263,7 +380,9 @@ class RsnaIch(ingest.IngestBuilder):
 
     out = {}
     for split, uids in by_split.items():
-      tasks = [t for uid in uids if (t := self._task(series[uid], patient[uid], labels if split != "test" else None))]
+      split_labels = labels if split != "test" or stage1 else None
+      tasks = [t for uid in uids if (t := self._task(test_series[uid] if split == "test" else series[uid],
+                                                    patient[uid], split_labels))]
       if not tasks:
         report.note(root, f"split {split}: no series")
         continue
@@ -272,6 +391,37 @@ class RsnaIch(ingest.IngestBuilder):
       out[split] = self._shards(split, functools.partial(ingest.guarded, _series_result, _series_where),
                                 tasks, weights)
     return out
+
+  def _check_stage1_ids(self, held, source, train_images, train_dir) -> None:
+    """Every stage-1 test ID is a stage_2_train image (stage 2 released their labels there); else an error."""
+    if held is None:
+      self.report.note(self.builder_config.name, (
+          f"no {STAGE1_SUBMISSION} or {' / '.join(STAGE1_TEST_DIRS)} in manual_dir: test holds out patients (hashed "
+          f"order) up to {self.builder_config.stage1_fallback_fraction:.2%} of the images, the size of the stage-1 "
+          "test set but not its images; results are not comparable with seed 003's Table 3"))
+      return
+    missing = sorted(held - set(train_images))
+    if missing:
+      raise ValueError(f"{source}: {len(missing)} of its {len(held)} stage-1 test images are not in {train_dir} "
+                       f"(stage 2 moved them there), e.g. {', '.join(missing[:5])}: is {train_dir} complete, and is "
+                       f"{source} the stage-1 test list?")
+
+  def _stage1_test(self, train_series, patient, held, source) -> tuple[dict[str, list[str]], set[str]]:
+    """`stage1_split` on the readable stage_2_train series, with its counts in the report."""
+    series_images = {uid: [pathlib.Path(h.path).stem for h in s] for uid, s in train_series.items()}
+    test, left_out, patients = stage1_split(series_images, patient, held, self.builder_config.stage1_fallback_fraction)
+    report = self.report
+    report.note(self.builder_config.name, f"test: the stage-1 test images from {source}" if held is not None else
+                "test: the fallback hold-out (no stage-1 test IDs in manual_dir)")
+    report.count("test", "stage-1 test images held out", sum(len(ids) for ids in test.values()))
+    report.count("test", "stage-1 test patients", len(patients))
+    # Stage 2's training set holds stage-1 training images of stage-1 test patients: in no split, so that no
+    # patient is both trained on and tested.
+    report.count("test", "images left out of train and validation: their patient has stage-1 test images",
+                 len(left_out))
+    report.count("test", "patients with both stage-1 training and test images",
+                 len({patient[uid] for uid, ids in series_images.items() if set(ids) & left_out}))
+    return test, patients
 
   def _scan(self, paths) -> dict[str, list[dicom_slices.SliceHeader]]:
     """Headers of all files (in parallel), grouped by series; unreadable files reported."""

@@ -16,9 +16,9 @@ from ich_jax.data import instances, resample, series_index, slice_inputs, slice_
 
 
 def _channels_into(out: np.ndarray, hu: np.ndarray, plan: slice_plan.Plan, plane: np.ndarray,
-                   brain: np.ndarray | None = None) -> None:
-  """`slice_inputs.to_channels` + `resample.resize` of one example's `hu` (and `brain`), written into
-  out [S, S, C]; plane: [H, W] float32 scratch."""
+                   brain: np.ndarray | None = None, hu_window: np.ndarray | None = None) -> None:
+  """`slice_inputs.to_channels` + `resample.resize` of one example's `hu` (and `brain`; `hu_window`, the header
+  windows of intensity "dicom_window"), written into out [S, S, C]; plane: [H, W] float32 scratch."""
   h, w = hu.shape[:2]
   resized = (h, w) != out.shape[:2]
   target = np.empty((h, w, out.shape[-1]), np.float32) if resized else out
@@ -26,12 +26,14 @@ def _channels_into(out: np.ndarray, hu: np.ndarray, plan: slice_plan.Plan, plane
     source = hu[..., plan.offsets.index(offset)]
     if plan.intensity == "window":
       windows.apply_window(source, level, width, out=plane)
+    elif plan.intensity == "dicom_window":
+      plane[...] = windows.apply_dicom_window(source, hu_window[plan.offsets.index(offset)], level, width)
     else:
       windows.clip_rescale(source, *plan.clip_range, *plan.clip_out_range, out=plane)
     if op == "skull_stripped":
       # Outside the brain: the channel's air value, as windows.apply_recipe(_clip_rescale) sets it.
       plane[brain[..., plan.stripped_offsets.index(offset)] == 0] = (
-          0.0 if plan.intensity == "window" else plan.clip_out_range[0])
+          plan.clip_out_range[0] if plan.intensity == "clip_rescale" else 0.0)
     target[..., c] = plane
   if resized:
     out[...] = resample.resize_image(target, out.shape[0])
@@ -62,8 +64,8 @@ class HostBatch:
              else np.empty(shape, np.float32))
     plane = np.empty(examples[0]["hu"].shape[:2], np.float32)
     for i, example in enumerate(examples):
-      _channels_into(image[i], example["hu"], plan, plane, example.get("brain"))
-    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k not in ("hu", "brain")}
+      _channels_into(image[i], example["hu"], plan, plane, example.get("brain"), example.get("hu_window"))
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k not in ("hu", "brain", "hu_window")}
     for key in ("mask", "brain_mask"):
       if key in batch and batch[key].shape[1:] != (size, size):
         h, w = batch[key].shape[1:]

@@ -22,6 +22,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # "window": each channel apply_window(level, width) -> [0, 1].
   # "clip_rescale": each channel clip_rescale(clip_range -> clip_out_range);
   # level/width ignored, only the offsets are used (seed 001).
+  # "dicom_window": each channel's slice in its own DICOM header window (the
+  # record's `dicom_window`; rsna_ich stores it), min-max scaled: seed 003's
+  # public code; level/width only stand in for a slice without a header window.
   c.intensity = "window"
   c.clip_range = (-240.0, 240.0)      # seed 001, Image Preprocessing
   c.clip_out_range = (-3.0, 3.0)      # seed 001, Image Preprocessing
@@ -70,7 +73,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # §2.2.1): as many normal slices (no blood) as lesion slices, the lesion
   # slices optionally balanced over subtypes ("the same number of slices as
   # those of IPH, IVH, SDH, EDH, and SAH"); slices with blood that is not the
-  # chosen lesion kind are left out.
+  # chosen lesion kind are left out. "balanced_scans" (seed 000 §2.2.1): as
+  # many normal scans (no blood) as scans with the lesion, every slice of each;
+  # num_lesion counts scans, subtypes are not balanced, drawn once.
   c.sampling = ml_collections.ConfigDict()
   s = c.sampling
   s.mode = "all"

@@ -11,6 +11,8 @@ accelerator) the training batches leave the host as
                               (`augment.source_terms`), drawn on the host from
                               the same stream-position-keyed RNG as the host warp
   mask   uint8 [B, H, W]      as stored, unwarped (when the task reads it)
+  hu_window float32 [B, K, 2] with intensity "dicom_window": each plane's DICOM
+                              header window (center, width)
 
 and `TrainFinish` turns them into the usual `image` float32 [B, S, S, C] and
 `mask` [B, S, S] on the accelerator: bilinear warp of the HU (each plane's
@@ -87,11 +89,16 @@ def warp_nearest(mask: jax.Array, warp: jax.Array) -> jax.Array:
   return jax.vmap(_warp_mask_example)(mask, warp)
 
 
-def channels(hu: jax.Array, plan, offsets: Sequence[int]) -> jax.Array:
-  """[B, H, W, K] HU planes (in `offsets` order) → [B, H, W, C] float32 channels of the plan's recipe."""
+def channels(hu: jax.Array, plan, offsets: Sequence[int], hu_window: jax.Array | None = None) -> jax.Array:
+  """[B, H, W, K] HU planes (in `offsets` order; `hu_window` [B, K, 2] their header windows, for intensity
+  "dicom_window") → [B, H, W, C] float32 channels of the plan's recipe."""
   planes = {int(o): hu[..., k] for k, o in enumerate(offsets)}
   if plan.intensity == "window":
     out = [windows.apply_window(planes[int(o)], level, width) for o, level, width, _ in plan.recipe]
+  elif plan.intensity == "dicom_window":
+    k = {int(o): i for i, o in enumerate(offsets)}
+    out = [windows.apply_dicom_window(planes[int(o)], hu_window[:, k[int(o)]], level, width, xp=jnp)
+           for o, level, width, _ in plan.recipe]
   else:
     out = [windows.clip_rescale(planes[int(o)], *plan.clip_range, *plan.clip_out_range) for o, _, _, _ in plan.recipe]
   return jnp.stack(out, axis=-1)
@@ -120,17 +127,19 @@ class TrainFinish:
   def host_keys(self, keys: Sequence[str]) -> tuple[str, ...]:
     """The host batch fields to place on devices for a task that reads `keys`."""
     inputs = ("hu", "warp") if self.plan.augment.enabled else ("hu",)
+    if self.plan.intensity == "dicom_window":
+      inputs += ("hu_window",)
     return tuple(k for key in keys for k in (inputs if key == "image" else (key,)))
 
   def __call__(self, batch: dict) -> dict:
-    out = {k: v for k, v in batch.items() if k not in ("hu", "warp")}
+    out = {k: v for k, v in batch.items() if k not in ("hu", "warp", "hu_window")}
     hu = batch["hu"].astype(jnp.float32)
     mask = batch.get("mask")
     if "warp" in batch:
       hu = warp_linear(hu, batch["warp"])
       if mask is not None:
         mask = warp_nearest(mask, batch["warp"])
-    image, mask = resize(channels(hu, self.plan, self.offsets), mask, self.plan.image_size)
+    image, mask = resize(channels(hu, self.plan, self.offsets, batch.get("hu_window")), mask, self.plan.image_size)
     out["image"] = image
     if mask is not None:
       out["mask"] = mask

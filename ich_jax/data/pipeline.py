@@ -24,6 +24,7 @@ def train_dataset(source, cfg, *, global_batch_size: int, seed: int,
   """The training IterDataset (see `train_iterator`)."""
   src = series_index.as_series_source(source)
   plan = slice_plan.from_config(cfg)
+  slice_inputs.require_header_windows(src, plan)
   if plan.offsets != (0,) and len(src):
     src.index  # build once here, not in every worker
   sampler = sampling.epoch_sampler(src, cfg, seed=seed)
@@ -75,6 +76,7 @@ def eval_batches(source, cfg, *, batch_size: int, process_index: int = 0,
   """
   src = series_index.as_series_source(source)
   plan = slice_plan.from_config(cfg)
+  slice_inputs.require_header_windows(src, plan)
   if plan.offsets != (0,) and len(src):
     src.index
   return streams.sharded_eval_batches(len(src), functools.partial(slice_inputs.load, src, plan), cfg,

@@ -20,23 +20,49 @@ from ich_jax.data import augment as augment_lib
 from ich_jax.data import instances, resample, series_index, slice_plan, windows
 
 
+# A slice's DICOM header window (first WindowCenter, WindowWidth; nan where absent), as rsna_ich stores it and
+# `study.Study.records` gives it for a DICOM study: what intensity "dicom_window" windows each slice by.
+WINDOW_FIELD = "dicom_window"
+
+
 def read_example(source: series_index.SeriesSource, index: int, offsets: Sequence[int]) -> dict:
-  """Record `index` plus `slices`: offset -> HU slice (nearest existing slice past an edge).
+  """Record `index` plus `slices`: offset -> HU slice (nearest existing slice past an edge), and, where the
+  records carry `dicom_window`, `slice_windows`: offset -> that slice's header window.
 
   A neighbour is read as a whole record (the source has no per-field reads),
   so a 3-neighbour recipe costs up to three record reads per example.
   """
   record = dict(source[index])
   record["record_index"] = np.int64(index)
-  if tuple(offsets) == (0,):
-    record["slices"] = {0: record["image"]}
-    return record
-  neighbours = source.neighbours(record["series_id"], record["slice_index"], offsets)
-  cache = {int(index): record["image"]}
+  neighbours = ({0: int(index)} if tuple(offsets) == (0,) else
+                source.neighbours(record["series_id"], record["slice_index"], offsets))
+  cache = {int(index): record}
   for j in set(neighbours.values()) - set(cache):
-    cache[j] = source[j]["image"]
-  record["slices"] = {o: cache[j] for o, j in neighbours.items()}
+    cache[j] = source[j]
+  record["slices"] = {o: cache[j]["image"] for o, j in neighbours.items()}
+  if WINDOW_FIELD in record:
+    record["slice_windows"] = {o: np.asarray(cache[j][WINDOW_FIELD], np.float32) for o, j in neighbours.items()}
   return record
+
+
+def require_header_windows(source, cfg) -> None:
+  """With intensity "dicom_window", a source whose records carry no `dicom_window` is refused before any batch."""
+  if slice_plan.from_config(cfg).intensity == "dicom_window" and len(source) and WINDOW_FIELD not in source[0]:
+    raise ValueError(_no_window_message(source[0], "record 0"))
+
+
+def _header_windows(example: dict) -> dict:
+  if "slice_windows" not in example:
+    raise ValueError(_no_window_message(example, f"record {example.get('record_index', '?')}"))
+  return example["slice_windows"]
+
+
+def _no_window_message(record, where: str) -> str:
+  return (f"config data.intensity='dicom_window' windows each slice by its own DICOM header window (seed 003's "
+          f"public code), read from the record field {WINDOW_FIELD!r}, but {where} (series "
+          f"{series_index.as_bytes(record.get('series_id', b'?')).decode(errors='replace')}, slice "
+          f"{record.get('slice_index', '?')}) has none: rsna_ich records and DICOM studies carry it; a dataset "
+          "built without it, or a NIfTI study, does not. Set data.intensity='window' for the recipe's fixed windows")
 
 
 def to_channels(example: dict, cfg) -> dict:
@@ -44,6 +70,7 @@ def to_channels(example: dict, cfg) -> dict:
   plan = slice_plan.from_config(cfg)
   out = dict(example)
   slices = out.pop("slices")
+  out.pop("slice_windows", None)
   spacing = out.get("pixel_spacing")
   if plan.brain_mask:
     from ich_jax.data import skull_strip
@@ -51,6 +78,8 @@ def to_channels(example: dict, cfg) -> dict:
     out["brain_mask"] = skull_strip.brain_mask(slices[0], spacing).astype(np.uint8)
   if plan.intensity == "window":
     out["image"] = windows.apply_recipe(slices, plan.recipe, spacing)
+  elif plan.intensity == "dicom_window":
+    out["image"] = windows.apply_recipe_dicom_window(slices, _header_windows(example), plan.recipe, spacing)
   else:
     out["image"] = windows.apply_recipe_clip_rescale(slices, plan.recipe, plan.clip_range, plan.clip_out_range,
                                                      spacing)
@@ -62,6 +91,7 @@ def to_channels(example: dict, cfg) -> dict:
 SCHEMA_DTYPES = {
     "labels": np.float32, "mask": np.uint8, "brain_mask": np.uint8, "slice_index": np.int32, "z_position": np.float32,
     "pixel_spacing": np.float32, "slice_thickness": np.float32, "study_blood_ml": np.float32,
+    "study_subtype_ml": np.float32, "slice_blood_ml": np.float32, "slice_subtype_ml": np.float32,
     "mimic": np.uint8, "record_index": np.int64,
 }
 
@@ -131,15 +161,20 @@ def hu_example(example: dict, cfg) -> dict:
   size (int16 as stored, float32 once warped on the host); no `image` (made
   from `hu` by `batching.HostBatch`, or on the device by the train step);
   `pixel_spacing` already as after the resize to `image_size`; `mask` as stored;
-  with skull stripping, `brain` [H, W, K'] uint8 (the brain masks of the recipe's
+  with intensity "dicom_window", `hu_window` float32 [K, 2]: each plane's header
+  window (center, width), in `hu`'s order; with skull stripping, `brain` [H, W, K'] uint8 (the brain masks of the recipe's
   stripped offsets, `slice_plan.Plan.stripped_offsets`) and/or `brain_mask` [H, W], as stored.
   """
   plan = slice_plan.from_config(cfg)
   out = dict(example)
   slices = out.pop("slices")
+  out.pop("slice_windows", None)
   del out["image"]
   planes = [np.asarray(slices[o]) for o in plan.offsets]
   out["hu"] = planes[0][..., None] if len(planes) == 1 else np.stack(planes, axis=-1)
+  if plan.intensity == "dicom_window":
+    header = _header_windows(example)
+    out["hu_window"] = np.stack([np.asarray(header[o], np.float32) for o in plan.offsets])
   strip = plan.stripped_offsets
   if strip or plan.brain_mask:
     # Brain masks of the (warped) stored slices, at their own pixel spacing, as `to_channels` makes them.

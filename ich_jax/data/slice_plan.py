@@ -13,7 +13,8 @@ import ml_collections
 
 from ich_jax.data import config_defaults, windows
 
-INTENSITIES = ("window", "clip_rescale")
+# ich_jax.data.windows (module docstring): fixed windows, seed 001's clip_rescale, each slice's header window.
+INTENSITIES = ("window", "clip_rescale", "dicom_window")
 PREPROCESS_ON = ("host", "device", "auto")
 
 

@@ -90,9 +90,15 @@ class Study:
   def records(self) -> list[dict]:
     """The slices in the slice schema (`ich_jax.data.pipeline`), one record per slice, in z order."""
     spacing = np.asarray(self.spacing[1:], np.float32)
-    return [{"image": self.hu[i], "series_id": self.series_id, "study_id": self.study_id, "slice_index": i,
-             "z_position": np.float32(self.z_positions[i]), "pixel_spacing": spacing,
-             "slice_thickness": np.float32(self.slice_thickness)} for i in range(self.num_slices)]
+    records = [{"image": self.hu[i], "series_id": self.series_id, "study_id": self.study_id, "slice_index": i,
+                "z_position": np.float32(self.z_positions[i]), "pixel_spacing": spacing,
+                "slice_thickness": np.float32(self.slice_thickness)} for i in range(self.num_slices)]
+    # DICOM: each slice's header window (intensity "dicom_window"); a NIfTI file has none.
+    windows = getattr(self.geometry, "windows", None)
+    if windows is not None:
+      for record, window in zip(records, windows):
+        record["dicom_window"] = window
+    return records
 
   def mask_image(self, mask: np.ndarray):
     """A uint8 [S, H, W] mask on this study's grid → a nibabel image in the input's geometry.

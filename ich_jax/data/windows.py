@@ -9,7 +9,15 @@ channel op applied after the window: `(0, 40, 80, "skull_stripped")` is seed
 recipes; code never hard-wires a window.
 
 `apply_window` and `clip_rescale` use only array methods, so they work on numpy
-and jax arrays alike; `apply_recipe` and `select_neighbours` are numpy.
+and jax arrays alike; `header_window_bounds` and `minmax_window` take the array
+module (`xp`: numpy or jax.numpy); `apply_recipe*` and `select_neighbours` are
+numpy.
+
+Intensities (`config.data.intensity`): "window" maps each channel by its
+recipe window; "clip_rescale" by seed 001's fixed interval (level and width
+unused); "dicom_window" windows each slice by its own DICOM header window and
+min-max scales it, seed 003's public code (`header_window_bounds`): there the
+recipe's level and width only stand in for a slice whose header has no window.
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ BRAIN_WINDOW = (40.0, 80.0)
 # stacked as the three channels of an RGB image.
 RSNA_3WINDOW = ((0, 40, 80), (0, 80, 200), (0, 600, 2800))
 
-# Seed 003's *public code* variant (not the paper's text): the channels are the
-# neighbouring slices s-1, s, s+1, each in the brain window 40/80. The window per
-# channel stays explicit so a variant (e.g. a different window per neighbour) is
-# a config change, not a code change.
+# Seed 003's *public code* variant (not the paper's text, which stacks no
+# neighbours): the channels are the neighbouring slices s-1, s, s+1. With
+# intensity "window" each is in the fixed brain window 40/80; the public code
+# itself windows each slice by its own DICOM header window and min-max scales it
+# (intensity "dicom_window", where 40/80 stands in for a slice without a header
+# window). The window per channel stays explicit so a variant (e.g. a different
+# window per neighbour) is a config change, not a code change.
 RSNA_NEIGHBOURS = ((-1, 40, 80), (0, 40, 80), (1, 40, 80))
 
 # Seed 000 (§2.1.4 "Pre-processing"): stroke window (width 40, level 40), brain
@@ -115,6 +126,48 @@ def clip_rescale(hu, lo: float = -240.0, hi: float = 240.0, out_lo: float = -3.0
   return (x - lo) * ((out_hi - out_lo) / (hi - lo)) + out_lo
 
 
+def header_window_bounds(window, level: float, width: float, xp=np):
+  """A slice's DICOM header window [..., 2] (center, width) → the HU bounds (lo, hi) [...] seed 003's public code
+  clips to.
+
+  2DNet/src/prepare_data.py: `int()` of the first WindowCenter and WindowWidth
+  (towards zero), then lo = c - w // 2, hi = c + w // 2. A slice whose header
+  has no window (nan, as the builders store it, or a width <= 0) takes the
+  recipe's (`level`, `width`) by the same rule; the public code lost such a
+  slice (its PNG is never written).
+  """
+  window = xp.asarray(window, dtype=xp.float32)
+  center, span = window[..., 0], window[..., 1]
+  present = xp.isfinite(center) & xp.isfinite(span) & (span > 0)
+  center = xp.trunc(xp.where(present, center, level))
+  half = xp.floor(xp.trunc(xp.where(present, span, width)) / 2)
+  return center - half, center + half
+
+
+def minmax_window(hu, lo, hi, xp=np):
+  """clip(hu, lo, hi) min-max scaled to [0, 1] over each slice (the last two axes): seed 003's public code
+  (2DNet/src/prepare_data.py, `window_image` then `normalize_minmax`).
+
+  `lo`, `hi`: the bounds of each slice (`header_window_bounds`), shaped as
+  hu's leading axes. The clipped slice's own minimum maps to 0 and its maximum
+  to 1, so a slice that does not reach both bounds is stretched; a slice
+  constant after clipping (the public code divides by zero there) is 0.
+  """
+  hu = xp.asarray(hu, dtype=xp.float32)
+  lo = xp.maximum(xp.asarray(lo, dtype=xp.float32)[..., None, None], hu.min(axis=(-2, -1), keepdims=True))
+  hi = xp.minimum(xp.asarray(hi, dtype=xp.float32)[..., None, None], hu.max(axis=(-2, -1), keepdims=True))
+  spread = hi - lo
+  varies = spread > 0
+  scaled = (xp.clip(hu, lo, hi) - lo) / xp.where(varies, spread, 1.0)
+  return xp.where(varies, scaled, 0.0).astype(xp.float32)
+
+
+def apply_dicom_window(hu, window, level: float, width: float, xp=np):
+  """One slice (or a batch, hu [..., H, W] with window [..., 2]) in its own header window, min-max scaled:
+  intensity "dicom_window" (`header_window_bounds`, `minmax_window`)."""
+  return minmax_window(hu, *header_window_bounds(window, level, width, xp), xp)
+
+
 # --- Recipes -----------------------------------------------------------------
 
 
@@ -139,7 +192,7 @@ def recipe_offsets(recipe: Recipe) -> tuple[int, ...]:
 
 def _channels(slices_by_offset: Mapping[int, np.ndarray], recipe: Recipe, intensity, air: float,
               pixel_spacing) -> np.ndarray:
-  """Channel c = intensity(slice s + offset c, level c, width c), then its op; stacked [H, W, C]."""
+  """Channel c = intensity(slice s + offset c, level c, width c, offset c), then its op; stacked [H, W, C]."""
   entries = parse_recipe(recipe)
   if not entries:
     raise ValueError("empty channel recipe")
@@ -150,7 +203,7 @@ def _channels(slices_by_offset: Mapping[int, np.ndarray], recipe: Recipe, intens
       raise KeyError(f"recipe channel {(offset, level, width)} needs slice offset {offset}, "
                      f"have offsets {sorted(slices_by_offset)}")
     hu = np.asarray(slices_by_offset[offset])
-    channel = intensity(hu, level, width)
+    channel = intensity(hu, level, width, offset)
     if op == "skull_stripped":
       if offset not in masks:
         from ich_jax.data import skull_strip  # scipy, only for recipes that strip
@@ -167,7 +220,8 @@ def apply_recipe(slices_by_offset: Mapping[int, np.ndarray], recipe: Recipe, pix
   `pixel_spacing` (mm, row and column) sizes the skull-stripping morphology; without it
   `skull_strip.DEFAULT_SPACING_MM` is assumed.
   """
-  return _channels(slices_by_offset, recipe, apply_window, 0.0, pixel_spacing)
+  return _channels(slices_by_offset, recipe, lambda hu, level, width, offset: apply_window(hu, level, width), 0.0,
+                   pixel_spacing)
 
 
 def apply_recipe_clip_rescale(
@@ -178,8 +232,23 @@ def apply_recipe_clip_rescale(
     pixel_spacing=None,
 ) -> np.ndarray:
   """As `apply_recipe`, but each channel is `clip_rescale` of its slice (level/width unused)."""
-  return _channels(slices_by_offset, recipe, lambda hu, level, width: clip_rescale(hu, *clip_range, *out_range),
-                   out_range[0], pixel_spacing)
+  return _channels(slices_by_offset, recipe,
+                   lambda hu, level, width, offset: clip_rescale(hu, *clip_range, *out_range), out_range[0],
+                   pixel_spacing)
+
+
+def apply_recipe_dicom_window(slices_by_offset: Mapping[int, np.ndarray], windows_by_offset: Mapping[int, np.ndarray],
+                              recipe: Recipe, pixel_spacing=None) -> np.ndarray:
+  """As `apply_recipe`, but channel c is slice s + offset c in that slice's own header window
+  (`windows_by_offset`: offset → (center, width), nan where the header had none), min-max scaled
+  (`apply_dicom_window`); the entry's level and width stand in for a missing window."""
+  def intensity(hu, level, width, offset):
+    if offset not in windows_by_offset:
+      raise KeyError(f"recipe channel {(offset, level, width)} needs the header window of slice offset {offset}, "
+                     f"have windows of offsets {sorted(windows_by_offset)}")
+    return apply_dicom_window(hu, windows_by_offset[offset], level, width)
+
+  return _channels(slices_by_offset, recipe, intensity, 0.0, pixel_spacing)
 
 
 def select_neighbours(available: Sequence[int], slice_index: int, offsets: Sequence[int]) -> dict[int, int]:

@@ -10,7 +10,7 @@ import pydicom.data
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from data_builders import build_report, dicom_slices, resize
+from data_builders import build_report, dicom_slices, ingest, resize
 from data_builders.rsna_ich import rsna_ich as R
 from ich_jax.data import dicom
 from tests.data_builders import fixtures
@@ -18,8 +18,8 @@ from tests.data_builders import fixtures
 RES = 32   # the fixture's 64 matrix (and the real 512 slice) stored at 32
 
 
-def build(manual_dir, data_dir, level="slice", workers=1, **overrides):
-  cfg = R.RsnaIchConfig(name=f"fixture_{level}", level=level, resolution=RES, min_shards=2,
+def build(manual_dir, data_dir, level="slice", workers=1, name=None, **overrides):
+  cfg = R.RsnaIchConfig(name=name or f"fixture_{level}", level=level, resolution=RES, min_shards=2,
                         validation_fraction=0.2, **overrides)
   return fixtures.build(R.RsnaIch, cfg, manual_dir, data_dir, workers)
 
@@ -237,3 +237,128 @@ def test_a_series_mixing_matrix_sizes_is_skipped_naming_each_file_and_the_sizes(
                                                 f"({sizes}): series not built")
   assert skipped[str(mixed["ID_mixed000"])].startswith("Rows/Columns 16x16, but series ID_mixed mixes")
   assert sorted(text(r["sop_uid"]) for r in fixtures.records(b)) == ["ID_whole000", "ID_whole001", "ID_whole002"]
+
+
+# --- Seed 003's own test set (the *_stage1 configs) and the public code's neighbour input ----------------------
+
+def _series_of(fx) -> dict[str, list[str]]:
+  """patient → series UIDs."""
+  out = {}
+  for uid, ids in fx.series.items():
+    out.setdefault(fx.images[ids[0]].patient, []).append(uid)
+  return out
+
+
+# Patient E's five slices each get another header window, one none at all (RSNA headers vary per slice):
+# as written (first value of a multi-valued tag counts) and as seed 003's prepare_data.py reads it (int()).
+HEADER_WINDOWS = [("30", "60"), ("50", "150"), None, (["36.7", "40"], ["81.9", "80"]), ("600", "2800")]
+
+
+def _stage1_manual_dir(fx, root, held):
+  root = fixtures.copy_tree(fx.root, root)
+  from tests.data.test_dicom_window import set_header_windows
+
+  (e,) = _series_of(fx)["ID_pat00e"]
+  set_header_windows([root / fx.images[i].path.relative_to(fx.root) for i in fx.series[e]], HEADER_WINDOWS)
+  if held is not None:
+    with open(root / R.STAGE1_SUBMISSION, "w", newline="") as f:
+      f.write("ID,Label\n" + "".join(f"{i}_{s},0.5\n" for i in held for s in R.LABELS))
+  return root
+
+
+def _build_stage1(root, data_dir):
+  return build(root, data_dir, test_set="stage_1_test", name="fixture_stage1")
+
+
+@pytest.fixture(scope="module")
+def stage1(fx, tmp_path_factory):
+  """Stage-1 test IDs: patient E's series and the second study of patient B, whose first study is stage-1
+  training data (the overlap stage 2's training set has)."""
+  by_patient = _series_of(fx)
+  b1, b2 = by_patient["ID_pat00b"]
+  (e,) = by_patient["ID_pat00e"]
+  held = fx.series[e] + fx.series[b2]
+  root = _stage1_manual_dir(fx, tmp_path_factory.mktemp("stage1") / "manual", held)
+  return _build_stage1(root, tmp_path_factory.mktemp("tfds_stage1")), held, b1
+
+
+def test_stage1_config_holds_out_exactly_the_stage1_test_images_by_patient(fx, stage1):
+  b, held, b1 = stage1
+  test = records(b, "test")
+  assert sorted(text(r["sop_uid"]) for r in test) == sorted(held)
+  for r in test:   # labelled (stage 2 released them), unlike stage_2_test
+    truth = fx.images[text(r["sop_uid"])]
+    np.testing.assert_array_equal(r["labels"], truth.labels)
+    np.testing.assert_array_equal(r["image"], expected_image(truth.hu))
+  seen = {s: {text(r["sop_uid"]) for r in records(b, s)} for s in ("train", "validation")}
+  patients = {s: {fx.images[i].patient for i in ids} for s, ids in seen.items()}
+  # Patient B's first study (stage-1 training images) is in no split; stage_2_test is not read.
+  assert "ID_pat00b" not in patients["train"] | patients["validation"]
+  assert not patients["train"] & patients["validation"]
+  good = {i for i, img in fx.images.items() if img.path.name not in fx.bad and img.labels is not None}
+  assert seen["train"] | seen["validation"] == good - set(held) - set(fx.series[b1])
+  counts = fixtures.report(b)["counts"]["test"]
+  placed = [i for i in fx.series[b1] if fx.bad.get(fx.images[i].path.name) != "missing ImagePositionPatient"]
+  assert counts["images left out of train and validation: their patient has stage-1 test images"] == len(placed)
+  assert counts["patients with both stage-1 training and test images"] == 1
+  assert counts["stage-1 test images held out"] == len(held)
+
+
+def test_stage1_ids_from_the_test_folder_and_the_fallback_without_them(fx, tmp_path):
+  # The stage-1 download's image folder: its file names are the IDs.
+  folder = tmp_path / "m1" / "stage_1_test_images"
+  folder.mkdir(parents=True)
+  for i in ("ID_00000000a", "ID_00000000b"):
+    (folder / f"{i}.dcm").write_bytes(b"")
+  assert R.stage1_test_ids(tmp_path / "m1") == ({"ID_00000000a", "ID_00000000b"}, str(folder))
+  assert R.stage1_test_ids(tmp_path) == (None, "")
+  # The fallback's rule: ten patients of ten images, 25 % wanted: the first three in hashed order (30 images).
+  series = {f"s{k}": [f"ID_{k}_{j}" for j in range(10)] for k in range(10)}
+  test, left_out, patients = R.stage1_split(series, {s: f"p{s}" for s in series}, None, 0.25)
+  assert patients == set(ingest.stable_order(patients | {f"ps{k}" for k in range(10)}, "rsna_ich:stage_1_test")[:3])
+  assert test == {s: series[s] for s in series if f"p{s}" in patients} and not left_out
+  (tmp_path / R.STAGE1_SUBMISSION).write_text("ID,Label\nID_00000000a_any,0.5\nID_00000000a_subdurl,0.5\n")
+  with pytest.raises(ValueError, match=r"stage_1_sample_submission.csv:3: column ID: 'ID_00000000a_subdurl'"):
+    R.stage1_test_ids(tmp_path)
+
+  # No IDs in manual_dir: whole patients held out, in hashed order, until the stage-1 share of the images.
+  b = _build_stage1(_stage1_manual_dir(fx, tmp_path / "m2", None), tmp_path / "d")
+  test, rest = records(b, "test"), records(b, "train") + records(b, "validation")
+  held = {text(r["patient_id"]) for r in test}
+  assert held and not held & {text(r["patient_id"]) for r in rest}
+  good = {i for i, img in fx.images.items() if img.path.name not in fx.bad and img.labels is not None}
+  assert {text(r["sop_uid"]) for r in test + rest} == good   # nobody left out: no partial patient
+  order = ingest.stable_order({fx.images[i].patient for i in good}, salt="rsna_ich:stage_1_test")
+  assert held == set(order[:len(held)])
+  assert any("not comparable with seed 003's Table 3" in n["note"] for n in fixtures.report(b)["notes"])
+
+
+def _public_code_input(fx, series_ids, i):
+  """Seed 003's 2DNet (prepare_data.py, dataset.py) by hand: slices i-1, i, i+1 (the edge slice repeated), each
+  with int() of its header window, clipped to [c - w // 2, c + w // 2], then min-max scaled over the slice."""
+  channels = []
+  for j in (max(i - 1, 0), i, min(i + 1, len(series_ids) - 1)):
+    window = HEADER_WINDOWS[j] or ("40", "80")          # none in the header: the recipe's 40/80
+    c, w = (int(float(v[0] if isinstance(v, list) else v)) for v in window)
+    x = np.clip(expected_image(fx.images[series_ids[j]].hu).astype(np.float64), c - w // 2, c + w // 2)
+    channels.append((x - x.min()) / (x.max() - x.min()))
+  return np.stack(channels, axis=-1)
+
+
+def test_header_window_neighbour_input_is_the_public_codes(fx, stage1):
+  from ich_jax.data import config_defaults, records as records_lib, series_index, slice_inputs, slice_plan, windows
+
+  b, _, _ = stage1
+  cfg = config_defaults.default_data_config()
+  cfg.update({"image_size": RES, "recipe": windows.RSNA_NEIGHBOURS, "intensity": "dicom_window"})
+  cfg.augment.enabled = False
+  src = series_index.SeriesSource(records_lib.decoded_source(b, "test"))
+  (e,) = _series_of(fx)["ID_pat00e"]
+  index = {text(src[k]["sop_uid"]): k for k in range(len(src))}
+  for i, image_id in enumerate(fx.series[e]):
+    got = slice_inputs.load(src, slice_plan.from_config(cfg), index[image_id])["image"]
+    np.testing.assert_allclose(got, _public_code_input(fx, fx.series[e], i), atol=2e-6, err_msg=image_id)
+    # The fixed 40/80 is another input wherever the header says otherwise; where it says nothing, the same one
+    # (the phantom spans 0..80 HU, so min-max scaling leaves the brain window as it is).
+    fixed = windows.apply_window(expected_image(fx.images[image_id].hu), 40, 80)
+    assert np.allclose(got[..., 1], fixed, atol=1e-6) == (HEADER_WINDOWS[i] is None), image_id

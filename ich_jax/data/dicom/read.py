@@ -19,8 +19,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ich_jax.data.dicom.files import DicomError, PathLike, dicom_candidates, read_all
-from ich_jax.data.dicom.geometry import (ORIENTATION_TOLERANCE, order_along_normal, require, slice_normal,
-                                         tag_floats)
+from ich_jax.data.dicom.geometry import (ORIENTATION_TOLERANCE, first_value, order_along_normal, require,
+                                         slice_normal, tag_floats)
 from ich_jax.data.dicom.hu import Rescale, apply_rescale, rescale_notes, rescale_of
 
 # Tags every slice of a series must carry for load_series to place it in 3-D.
@@ -55,6 +55,9 @@ class Series:
   positions: np.ndarray  # [S, 3] ImagePositionPatient
   series_description: str = ""
   notes: list[str] = dataclasses.field(default_factory=list)  # HU conversions worth knowing (quirk, assumed intercept)
+  # float32 [S, 2]: each slice's first WindowCenter, WindowWidth (nan where absent), in z order; what
+  # intensity "dicom_window" (seed 003's public code) windows each slice by.
+  windows: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +155,8 @@ def _assemble(items: Items, assume_intercept: float | None = None) -> Series:
       positions=order.positions,
       series_description=str(first.get("SeriesDescription", "")),
       notes=rescale_notes(rescales, assume_intercept),
+      windows=np.asarray([(first_value(ds.get("WindowCenter")), first_value(ds.get("WindowWidth")))
+                          for _, ds in items], np.float32).reshape(-1, 2),
   )
 
 
