@@ -7,7 +7,8 @@
 
 Variants (colon-separated): `physionet` (physionet_ct_ich/slices at its native 512², the builder's subject
 folds), `paper_patches` (160 × 160 windows at stride 80, the paper's numbers, instead of the public code's
-128/64), `smoke` (synthetic_ich/tiny, CPU minutes). Every cross-validation round (experiment.cv.folds) runs
+128/64), `any_pixel` / `reference_area` (the slice rules below), `smoke` (synthetic_ich/tiny, CPU
+minutes). Every cross-validation round (experiment.cv.folds) runs
 three stages through the shared loop (ich_jax/experiments/runner.py; the stages:
 ich_jax/experiments/physionet_patch_unet.py, the U-Nets' steps and overrides here in `experiment`) and
 report.md pools their held-out predictions (`ich_jax.eval.segmentation_tables`: Tables 5 and 6, Dice per
@@ -15,7 +16,23 @@ subtype):
   threshold   the grid-search baseline (ich_jax.eval.threshold)
   full_unet   the U-Net on whole slices, blood-free slices undersampled to as many as the slices with blood
   patch_unet  the U-Net on windows, blood-free windows undersampled; stitched by sliding-window inference
-Both U-Nets keep the checkpoint of best validation Jaccard and close then open their maps.
+Both U-Nets validate every `train.select_every` steps during training (about one PhysioNet epoch; seed
+002 §6 validates after each epoch), keep the state of best validation Jaccard and close then open their maps.
+
+Slice level (Tables 5 and 6). The paper does not say when a slice counts as positive; its public code
+(main.py, both releases) calls a predicted slice positive when its post-processed mask has more than 20 × 20
+= 400 pixels, a count of pixels anywhere on the slice, not a connected region (`detectionSen`,
+`np.sum(mask) > detectionSen`). That is the default: task.slice_min_pixels = 401 on 512² slices, scaled by
+area on others. The same code applies `> 400` to the reference mask; in the release behind the paper its
+masks were 0/255 JPEGs, so a reference slice needed 2 blood pixels (255·n > 400), the default here
+(eval.slice_reference_min_pixels = 2); the NIfTI release's 0/1 masks need 401, as the predictions
+(`reference_area`). `any_pixel` calls a slice positive from one pixel on both sides (slice_min_pixels 1,
+the slice labels as reference).
+
+Chronic ICH. Seed 002 §3: "One of cases had a chronic ICH, and it was excluded from this study":
+`physionet` sets dataset.exclude_chronic (the builder leaves that subject out; its own build folder).
+The public code instead trains on it and leaves it out of the per-subject Jaccard and Dice only
+(`class_report[21, :] = np.nan`); --config.dataset.exclude_chronic=False keeps it everywhere.
 
 Window size. Seed 002 cuts 160² windows at stride 80 from 640² images (49 windows); its public code cuts
 128² at stride 64 from the 512² NIfTI slices the dataset now ships (49 windows again), which is what
@@ -26,6 +43,8 @@ stride of an eighth (32/16, 49 windows). The morphology sizes scale with the sli
 pixels at 512², the public code's). small256 (256²) is the same heads at twice the pixels: set
 --config.dataset.config=small256 --config.data.image_size=256 with windows 64/32, closing 5, opening 3.
 """
+import math
+
 from ml_collections import ConfigDict
 
 from configs import segmentation
@@ -40,10 +59,18 @@ def _geometry(c, image_size: int, patch: int, stride: int) -> None:
   # thin hemorrhage"), on 512² slices; scaled to the slice size.
   c.task.closing = max(1, round(10 * image_size / 512))
   c.task.opening = max(1, round(5 * image_size / 512))
+  c.task.slice_min_pixels = slice_min_pixels(image_size)
+
+
+def slice_min_pixels(image_size: int) -> int:
+  """Seed 002's public code: a slice is positive when its mask has more than 20 × 20 pixels (`detectionSen`)
+  on the 512² NIfTI slices; the same area on `image_size`² slices of the same field of view."""
+  return math.floor(400 * (image_size / 512) ** 2) + 1
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  v = parse_arg(arg, config="configs/physionet_patch_unet.py", smoke=False, physionet=False, paper_patches=False)
+  v = parse_arg(arg, config="configs/physionet_patch_unet.py", smoke=False, physionet=False, paper_patches=False,
+                any_pixel=False, reference_area=False)
   # configs/segmentation.py's seed 002 U-Net: the brain window (level 40, width 120) as one grey channel
   # (§3), the 24-layer network at width 64 (§4), cross-entropy, Adam at 1e-5, batch 32 for windows (§6).
   c = segmentation.get_config("unet:smoke" if v.smoke else "unet")
@@ -63,13 +90,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.data.patch.redraw_each_epoch = False
   c.task.patch = 0                       # whole slices; the patch stage links it to data.patch.size
   c.task.stride = 0
-  c.task.slice_min_pixels = 1            # the public code's 20 × 20-pixel rule: 400 · (image_size / 640)²
+  # Set with the slice size (_geometry): the public code's "more than 20 × 20 pixels" (module docstring).
+  c.eval.slice_reference_min_pixels = 2  # the paper-era code: a 0/255 reference mask summing over 400
   # Seed 002 trains 150 epochs (its public code 100); ~3,000 windows per PhysioNet epoch at batch 32.
   c.train.num_steps = 15000
   c.train.log_every = 100
-  # Seed 002 validates every epoch and keeps the best model; here every kept checkpoint is validated.
+  # Seed 002 §6: "The trained model was validated after each epoch"; its best is kept (evaluate.BestCheckpoint).
+  # Regular checkpoints only resume a run.
+  c.train.select_every = 100             # ~one epoch of ~3,000 windows at batch 32
   c.train.checkpoint_every = 1500
-  c.train.keep_checkpoints = 10
+  c.train.keep_checkpoints = 2
   c.eval.batch_size = 16
   c.eval.baseline = False
   c.eval.figures = False
@@ -87,7 +117,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
       # Seed 002 §6: the full-slice U-Net with "random undersampling" of the slices without ICH, batch 2,
       # 150 epochs of ~640 slices.
       "data": {"sampling": {"mode": "balanced", "lesion": "any", "balance_subtypes": False}},
-      "train": {"batch_size": 2, "num_steps": 50000, "checkpoint_every": 5000}}})
+      "train": {"batch_size": 2, "num_steps": 50000, "checkpoint_every": 5000,
+                "select_every": 320}}})     # ~one epoch of ~640 slices at batch 2
   e.stages.patch_unet = ConfigDict({"steps": ("train", "select_checkpoint", "eval"),
                                     "overrides": {"dataset": {"kind": "patches"},
                                                   "task": {"patch": 0, "stride": 0}}})
@@ -95,6 +126,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   if v.physionet:
     c.dataset.name = "physionet_ct_ich"
     c.dataset.config = "slices"
+    c.dataset.exclude_chronic = True     # seed 002 §3 (module docstring)
     _geometry(c, 512, 128, 64)           # the public code's windows on the 512² NIfTI slices
   else:
     _geometry(c, 128, 32, 16)            # synthetic_ich/small: a quarter of the slice, stride an eighth
@@ -109,10 +141,18 @@ def get_config(arg: str | None = None) -> ConfigDict:
     _geometry(c, 32, 16, 8)
     c.task.closing, c.task.opening = 3, 2  # scaled they would be 1 (none): keep the post-processing in the path
     c.train.num_steps = 2
-    c.train.checkpoint_every = 1
-    c.train.keep_checkpoints = 2
-    e.stages.full_unet.overrides.train = ConfigDict({"batch_size": 8, "num_steps": 2, "checkpoint_every": 1})
+    c.train.select_every = 1             # validate after every step; keep only the newest to resume
+    c.train.checkpoint_every = 2
+    c.train.keep_checkpoints = 1
+    e.stages.full_unet.overrides.train = ConfigDict({"batch_size": 8, "num_steps": 2, "checkpoint_every": 2,
+                                                     "select_every": 1})
     e.cv.folds = (0,)
+  if v.any_pixel and v.reference_area:
+    raise ValueError("configs/physionet_patch_unet.py: any_pixel and reference_area are two slice rules; give one")
+  if v.any_pixel:
+    c.task.slice_min_pixels, c.eval.slice_reference_min_pixels = 1, 0
+  if v.reference_area:
+    c.eval.slice_reference_min_pixels = c.task.slice_min_pixels
   # One window size for training (data) and stitching (task).
   e.stages.patch_unet.overrides.task.patch = c.data.patch.get_ref("size")
   e.stages.patch_unet.overrides.task.stride = c.data.patch.get_ref("stride")

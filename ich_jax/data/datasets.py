@@ -5,6 +5,7 @@ through `tfds.data_source`, so no TensorFlow is needed at run time.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pathlib
 
@@ -36,8 +37,22 @@ def builder(config):
   """The TFDS builder for `config.name` / `config.config` in `config.data_dir`."""
   # manual_dir (the real datasets' unpacked download) reaches the builder through
   # ensure_built's DownloadConfig; TFDS builders take no manual_dir argument.
-  kwargs = {"data_dir": data_dir(config), "config": config.config, "file_format": "array_record"}
+  kwargs = {"data_dir": data_dir(config), "config": builder_config(config), "file_format": "array_record"}
   return builder_class(config.name)(**kwargs)
+
+
+def builder_config(config):
+  """`config.config`, the builder config's name; with `config.exclude_chronic` (physionet_ct_ich: leave out
+  the chronic-ICH subject, seed 002 §3) that config with the option set, named `<config>_exclude_chronic`,
+  which TFDS builds in a folder of its own."""
+  if not config.get("exclude_chronic", False):
+    return config.config
+  cls = builder_class(config.name)
+  base = cls.builder_configs.get(config.config)
+  if base is None or not hasattr(base, "exclude_chronic"):
+    raise ValueError(f"config dataset.exclude_chronic=True: dataset {config.name}/{config.config} has no "
+                     "chronic-ICH exclusion (physionet_ct_ich has)")
+  return dataclasses.replace(base, name=f"{base.name}_exclude_chronic", exclude_chronic=True)
 
 
 def ensure_built(config) -> None:

@@ -11,8 +11,12 @@ values. Sensitivity and specificity are slice-level within each study (a study
 without blood slices has no sensitivity; one without blood-free slices no
 specificity), summarised the same way, with the pooled slice-level values
 beside them. A predicted slice is positive when its probability reaches the
-operating threshold (0.5): for the U-Nets, a pixel of the post-processed map
-at 0.5 or more (`ich_jax.models.maps`); for the baseline, any pixel in range.
+operating threshold (0.5): for the U-Nets, when `task.slice_min_pixels` pixels
+of the post-processed map reach it (the k-th largest pixel, `ich_jax.models.maps`;
+seed 002's public code: more than 20 × 20); for the baseline, that many pixels
+in range. A reference slice has blood by its slice label, or, with
+`reference_min_pixels` k > 0, when its mask has at least k blood pixels (the
+public code tests the reference mask's sum too: configs/physionet_patch_unet.py).
 
 Table 6: slice-level sensitivity, specificity and accuracy at thresholds
 0.5–0.9, pooled. Dice per subtype: mean slice Dice over the slices with blood
@@ -60,13 +64,24 @@ def _summary(values: np.ndarray) -> dict:
   return {"min": float(v.min()), "max": float(v.max()), "std": float(v.std()), "mean": float(v.mean()), "n": int(v.size)}
 
 
-def method_metrics(preds: dict[str, np.ndarray], threshold: float = 0.5) -> dict:
+def slice_truth(preds: dict[str, np.ndarray], reference_min_pixels: int = 0) -> np.ndarray:
+  """Which slices have blood for the slice-level tables: the "any" label (0), or at least
+  `reference_min_pixels` blood pixels in the reference mask."""
+  if reference_min_pixels < 0:
+    raise ValueError(f"config eval.slice_reference_min_pixels={reference_min_pixels}: need >= 0")
+  if reference_min_pixels == 0:
+    return np.asarray(preds["labels"])[:, 0] > 0.5
+  ref = np.asarray(preds["mask"])
+  return (ref.reshape(len(ref), -1) > 0).sum(1) >= reference_min_pixels
+
+
+def method_metrics(preds: dict[str, np.ndarray], threshold: float = 0.5, reference_min_pixels: int = 0) -> dict:
   """Tables 5/6 and Dice per subtype of one method's pooled predictions (see the module docstring)."""
   ref, pred = np.asarray(preds["mask"]), np.asarray(preds["pred_mask"])
   blood = ref.reshape(len(ref), -1).any(1)
   slice_dice = M.dice(pred, ref, axis=(1, 2))          # NaN where both are empty
   slice_jac = M.jaccard(pred, ref, axis=(1, 2))
-  y = np.asarray(preds["labels"])[:, 0] > 0.5
+  y = slice_truth(preds, reference_min_pixels)
   p = np.asarray(preds["probabilities"], np.float64)[:, 0]
   positive = p >= threshold
   study = np.asarray(preds["study_id"]).astype(str)
@@ -95,16 +110,19 @@ def method_metrics(preds: dict[str, np.ndarray], threshold: float = 0.5) -> dict
           "table6": sweep, "dice_per_subtype": per_subtype}
 
 
-def tables(runs, threshold: float = 0.5) -> dict:
+def tables(runs, threshold: float = 0.5, *, min_pixels: int = 1, reference_min_pixels: int = 0) -> dict:
   """method → its metrics (None where no round has predictions), plus what each round chose.
 
-  runs: (method, round, run folder) of every stage of the experiment.
+  runs: (method, round, run folder) of every stage of the experiment. `min_pixels`: the predictions' slice
+  rule (task.slice_min_pixels, already in their probabilities), recorded; `reference_min_pixels`: the
+  reference's (`slice_truth`).
   """
-  out = {"methods": {}, "rounds": {}}
+  out = {"methods": {}, "rounds": {},
+         "slice_rule": {"min_pixels": int(min_pixels), "reference_min_pixels": int(reference_min_pixels)}}
   for method, _ in METHODS:
     mine = [(fold, pathlib.Path(d)) for m, fold, d in runs if m == method]
     preds = load_pooled([d for _, d in mine])
-    out["methods"][method] = None if preds is None else {**method_metrics(preds, threshold),
+    out["methods"][method] = None if preds is None else {**method_metrics(preds, threshold, reference_min_pixels),
                                                          "folds": sorted(fold for fold, _ in mine)}
   for method, fold, d in runs:
     for name in ("thresholds.json", "selection.json"):
@@ -112,6 +130,14 @@ def tables(runs, threshold: float = 0.5) -> dict:
       if path.is_file():
         out["rounds"].setdefault(f"fold{fold}/{method}", json.loads(path.read_text()))
   return out
+
+
+def _slice_rule(rule: dict | None) -> str:
+  rule = rule or {"min_pixels": 1, "reference_min_pixels": 0}
+  k, r = rule["min_pixels"], rule["reference_min_pixels"]
+  pred = "any pixel" if k == 1 else f"at least {k} pixels"
+  ref = "its slice label" if r == 0 else f"at least {r} blood pixels in its mask"
+  return f"A slice is predicted positive from {pred} at the threshold; it has blood by {ref}."
 
 
 def format_markdown(t: dict, *, title: str, dataset: str, folds: str) -> str:
@@ -143,7 +169,7 @@ def format_markdown(t: dict, *, title: str, dataset: str, folds: str) -> str:
     rows.append(["Pooled slices", number(m["jaccard_slices_with_blood"]), number(m["dice_slices_with_blood"]),
                  percent(m["pooled"]["sensitivity"]), percent(m["pooled"]["specificity"])])
     lines += md_table(["", "Jaccard", "Dice", "Sensitivity (%)", "Specificity (%)"], rows) + [""]
-    lines += [f"### {label}: Table 6 (slice level)", ""]
+    lines += [f"### {label}: Table 6 (slice level)", "", _slice_rule(t.get("slice_rule")), ""]
     lines += md_table(["Threshold", "Sensitivity (%)", "Specificity (%)", "Accuracy (%)"],
                       [[f"{r['threshold']:.1f}", percent(r["sensitivity"]), percent(r["specificity"]),
                         percent(r["accuracy"])] for r in m["table6"]]) + [""]

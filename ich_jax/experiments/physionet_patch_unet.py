@@ -5,7 +5,8 @@ round's splits: `experiment.cv`); each of the config without its `experiment` se
 with the steps and overrides of `experiment.stages.<method>` (configs/physionet_patch_unet.py):
 
   fold<k>/threshold   the grid-search baseline (a host step: ich_jax.experiments.threshold_baseline)
-  fold<k>/full_unet   the U-Net on whole slices: train, keep the checkpoint of best validation Jaccard, evaluate
+  fold<k>/full_unet   the U-Net on whole slices: train (validating as it goes, config train.select_every),
+                      keep the state of best validation Jaccard, evaluate
   fold<k>/patch_unet  the U-Net on windows (dataset kind "patches"), evaluated stitched (sliding window)
   report              W/report.md and W/tables.json: every round's held-out predictions pooled per method
                       (ich_jax.eval.segmentation_tables: Dice on slices with blood, Tables 5 and 6, Dice per
@@ -52,7 +53,8 @@ def stages(config, root: pathlib.Path) -> list[Stage]:
 
 def write_report(workdir: pathlib.Path, *, root: pathlib.Path, config, runs) -> str:
   """W/report.md and W/tables.json from the rounds' predictions; returns the report."""
-  t = T.tables(runs, float(config.eval.threshold))
+  t = T.tables(runs, float(config.eval.threshold), min_pixels=int(config.task.get("slice_min_pixels", 1)),
+               reference_min_pixels=int(config.eval.get("slice_reference_min_pixels", 0)))
   R.write_metrics(t, root / "tables.json")
   cv = config.experiment.cv
   folds = f"{cv.num_folds}-fold cross-validation by study, rounds {list(cv.folds)} run"

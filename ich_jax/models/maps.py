@@ -25,7 +25,8 @@ maps, tested), which matters only for even sizes.
 
 Slice score (`slice_score`): the k-th largest pixel of a map. k = 1 is seed
 000 §2.2.4's max[HemorrhageSlice]; larger k is seed 002's public-code rule of
-calling a slice positive only when enough pixels are blood. On a
+calling a slice positive only when enough pixels are blood (`np.sum(mask) >
+20*20`: a count over the slice, so no connected components are needed). On a
 post-processed map, score ≥ t ⇔ at least k pixels survive thresholding at t
 and the morphology, so seed 002 Table 6's threshold sweep reads it directly.
 """

@@ -16,9 +16,9 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves when told to (the loop decides when), keeps the newest `keep`."""
+  """Saves when told to (the loop decides when), keeps the newest `keep` (None: all, until `delete`)."""
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int, async_save: bool = False):
+  def __init__(self, directory: str | pathlib.Path, *, keep: int | None, async_save: bool = False):
     directory = pathlib.Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
@@ -52,6 +52,10 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], step
+
+  def delete(self, step: int) -> None:
+    """Removes the checkpoint of `step` (the best-checkpoint tracker prunes its own: ich_jax.train.evaluate)."""
+    self._manager.delete(step)
 
   def close(self) -> None:
     self._manager.wait_until_finished()

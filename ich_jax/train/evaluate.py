@@ -3,9 +3,11 @@
 Writes predictions.npz (everything, masks included), predictions.csv (the
 format `python -m ich_jax.eval` reads), metrics.json, report.md and the
 figures into the workdir, and prints the short table (the writing:
-`ich_jax.eval.report.write_evaluation`). `select_checkpoint` picks the kept
+`ich_jax.eval.report.write_evaluation`). `select_checkpoint` picks the
 checkpoint of best validation Jaccard (seed 002), which the evaluation and
-exports of an experiment stage then use.
+exports of an experiment stage then use: among the kept checkpoints, or, with
+`config.train.select_every` > 0, among every validation the loop ran during
+training (`ich_jax.train.selection`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 from ich_jax import atomic
 from ich_jax.eval import baseline, mask_agreement, report
 from ich_jax.eval.prediction_files import BASELINE_COLUMN
-from ich_jax.train import loop
+from ich_jax.train import loop, selection
 
 
 def evaluate(config, workdir: str | pathlib.Path, *, exp=None, state=None, step: int | None = None) -> dict | None:
@@ -70,34 +72,41 @@ def selected_step(workdir: str | pathlib.Path) -> int | None:
   return int(json.loads(path.read_text())["step"]) if path.is_file() else None
 
 
+def validation_jaccard(exp, state, source, *, batch_size: int) -> float:
+  """Mean Jaccard of `state`'s predicted masks on the slices of `source` with blood (NaN: none has blood)."""
+  return selection.jaccard_on_blood(loop.predict_split(exp, state, source, batch_size=batch_size,
+                                                       fields=selection.FIELDS))
+
+
 def select_checkpoint(config, workdir: str | pathlib.Path) -> int:
-  """The kept checkpoint with the best mean Jaccard on `config.dataset.validation_split`'s slices with blood,
+  """The checkpoint with the best mean Jaccard on `config.dataset.validation_split`'s slices with blood,
   recorded in `<workdir>/selection.json` (every candidate's score too); returns its step.
 
-  Seed 002's public code keeps the model of lowest validation "Jaccard loss" (Keras ModelCheckpoint,
-  monitor='val_jaccard_loss'); the paper's "lowest validation Jaccard index" means the same model.
+  Seed 002 §6: "The trained model was validated after each epoch. The best-trained model that resulted in the
+  lowest validation Jaccard index was saved"; its public code keeps the model of lowest validation "Jaccard
+  loss" (Keras ModelCheckpoint, monitor='val_jaccard_loss', period=1), the same model. With
+  `config.train.select_every` > 0 the loop validated every that many steps and kept the best
+  (`ich_jax.train.selection`, `<workdir>/validation.json`): that one is chosen. Without, the kept checkpoints are
+  validated now and the best of them chosen.
   """
-  from ich_jax.eval import metrics as M
-
   workdir = pathlib.Path(workdir)
-  split = config.dataset.get("validation_split", "")
-  if not split:
-    raise ValueError(f"{workdir}: select_checkpoint needs config dataset.validation_split")
-  source = loop.input_module(config).open_split(config.dataset, split)
-  scores = {}
-  for step in loop.checkpoint_steps(config, workdir):
-    exp, state, _ = loop.restore_for_eval(config, workdir, step)
-    preds = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size,
-                               fields=("mask", "study_id", "series_id", "slice_index"))
-    blood = preds["mask"].reshape(len(preds["mask"]), -1).any(1)
-    jac = M.jaccard(preds["pred_mask"][blood], preds["mask"][blood], axis=(1, 2)) if blood.any() else np.zeros(0)
-    scores[int(step)] = float(jac.mean()) if jac.size else float("nan")
-  if not scores:
-    raise FileNotFoundError(f"{workdir}: no checkpoint in {workdir / 'checkpoints'} to select from")
-  finite = {s: v for s, v in scores.items() if np.isfinite(v)}
-  best = max(finite, key=lambda s: (finite[s], s)) if finite else max(scores)
+  split = selection.validation_split(config, workdir)
+  if int(config.train.get("select_every", 0)) > 0:
+    scores, checked = selection.read_scores(workdir), f"every {int(config.train.select_every)} steps"
+    if not scores:
+      raise FileNotFoundError(f"{workdir / selection.VALIDATION}: no validation during training to select from "
+                              f"(config train.select_every={int(config.train.select_every)}); train first")
+  else:
+    source = loop.input_module(config).open_split(config.dataset, split)
+    scores, checked = {}, "kept checkpoints"
+    for step in loop.checkpoint_steps(config, workdir):
+      exp, state, _ = loop.restore_for_eval(config, workdir, step)
+      scores[int(step)] = validation_jaccard(exp, state, source, batch_size=config.eval.batch_size)
+    if not scores:
+      raise FileNotFoundError(f"{workdir}: no checkpoint in {workdir / 'checkpoints'} to select from")
+  best = selection.best_step(scores)
   if jax.process_index() == 0:
-    out = {"step": best, "split": split, "metric": "mean Jaccard, validation slices with blood",
+    out = {"step": best, "split": split, "metric": selection.METRIC, "checked": checked,
            "scores": {str(k): v for k, v in scores.items()}}
     atomic.write_text(workdir / SELECTION, json.dumps(out, indent=2))
     print(f"{workdir.name}: checkpoint {best} (validation Jaccard {scores[best]:.3f} of {scores})", flush=True)

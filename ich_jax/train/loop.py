@@ -22,7 +22,7 @@ from flax import nnx
 
 from ich_jax import LABELS, models
 from ich_jax.data import base_maps, patches, pipeline, stage_exports
-from ich_jax.train import checkpoint, config_record, optimizer, sharding, summary, tasks
+from ich_jax.train import checkpoint, config_record, optimizer, selection, sharding, summary, tasks
 
 log = logging.getLogger("ich_jax.train")
 
@@ -257,6 +257,7 @@ def train(config, workdir: str | pathlib.Path, *, allow_config_change: bool = Fa
       state = load_pretrained(exp, state, config.model.init_from)
     if config.model.get("pretrained"):
       state = load_weights_file(exp, state)
+  best = _best_checkpoint(config, workdir, exp, state, start) if config.train.get("select_every", 0) else None
   writer = summary.SummaryWriter(workdir, enabled=is_main, start_step=start)
   step_fn = make_train_step(exp)
   data_sharding = sharding.batch_sharding(exp.mesh)
@@ -292,17 +293,39 @@ def train(config, workdir: str | pathlib.Path, *, allow_config_change: bool = Fa
       bar.update(1)
     if save_now:
       ckpt.save(done, state, batch_iter)
+    if best is not None:
+      best.after_step(done, state, saved=ckpt.latest_step)
   if bar is not None:
     bar.close()
   ckpt.close()
+  if best is not None:
+    best.close()
   writer.close()
   return exp, state
 
 
+def _best_checkpoint(config, workdir: pathlib.Path, exp: Experiment, state, start: int):
+  """Validation every `config.train.select_every` steps, keeping the best state (ich_jax.train.selection)."""
+  source = input_module(config).open_split(config.dataset, selection.validation_split(config, workdir))
+
+  def score(state) -> float:
+    return selection.jaccard_on_blood(predict_split(exp, state, source, batch_size=config.eval.batch_size,
+                                                    fields=selection.FIELDS))
+
+  return selection.BestCheckpoint(workdir, int(config.train.select_every), score, state, start=start,
+                                  total=exp.total_steps)
+
+
 def restore_for_eval(config, workdir: str | pathlib.Path, step: int | None = None) -> tuple[Experiment, dict, int]:
-  """The experiment and a checkpointed state of a workdir (`step`, default the newest)."""
+  """The experiment and a checkpointed state of a workdir (`step`, default the newest; a step no longer
+  among the kept checkpoints may be the best validation's, selection.BEST_CHECKPOINTS)."""
   exp = make_experiment(config)
-  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if step is not None and (pathlib.Path(workdir) / selection.BEST_CHECKPOINTS).is_dir():
+    best = checkpoint.Checkpointer(pathlib.Path(workdir) / selection.BEST_CHECKPOINTS, keep=None)
+    directory = directory if step not in best.all_steps else pathlib.Path(workdir) / selection.BEST_CHECKPOINTS
+    best.close()
+  ckpt = checkpoint.Checkpointer(directory, keep=config.train.keep_checkpoints)
   state, step = ckpt.restore(exp.abstract_state(), step=step)
   ckpt.close()
   return exp, state, step

@@ -33,8 +33,11 @@ the whole slice. `closing` / `opening` > 1 post-process the map with seed
 002's closing then opening (square sizes in pixels; `maps.close_open`, on the
 probabilities, so thresholds 0.5–0.9 all see the paper's binary morphology).
 `slice_min_pixels` = k makes a slice's probability its k-th most probable
-pixel (1: the maximum, seed 000; seed 002's public code calls a slice
-positive from 20 × 20 pixels of a 640² mask on).
+pixel, so that it reaches a threshold exactly when k pixels of the
+post-processed map do (1: the maximum, seed 000; seed 002's public code calls a
+slice positive when its mask has more than 20 × 20 = 400 pixels, counted
+anywhere on the slice, not one connected region: k = 401 on its 512² slices,
+configs/physionet_patch_unet.py).
 
 Target (`target`): the batch field holding the reference label map, `mask`
 (hemorrhage) by default, or `brain_mask` (the pipeline's skull-stripping mask,

@@ -1,5 +1,6 @@
 """Seed 002, smoke variant, end to end through the stage runner: per-fold rounds, the threshold baseline,
-checkpoint selection, Tables 5 and 6; and the patch U-Net exported as a bundle that predicts by sliding window."""
+selection by validation during training, Tables 5 and 6 by the public code's slice rule; and the patch U-Net
+exported as a bundle that predicts by sliding window. The config's slice rules and chronic-ICH exclusion."""
 import json
 import re
 
@@ -12,11 +13,12 @@ from configs import physionet_patch_unet
 from ich_jax import bundle as bundle_lib
 from ich_jax import experiments
 from ich_jax.bundle import export, members
-from ich_jax.data import pipeline
+from ich_jax.data import datasets, pipeline
 from ich_jax.eval import metrics as M
 from ich_jax.experiments.physionet_patch_unet import METHODS
 from ich_jax.models import maps
-from ich_jax.train import evaluate, loop
+from ich_jax.eval import segmentation_tables as T
+from ich_jax.train import checkpoint, evaluate, loop, selection
 from tests.experiments.conftest import run_smoke
 
 
@@ -55,8 +57,11 @@ def test_tables_5_and_6_are_filled_from_the_rounds(patch_run):
     dice = M.dice(preds["pred_mask"][blood], preds["mask"][blood], axis=(1, 2))
     assert m["dice_slices_with_blood"] == pytest.approx(dice.mean())
     assert [r["threshold"] for r in m["table6"]] == [0.5, 0.6, 0.7, 0.8, 0.9]
-    y, p = preds["labels"][:, 0] > 0.5, preds["probabilities"][:, 0]
+    # The public code's slice rule: a reference slice has blood from 2 mask pixels on, a predicted one from
+    # task.slice_min_pixels (2 on the smoke's 32² slices) pixels at the threshold; the baseline's too.
+    y, p = (preds["mask"] > 0).sum((1, 2)) >= 2, preds["probabilities"][:, 0]
     assert m["table6"][2]["sensitivity"] == pytest.approx(((p >= 0.7) & y).sum() / y.sum())
+    np.testing.assert_array_equal(p >= 0.5, (preds["pred_mask"] > 0).sum((1, 2)) >= 2)
     for stat in ("min", "max", "std", "mean"):
       assert np.isfinite(m["table5"]["dice"][stat]) and np.isfinite(m["table5"]["specificity"][stat])
     assert f"## {label}" in text
@@ -64,12 +69,24 @@ def test_tables_5_and_6_are_filled_from_the_rounds(patch_run):
   # What each round chose: the thresholds of the grid search and the checkpoint of best validation Jaccard.
   chosen = json.loads((root / "fold0" / "threshold" / "thresholds.json").read_text())
   assert 100 <= chosen["lower"] <= 210 <= chosen["upper"] <= 255
-  sel = json.loads((root / "fold0" / "patch_unet" / "selection.json").read_text())
-  assert sorted(sel["scores"]) == ["1", "2"] and sel["step"] in (1, 2)
+  assert t["slice_rule"] == {"min_pixels": 2, "reference_min_pixels": 2} and "from at least 2 pixels" in text
+  run = root / "fold0" / "patch_unet"
+  sel = json.loads((run / "selection.json").read_text())
+  # Validated after every step while training, though only step 2 was checkpointed to resume.
+  assert sorted(sel["scores"]) == ["1", "2"] and sel["step"] in (1, 2) and sel["checked"] == "every 1 steps"
+  assert loop.checkpoint_steps(loop.read_config(run), run) == [2]
   assert str(sel["step"]) == max(sel["scores"], key=lambda k: (sel["scores"][k], int(k)))  # best, ties: later
+  best = checkpoint.Checkpointer(run / selection.BEST_CHECKPOINTS, keep=None)
+  assert best.all_steps == [sel["step"]]
+  best.close()
   assert f"checkpoint {sel['step']}" in text
-  # The evaluation used the selected checkpoint.
-  assert json.loads((root / "fold0" / "patch_unet" / "metrics.json").read_text())["step"] == sel["step"]
+  # The evaluation used the selected checkpoint, whose validation Jaccard is the recorded one.
+  assert json.loads((run / "metrics.json").read_text())["step"] == sel["step"]
+  cfg = loop.read_config(run)
+  exp, state, _ = loop.restore_for_eval(cfg, run, sel["step"])
+  validation = pipeline.open_split(cfg.dataset, cfg.dataset.validation_split)
+  assert evaluate.validation_jaccard(exp, state, validation, batch_size=8) == pytest.approx(
+      sel["scores"][str(sel["step"])], nan_ok=True)
   # The patch U-Net trained on 16² windows and was evaluated on whole 32² slices, stitched.
   patch_cfg = loop.read_config(root / "fold0" / "patch_unet")
   assert patch_cfg.dataset.kind == "patches" and patch_cfg.task.patch == 16
@@ -113,3 +130,35 @@ def test_the_patch_unet_bundle_predicts_by_sliding_window(patch_run, tmp_path):
   np.testing.assert_allclose(got["probabilities"][:16, 0],
                              np.asarray(maps.slice_score(stitched, member.task.slice_min_pixels))[:, 0], rtol=1e-6)
   assert not np.allclose(whole, stitched, atol=1e-3)
+
+
+def test_the_slice_rules_and_the_chronic_exclusion_of_the_config(tmp_path):
+  """The public code's "more than 20 × 20 pixels" on 512² slices, scaled by area; the reference's 2 pixels
+  (0/255 masks summed), or its own 401 (`reference_area`), or any pixel on both sides (`any_pixel`); the
+  chronic-ICH subject left out on PhysioNet (seed 002 §3) by a builder config of its own."""
+  real = physionet_patch_unet.get_config("physionet")
+  assert (real.task.slice_min_pixels, real.eval.slice_reference_min_pixels) == (401, 2)
+  assert physionet_patch_unet.get_config("").task.slice_min_pixels == 26        # 128²: 400 / 16 = 25, more
+  assert physionet_patch_unet.get_config("physionet:reference_area").eval.slice_reference_min_pixels == 401
+  anyp = physionet_patch_unet.get_config("physionet:any_pixel")
+  assert (anyp.task.slice_min_pixels, anyp.eval.slice_reference_min_pixels) == (1, 0)
+  real.dataset.data_dir = str(tmp_path)
+  b = datasets.builder(real.dataset)
+  assert b.builder_config.name == "slices_exclude_chronic" and b.builder_config.exclude_chronic
+  assert b.builder_config.level == "slice" and "slices_exclude_chronic" in str(b.data_dir)
+  real.dataset.exclude_chronic = False
+  assert datasets.builder(real.dataset).builder_config.name == "slices"
+  phantoms = physionet_patch_unet.get_config("smoke")
+  phantoms.dataset.exclude_chronic = True
+  with pytest.raises(ValueError, match="dataset.exclude_chronic=True: dataset synthetic_ich/tiny has no"):
+    datasets.builder(phantoms.dataset)
+  # The reference rule in the tables: slice 1's mask has one blood pixel, its label says blood.
+  mask = np.zeros((3, 8, 8), np.uint8)
+  mask[0, :2, :2], mask[1, 0, 0] = 1, 1
+  preds = {"mask": mask, "pred_mask": mask, "labels": np.array([[1] * 6, [1] * 6, [0] * 6], np.float32),
+           "probabilities": np.array([[0.9] * 6, [0.2] * 6, [0.1] * 6]), "study_id": np.array(["a", "a", "b"])}
+  assert T.method_metrics(preds)["pooled"]["sensitivity"] == pytest.approx(0.5)
+  assert T.method_metrics(preds, reference_min_pixels=2)["pooled"]["sensitivity"] == pytest.approx(1.0)
+  assert T.method_metrics(preds, reference_min_pixels=2)["pooled"]["specificity"] == pytest.approx(1.0)
+  # From 5 pixels on no slice has blood, and slice 0's prediction becomes a false positive.
+  assert T.method_metrics(preds, reference_min_pixels=5)["pooled"]["specificity"] == pytest.approx(2 / 3)

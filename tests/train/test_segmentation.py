@@ -142,6 +142,18 @@ def test_stitched_inference_post_processing_and_slice_score():
     seg.Segmentation(slice_min_pixels=0)
 
 
+def test_seed_002s_slice_rule_counts_pixels_over_the_slice():
+  """The public code's `np.sum(mask) > 20*20` (configs/physionet_patch_unet.py: slice_min_pixels 401 on 512²):
+  two separate regions of 200 and 201 blood pixels make a positive slice, 400 pixels do not."""
+  logits = np.full((2, 64, 64, 1), -6.0, np.float32)
+  logits[:, 0:10, 0:20] = logits[:, 30:40, 30:50] = 6.0           # 200 + 200 pixels, far apart
+  logits[0, 40, 30] = 6.0                                         # slice 0: one more, 401 in all
+  task = seg.Segmentation(loss="bce", slice_min_pixels=401)
+  out = task.predict(_fixed(jnp.asarray(logits)), {"image": jnp.zeros((2, 64, 64, 1))})
+  assert out["pred_mask"].reshape(2, -1).sum(1).tolist() == [401, 400]
+  assert (np.asarray(out["probabilities"][:, 0]) >= 0.5).tolist() == [True, False]
+
+
 def test_the_target_can_be_the_brain_mask():
   task = seg.Segmentation(target="brain_mask", loss="dice")
   assert task.batch_keys == ("image", "brain_mask")
