@@ -42,6 +42,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.experiment.backbones = ("densenet121", "inception_resnet_v2", "mobilenet_v2", "vgg19")
   c.experiment.annotations = ("weak", "strong")
   c.experiment.only = ()
+  # Seed 000 §2.1.3: the models are compared on external test sets (DUMC, private, and Qure.ai's CQ500, "three
+  # neuroradiologists ... majority vote"). Every run is also scored on these ("name[/builder config]:split",
+  # comma-separated; ich_jax.data.external) in the stage `external`. On the phantoms: 300 other patients; on
+  # real data: "cq500:test" with its download in external_manual_dir.cq500.
+  c.experiment.external = "synthetic_ich/small_dev256:test"
+  c.experiment.external_manual_dir = ConfigDict({"cq500": "", "physionet_ct_ich": "", "rsna_ich": ""})
   # Per backbone: seed 000's code is Keras, so its four are keras.applications' networks (DenseNet121 and
   # MobileNetV2 as options.variant "keras": Keras's padding and BatchNorm constants). The paper does not say
   # whether they start from ImageNet weights, and its 4-channel input is not what Keras's ImageNet weights
@@ -116,6 +122,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   if smoke:
     # synthetic_ich/tiny: 12 training studies, 22 slices with blood; 8 test studies.
     c.dataset.config = "tiny"
+    c.experiment.external = ""         # tests name a CQ500 fixture build here
     for name, widths in zip(c.experiment.backbones, ((8, 16), (8, 12, 16), (12, 16), (8, 8, 16))):
       c.backbones[name] = ConfigDict({"name": "small_cnn", "options": ConfigDict({"widths": widths})})
     r.data.image_size = 64

@@ -45,6 +45,9 @@ from ich_jax import LABELS
 from ich_jax.data import dicom, series_selection
 
 READS_CSV = "reads.csv"
+# Labels are per scan (the readers read scans), carried by every slice: slice-level statistics do not exist
+# (ich_jax.data.external.scan_level).
+SCAN_LEVEL_LABELS = True
 READERS = ("R1", "R2", "R3")
 # reads.csv column suffix → ich_jax.LABELS entry.
 READ_LABELS = {"ICH": "any", "EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular",

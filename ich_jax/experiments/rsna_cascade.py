@@ -21,21 +21,31 @@ its predictions.csv (`report.write_evaluation`). The test split's stage-1
 input to the sequence models is the mean over the K fold CNNs of features and
 probabilities (ich_jax.data.stacking); each sequence stage's test output is
 the mean over its J fold models, as the public code averages its 10 folds.
+
+Each combined stage (B/cnn, B/seq1, B/seq2, ensemble) also records in
+`combined.json` which run folders it is the mean of on new data (`MEAN_RECORD`),
+so `python -m ich_jax.bundle export --run W` (or W/B/seq2, ...) writes the
+whole cascade as one bundle: per backbone its K CNNs and 2·J sequence models,
+and the means between them (ich_jax.bundle.export).
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
 import pathlib
 
-
-from ich_jax import LABELS
+from ich_jax import LABELS, atomic
 from ich_jax.data import folds, stacking, stage_exports
 from ich_jax.eval import report
 from ich_jax.eval.formatting import auc_ci, md_table, number
+from ich_jax.experiments import external
 from ich_jax.experiments.runner import Stage
 from ich_jax.experiments.stage_configs import stage_config
 
 FINAL = "ensemble"
+# A combined stage's record of the runs it averages on new data (what a bundle of it computes).
+MEAN_RECORD = "combined.json"
 SEQUENCE_STAGES = ("seq1", "seq2")
 ROW_NAMES = {"cnn": "2D-CNN", "seq1": "2D-CNN + Seq_model 1", "seq2": "2D-CNN + Seq_model 1 + Seq_model 2"}
 
@@ -48,6 +58,7 @@ def cnn_config(config, backbone: str, fold: int):
                    eval_split=held_out)
   with c.unlocked():
     c.export = {"splits": [held_out, config.dataset.eval_split]}
+  external.export_stage_config(c, external.sets(config))
   return c
 
 
@@ -60,6 +71,7 @@ def sequence_config(config, backbone: str, stage: str, fold: int, root: pathlib.
                    train_split=train, eval_split=held_out)
   with c.unlocked():
     c.export = {"splits": [held_out, config.dataset.eval_split]}
+  external.export_stage_config(c, external.sets(config))
   return c
 
 
@@ -68,7 +80,7 @@ def _fold_dirs(root: pathlib.Path, prefix: str, n: int) -> list[pathlib.Path]:
 
 
 def combine_folds(workdir: pathlib.Path, *, fold_dirs, train_split: str, eval_split: str, eval_config, dataset: str,
-                  title: str) -> None:
+                  title: str, test_sets=()) -> None:
   """A K-fold stage's outputs as one stage: out-of-fold training export, mean-over-folds eval export, evaluated."""
   n = len(fold_dirs)
   held_out = [stage_exports.export_dir(d, folds.fold_split_names(n, k, train_split)[1])
@@ -78,16 +90,43 @@ def combine_folds(workdir: pathlib.Path, *, fold_dirs, train_split: str, eval_sp
                             stage_exports.export_dir(workdir, eval_split))
   evaluate_exports(workdir, train_split=train_split, eval_split=eval_split, eval_config=eval_config,
                    dataset=dataset, title=title, what=f"mean over {n} fold models")
+  external.combine(workdir, fold_dirs, test_sets)
+  write_mean_record(workdir, fold_dirs, eval_config.threshold)
 
 
 def ensemble(workdir: pathlib.Path, *, stage_dirs, train_split: str, eval_split: str, eval_config, dataset: str,
-             title: str) -> None:
+             title: str, test_sets=()) -> None:
   """Seed 003 §3: "the unweighted average of probabilities predicted by the three different models"."""
   for split in (train_split, eval_split):
     stacking.mean_over_models([stage_exports.export_dir(d, split) for d in stage_dirs],
                               stage_exports.export_dir(workdir, split))
   evaluate_exports(workdir, train_split=train_split, eval_split=eval_split, eval_config=eval_config,
                    dataset=dataset, title=title, what=f"mean over {len(stage_dirs)} backbones")
+  external.combine(workdir, stage_dirs, test_sets)
+  write_mean_record(workdir, stage_dirs, eval_config.threshold)
+
+
+def write_mean_record(workdir: pathlib.Path, parts, threshold: float) -> None:
+  """`workdir/combined.json`: on the evaluated split (and so on a new study) this stage is the mean over the
+  models of the run folders `parts` (paths relative to workdir: the workdir may move), at `threshold`."""
+  record = {"combine": "mean", "parts": [pathlib.Path(os.path.relpath(p, workdir)).as_posix() for p in parts],
+            "threshold": float(threshold)}
+  atomic.write_text(workdir / MEAN_RECORD, json.dumps(record, indent=2))
+
+
+def read_mean_record(workdir) -> dict | None:
+  """A combined stage's record ({"parts": [run folders], "threshold"}), or None where `workdir` has none."""
+  path = pathlib.Path(workdir) / MEAN_RECORD
+  if not path.is_file():
+    return None
+  record = json.loads(path.read_text())
+  parts = record.get("parts")
+  if record.get("combine") != "mean" or not isinstance(parts, list) or not parts \
+      or not all(isinstance(p, str) and p for p in parts):
+    raise ValueError(f"{path}: expected combine \"mean\" and parts, a list of run folders; got "
+                     f"combine={record.get('combine')!r}, parts={parts!r}")
+  return {"parts": [pathlib.Path(os.path.normpath(pathlib.Path(workdir) / p)) for p in parts],
+          "threshold": float(record["threshold"])}
 
 
 def evaluate_exports(workdir: pathlib.Path, *, train_split, eval_split, eval_config, dataset, title, what) -> None:
@@ -111,13 +150,15 @@ def stages(config, root: pathlib.Path) -> list[Stage]:
     raise ValueError(f"config dataset.train_split={train_split!r}: the cascade makes its own folds of a plain split")
   dataset = f"{config.dataset.name}/{config.dataset.config}"
   common = {"train_split": train_split, "eval_split": eval_split, "eval_config": config.eval, "dataset": dataset}
+  # Combined stages mean each external set's exports too (their fold stages' configs carry the sets).
+  test_sets = {"test_sets": external.sets(config)}
   out = []
   for b in backbones:
     k, j = int(e.cnn_folds), int(e.sequence_folds)
     cnn_folds = [Stage(f"{b}/cnn_fold{i}", cnn_config(config, b, i), steps=("train", "export")) for i in range(k)]
     out += cnn_folds
     out.append(Stage(f"{b}/cnn", fn=functools.partial(combine_folds, fold_dirs=_fold_dirs(root / b, "cnn", k),
-                                                      title=f"{b}: {ROW_NAMES['cnn']}", **common),
+                                                      title=f"{b}: {ROW_NAMES['cnn']}", **common, **test_sets),
                      params={"folds": k, **common}, after=tuple(s.name for s in cnn_folds)))
     for stage in SEQUENCE_STAGES:
       reads = (f"{b}/cnn",) + ((f"{b}/seq1",) if stage == "seq2" else ())
@@ -126,15 +167,21 @@ def stages(config, root: pathlib.Path) -> list[Stage]:
       out += seq_folds
       out.append(Stage(f"{b}/{stage}", fn=functools.partial(combine_folds,
                                                             fold_dirs=_fold_dirs(root / b, stage, j),
-                                                            title=f"{b}: {ROW_NAMES[stage]}", **common),
+                                                            title=f"{b}: {ROW_NAMES[stage]}", **common,
+                                                            **test_sets),
                        params={"folds": j, **common}, after=tuple(s.name for s in seq_folds)))
   finals = [f"{b}/seq2" for b in backbones]
   out.append(Stage(FINAL, fn=functools.partial(ensemble, stage_dirs=[root / f for f in finals],
-                                               title="Ensemble of " + ", ".join(backbones), **common),
+                                               title="Ensemble of " + ", ".join(backbones), **common, **test_sets),
                    params={"backbones": backbones, **common}, after=tuple(finals)))
   rows = [(b, s) for b in backbones for s in ("cnn",) + SEQUENCE_STAGES]
   out.append(Stage("report", fn=functools.partial(write_report, root=root, rows=rows, config=config),
                    params={"rows": rows}, after=tuple(f"{b}/{s}" for b, s in rows) + (FINAL,)))
+  # Seed 003 Table 4's external columns (PhysioNet-ICH, CQ500): every stage's model on each set.
+  models = {f"{b}: {ROW_NAMES[s]}": f"{b}/{s}" for b, s in rows}
+  models["Model_ensemble"] = FINAL
+  out += external.stage(config, root, models, pairs={m: "Model_ensemble" for m in models if m != "Model_ensemble"},
+                        table_model="Model_ensemble", after=tuple(models.values()))
   return out
 
 

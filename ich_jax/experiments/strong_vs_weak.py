@@ -7,6 +7,8 @@ The stages under the workdir W, per backbone B (config.experiment.backbones) and
               against the hemorrhage mask (§2.1.5; `task.saliency_loss_weight`)
   report      W/report.md and W/metrics.json: accuracy and AUC of any hemorrhage with 95% bootstrap CIs per
               backbone and annotation, and DeLong's test of strong against weak (Table 2)
+  external    with `experiment.external` sets (seed 000 §2.1.3 tests on external sets: Qure.ai's, i.e.
+              CQ500): every run's AUC on each set, strong against weak (ich_jax.experiments.external)
 
 Each B/A folder is an ordinary run folder (`launch.py` train + evaluate):
 checkpoints/, metrics.json, report.md and predictions.csv on the evaluated
@@ -24,6 +26,7 @@ import numpy as np
 from ich_jax.eval import metrics as M
 from ich_jax.eval import prediction_files, report
 from ich_jax.eval.formatting import auc_ci, md_table, number, p_value
+from ich_jax.experiments import external
 from ich_jax.experiments.runner import Stage
 from ich_jax.experiments.stage_configs import stage_config
 
@@ -43,6 +46,12 @@ def run_config(config, backbone: str, annotation: str):
   c = stage_config(config.run, config.dataset, config.seed, model=config.backbones[backbone])
   if annotation == "strong":
     c.task.saliency_loss_weight = float(config.strong.saliency_loss_weight)
+  test_sets = external.sets(config)
+  if test_sets:
+    # Seed 000 §2.1.3: every model is also tested on the external sets (export/<key>/, the `external` stage).
+    with c.unlocked():
+      c.export = {"splits": []}
+    external.export_stage_config(c, test_sets)
   return c
 
 
@@ -65,11 +74,16 @@ def stages(config, root: pathlib.Path) -> list[Stage]:
                    f"(it has {sorted(config.backbones)})")
   if "strong" in annotations:
     _check_masks(config)
-  runs = [Stage(str(run_dir("", b, a)), run_config(config, b, a), steps=("train", "eval"))
+  steps = ("train", "eval", "export") if external.sets(config) else ("train", "eval")
+  runs = [Stage(str(run_dir("", b, a)), run_config(config, b, a), steps=steps)
           for b in backbones for a in annotations]
-  return runs + [Stage("report", fn=functools.partial(write_report, root=root, config=config),
-                       params={"backbones": backbones, "annotations": annotations},
-                       after=tuple(s.name for s in runs))]
+  out = runs + [Stage("report", fn=functools.partial(write_report, root=root, config=config),
+                      params={"backbones": backbones, "annotations": annotations},
+                      after=tuple(s.name for s in runs))]
+  # Table 2 on the external sets: every run, strong tested against weak (DeLong) per backbone.
+  models = {s.name: s.name for s in runs}
+  pairs = {f"{b}/strong": f"{b}/weak" for b in backbones} if set(ANNOTATIONS) <= set(annotations) else {}
+  return out + external.stage(config, root, models, pairs=pairs, table_model=None, after=tuple(models))
 
 
 # --- The report: seed 000 Table 2 ---------------------------------------------------------------

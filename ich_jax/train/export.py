@@ -5,7 +5,10 @@
 
 `export_features` restores the workdir's newest checkpoint and writes `<workdir>/export/<split>/`
 (format: `ich_jax.data.stage_exports`) for each split in `config.export.splits`
-(default: the train and eval splits). A slice classifier exports pooled
+(default: the train and eval splits), and `<workdir>/export/<key>/` for each
+external test set in `config.export.external` (`ich_jax.data.external`: another
+builder's split, read through its own builder; a sequence model reads the
+upstream stages' `export/<key>/`). A slice classifier exports pooled
 features and probabilities (its task's `export`); a sequence model exports
 probabilities, the input of the next stage (seed 003 Fig. 1); a segmentation
 model exports slice probabilities and its blood-probability maps, the input of
@@ -17,7 +20,7 @@ import pathlib
 
 import jax
 
-from ich_jax.data import stage_exports
+from ich_jax.data import external, stage_exports
 from ich_jax.train import loop, sharding
 
 
@@ -33,18 +36,27 @@ def export_features(config, workdir: str | pathlib.Path, *, exp=None, state=None
   export_config = config.get("export", {})
   splits = list(export_config.get("splits", [config.dataset.train_split, config.dataset.eval_split]))
   data = loop.input_module(config)
+  jobs = [(split, config.dataset, split, split) for split in dict.fromkeys(splits)]
+  for s in external.from_dicts(export_config.get("external", ())):
+    if data is stage_exports:
+      # A sequence model's input for the set is its upstream stages' export of it.
+      jobs.append((s.key, config.dataset, s.key, s.label))
+    else:
+      ds = external.dataset_config(config.dataset, s)
+      data.ensure_ready(ds)
+      jobs.append((s.key, ds, s.split, s.label))
   written = []
-  for split in dict.fromkeys(splits):
-    source = data.open_split(config.dataset, split)
+  for name, dataset, split, label in jobs:
+    source = data.open_split(dataset, split)
     rows = loop.predict_split(exp, state, source, batch_size=config.eval.batch_size, method="export",
                               fields=stage_exports.ID_FIELDS + stage_exports.EXTRA_FIELDS)
-    directory = stage_exports.export_dir(workdir, split)
+    directory = stage_exports.export_dir(workdir, name)
     if jax.process_index() == 0:
-      meta = {"split": split, "source": {"workdir": str(workdir.absolute()), "step": int(step),
+      meta = {"split": label, "source": {"workdir": str(workdir.absolute()), "step": int(step),
                                          "model": config.model.name, "task": config.task.name,
-                                         "dataset": f"{config.dataset.name}/{config.dataset.config}"}}
+                                         "dataset": f"{dataset.name}/{dataset.config}"}}
       stage_exports.write_export(directory, rows, meta)
-      print(f"Exported {split}: {len(rows['probabilities'])} slices to {directory}", flush=True)
-    sharding.sync(f"export {split}")
+      print(f"Exported {label}: {len(rows['probabilities'])} slices to {directory}", flush=True)
+    sharding.sync(f"export {name}")
     written.append(directory)
   return written

@@ -28,11 +28,25 @@ def shared_compile_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def svw(tiny_data_dir, tmp_path_factory):
-  """configs/strong_vs_weak.py:smoke, run once for its own tests and for the weighted ensemble's Table 4."""
+def svw(tiny_data_dir, cq500_fixture, tmp_path_factory):
+  """configs/strong_vs_weak.py:smoke, run once for its own tests and for the weighted ensemble's Table 4.
+
+  With an external test set: cq500/slices256 built from `cq500_fixture`, as seed 000 §2.1.3 tests on
+  Qure.ai's set.
+  """
   from configs import strong_vs_weak
 
-  return run_smoke(strong_vs_weak, tiny_data_dir, tmp_path_factory.mktemp("svw"))
+  return run_smoke(strong_vs_weak, tiny_data_dir, tmp_path_factory.mktemp("svw"),
+                   {"experiment.external": "cq500/slices256:test",
+                    "experiment.external_manual_dir.cq500": str(cq500_fixture.root)})
+
+
+@pytest.fixture(scope="package")
+def cq500_fixture(tmp_path_factory):
+  """A CQ500 download in qure.ai's layout (tests/data_builders/fixtures.py): three readers, scan-level labels."""
+  from tests.data_builders import fixtures
+
+  return fixtures.write_cq500(tmp_path_factory.mktemp("cq500") / "manual")
 
 
 def run_smoke(config_module, data_dir: str, root, overrides=None):

@@ -1,6 +1,7 @@
 """Seed 000 §2.1, smoke variant: weak and strong runs of four classifiers and the Table 2 report."""
 import json
 
+import numpy as np
 import pytest
 
 from configs import strong_vs_weak as svw_config
@@ -53,6 +54,41 @@ def test_table2_is_complete_and_computed_from_the_runs_predictions(svw):
                                    seed=0, groups=strong["study_id"])
   assert t2["slice"]["mobilenet_v2"]["strong"]["accuracy_ci"] == pytest.approx(list(acc[1:]))
   assert acc[1] <= acc[0] <= acc[2]
+
+
+def test_external_cq500_column_from_majority_reads_with_n_a_where_cq500_cannot_say(svw, cq500_fixture):
+  """Seed 000 §2.1.3 on an external set: every run on a CQ500 build (scan-level majority of three readers)."""
+  config, root = svw
+  ext = root / "external"
+  t = json.loads((ext / "metrics.json").read_text())
+  assert t["sets"] == ["cq500.test"] and t["table_model"] is None
+  assert t["pairs"] == {f"{b}/strong": f"{b}/weak" for b in BACKBONES}
+  # Each run's predictions on the set carry the builder's majority labels, the same on every slice of a scan.
+  preds = prediction_files.read_predictions(ext / "cq500.test" / "vgg19_strong.csv")
+  ids, y = M.scan_scores(preds["labels"], preds["study_id"])
+  built = sorted(cq500_fixture.selected)       # the scans with a folder and a reads.csv row
+  expected = sorted(tuple(cq500_fixture.labels[n].tolist()) for n in built)
+  assert len(ids) == len(built) == 2 and sorted(map(tuple, y.tolist())) == expected
+  # Scan-level statistics recomputed from that file; slice level does not exist for scan-level labels.
+  r = t["results"]["cq500.test"]["vgg19/strong"]
+  _, p = M.scan_scores(preds["probabilities"], preds["study_id"])
+  assert r["scan"]["any"]["auc"] == pytest.approx(M.roc_auc(y[:, 0] > 0.5, p[:, 0]))
+  assert r["slice"] is None and r["scan"]["intraventricular"]["auc"] is None   # no IVH in the fixture
+  weak = prediction_files.read_predictions(ext / "cq500.test" / "vgg19_weak.csv")
+  _, q = M.scan_scores(weak["probabilities"], weak["study_id"])
+  test = t["delong"]["cq500.test"]["vgg19/strong"]["any"]
+  want = M.delong_test(y[:, 0] > 0.5, p[:, 0], q[:, 0])
+  assert [np.nan if test[k] is None else test[k] for k in ("auc_a", "auc_b", "p_value")] == pytest.approx(
+      [want["auc_a"], want["auc_b"], want["p_value"]], nan_ok=True)
+  # Fleiss' kappa of the three readers, per class, from the reads the builder kept.
+  reads = np.stack([cq500_fixture.reads[n] for n in built])
+  a = t["reader_agreement"]["cq500.test"]
+  assert (a["n_scans"], a["n_readers"]) == (2, 3)
+  assert a["fleiss_kappa"]["any"] == pytest.approx(M.fleiss_kappa(reads[:, :, 0] > 0.5))
+  assert a["not_unanimous_any"] == int(sum(0 < r[:, 0].sum() < 3 for r in reads))
+  text = (ext / "report.md").read_text()
+  row = next(line for line in text.splitlines() if line.startswith("| vgg19/strong |"))
+  assert "vs vgg19/weak" in row and "Fleiss" in text
 
 
 def test_the_strong_arm_needs_masks():

@@ -1,0 +1,117 @@
+"""External test sets in an experiment: every model exports each set, one host stage scores them side by side.
+
+`config.experiment.external` names the sets ("cq500:test,physionet_ct_ich:fold0+...+fold4":
+`ich_jax.data.external`), `config.experiment.external_manual_dir.<name>` their downloads. An experiment
+  - adds the sets to the exports of the loop runs that make its models (`export_stage_config`): each run
+    writes `export/<key>/` through the set's own builder, and a combined stage (fold means, ensembles)
+    combines `export/<key>/` as it combines its evaluated split;
+  - ends with the stage `external` (`stage`): `W/external/report.md` and `metrics.json` (seed 003 Table 4
+    with one column per set, every model's AUC with DeLong's p against its partner on the same studies,
+    inter-reader agreement where a set has several readers) and each model's predictions on each set as `W/external/<key>/<model>.csv`
+    (the `python -m ich_jax.eval` format).
+With no set named, nothing changes: no stage is added and no stage's fingerprint moves.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+import re
+
+import numpy as np
+
+from ich_jax.data import datasets, external, stacking, stage_exports
+from ich_jax.eval import external_tables, prediction_files, report
+from ich_jax.experiments.runner import Stage
+
+STAGE = "external"
+
+
+def sets(config) -> list[external.ExternalSet]:
+  """The experiment's external sets (none when `experiment.external` is absent or empty)."""
+  e = config.experiment
+  return external.parse(e.get("external", ()), config.dataset, e.get("external_manual_dir", None))
+
+
+def export_stage_config(c, test_sets) -> None:
+  """Adds the sets to loop config `c`'s exports (in place); nothing without sets (fingerprints unchanged)."""
+  if not test_sets:
+    return
+  with c.unlocked():
+    if c.get("export") is None:
+      c.export = {"splits": []}
+    c.export.external = [s.as_dict() for s in test_sets]
+
+
+def combine(workdir: pathlib.Path, parts, test_sets) -> None:
+  """A combined stage's export of each set: the mean over `parts` (fold models, backbones), as its eval split."""
+  for s in test_sets:
+    stacking.mean_over_models([stage_exports.export_dir(d, s.key) for d in parts],
+                              stage_exports.export_dir(workdir, s.key))
+
+
+def _file_name(model: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") + ".csv"
+
+
+def _reader_labels(dataset_config, s: external.ExternalSet) -> np.ndarray | None:
+  """[scans, readers, 6] of a set whose builder keeps several readers' labels (CQ500), else None."""
+  ds = external.dataset_config(dataset_config, s)
+  b = datasets.builder(ds)
+  if "reader_labels" not in b.info.features:
+    return None
+  split = s.split
+  fields = datasets.read_fields(datasets.metadata_source(b, split), ("study_id", "reader_labels"))
+  _, first = np.unique(np.asarray(fields["study_id"]).astype(str), return_index=True)
+  return np.asarray(fields["reader_labels"])[np.sort(first)]
+
+
+def run_stage(workdir: pathlib.Path, *, models: dict, pairs: dict, table_model: str | None, test_sets: list,
+              dataset_config, eval_config) -> None:
+  """Scores every model's export of every set (`models`: {name: stage folder}); DeLong's test of each model in
+  `pairs` against its partner; seed 003 Table 4 of `table_model`; writes the report."""
+  test_sets = external.from_dicts(test_sets)
+  threshold, n_boot = float(eval_config.threshold), int(eval_config.get("n_boot", 500))
+  seed = int(eval_config.get("bootstrap_seed", 0))
+  results, delong, agreement = {}, {}, {}
+  for s in test_sets:
+    rows = {}
+    for name, folder in models.items():
+      directory = stage_exports.export_dir(folder, s.key)
+      if not (directory / "offsets.npy").is_file():
+        raise FileNotFoundError(f"{directory}: model {name!r} has no export of external set {s.label} "
+                                "(its stage ran before the set was added to experiment.external? delete the "
+                                "stage's folder to run it again)")
+      rows[name] = stacking.evaluation_rows(stage_exports.read_export(directory))
+      (workdir / s.key).mkdir(parents=True, exist_ok=True)
+      prediction_files.write_predictions_csv(rows[name], workdir / s.key / _file_name(name))
+    scan_only = external.scan_level(s.name)
+    results[s.key] = {name: external_tables.set_metrics(r, scan_level_labels=scan_only, threshold=threshold,
+                                                        n_boot=n_boot, seed=seed) for name, r in rows.items()}
+    delong[s.key] = external_tables.delong_pairs(rows, pairs)
+    readers = _reader_labels(dataset_config, s)
+    agreement[s.key] = None if readers is None else external_tables.reader_agreement(readers)
+  t = external_tables.external_tables(results, delong, pairs, table_model, agreement)
+  t["sets_label"] = {s.key: s.label for s in test_sets}
+  text = "\n".join([f"# External test sets: {', '.join(s.label for s in test_sets)}", "",
+                    external_tables.format_markdown(t, labels=t["sets_label"], threshold=threshold, n_boot=n_boot,
+                                                    models=list(models))])
+  report.write_text(workdir / "report.md", text)
+  report.write_metrics(t, workdir / "metrics.json")
+  print(text, flush=True)
+
+
+def stage(config, root: pathlib.Path, models: dict[str, str], *, pairs: dict[str, str], table_model: str | None,
+          after) -> list[Stage]:
+  """The `external` host stage scoring `models` ({name: stage folder under root}), or [] without sets.
+
+  `pairs` {model: the model it is tested against}; `table_model`: the model of the per-class table (None: none).
+  """
+  test_sets = sets(config)
+  if not test_sets:
+    return []
+  listed = [s.as_dict() for s in test_sets]
+  fn = functools.partial(run_stage, models={n: root / d for n, d in models.items()}, pairs=dict(pairs),
+                         table_model=table_model, test_sets=listed, dataset_config=config.dataset,
+                         eval_config=config.get("eval") or config.run.eval)
+  return [Stage(STAGE, fn=fn, params={"models": dict(models), "pairs": dict(pairs), "table_model": table_model,
+                                      "sets": listed}, after=tuple(after))]
