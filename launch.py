@@ -6,6 +6,7 @@
   python launch.py --config configs/quickstart.py --workdir W --mode export_features   # stage outputs per series
   python launch.py --config configs/quickstart.py --workdir W --mode export [--out DIR]  # model bundle (ich_jax.bundle)
   python launch.py --config configs/rsna_cascade.py --workdir W        # an experiment: its stages, then its report
+  python launch.py --config configs/rsna_cascade.py --workdir W --mode export [--out DIR]  # its final stage's bundle
   python launch.py --config configs/quickstart.py --sweep configs/quickstart_sweep.py --workdir W   # one run per entry
 
 Multi-host: start one process per host with the same flags plus
@@ -73,9 +74,10 @@ def main(argv) -> None:
   workdir = pathlib.Path(_WORKDIR.value)
   allow = _ALLOW_CONFIG_CHANGE.value
   several = bool(_SWEEP.value) or config.get("experiment") is not None
-  if several and _MODE.value != "train":
+  if several and _MODE.value != "train" and (_SWEEP.value or _MODE.value != "export"):
     raise app.UsageError(f"--mode={_MODE.value}: sweeps and experiment configs run with --mode=train "
-                         "(finished stages are skipped; each stage folder is an ordinary run folder)")
+                         "(finished stages are skipped; each stage folder is an ordinary run folder); an "
+                         "experiment config also with --mode=export (the bundle of its final stage)")
   # One writer per run folder: a second launch on it (by mistake) is refused with the first one's host and pid
   # (ich_jax.lock; a killed run's lock is released by the system). Export only reads the run (its bundle
   # folder has a lock of its own).
@@ -102,7 +104,7 @@ def _run(config, workdir: pathlib.Path, *, several: bool, allow: bool) -> None:
   if jax.process_index() == 0 and _MODE.value != "train":
     workdir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(workdir / f"config.{_MODE.value}.json", config.to_json_best_effort(indent=2))
-  if several:
+  if several and _MODE.value == "train":
     # Several runs of the one loop, each in its own folder (ich_jax.experiments), checked there: the root's
     # config.json records the whole config and its changes (a sweep entry or a fold added is not an error).
     from ich_jax import experiments

@@ -319,7 +319,8 @@ def _markdown(report: Mapping) -> str:
            f"- Series: {s['description']!r} `{s['series_uid']}`, {s['num_slices']} slices, "
            f"{s['spacing_mm'][1]:.3g}×{s['spacing_mm'][2]:.3g} mm pixels, slice gap {s['spacing_mm'][0]:.3g} mm",
            f"- Model bundle: `{report['bundle']['path']}` (sha256 {report['bundle']['sha256'][:12]}…; "
-           + ", ".join(f"{m['name']} = {m['role']} {m['model']}" for m in report["bundle"]["members"]) + ")",
+           + ", ".join(f"{m['name']} = {m['role']} {m['model'] or 'of ' + ', '.join(m['inputs'])}"
+                       for m in report["bundle"]["members"]) + ")",
            f"- Threshold: {report['threshold']} (a study is positive when its most suspicious slice reaches it)", ""]
   if report["status"] == "incomplete":   # first, above the findings it qualifies
     lines[4:4] = ["**INCOMPLETE SERIES**: slices may be missing; the findings below cover only the slices present.",

@@ -2,6 +2,7 @@
 
   python launch.py --config C --workdir W --mode export [--out DIR]          # write (ich_jax.bundle.export)
   python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
+  python -m ich_jax.bundle export --run W --out DIR                          # an experiment: its final stage
   python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
   python -m ich_jax.bundle verify DIR                                        # hashes and members
 
@@ -28,14 +29,18 @@ A member (manifest `members`, in dependency order: a member's inputs come before
               "sequence" (task sequence_classification: seed 003's seq_gru_1/2 over the whole series),
               "ensemble_weights" (task ensemble: seed 000's weight model over segmentation members' maps),
               "detector" (task detection: seed 001's Mask R-CNN: slice → boxes, scores and classes, a label map
-              of its instance masks as `pred_mask`, six probabilities)
-  model       {"name", "num_classes", "in_channels", "options"}: `ich_jax.models.build` arguments
+              of its instance masks as `pred_mask`, six probabilities),
+              "mean" (no model, no params file: the mean of its inputs' probabilities, features and maps,
+              as ich_jax.data.stacking.mean_over_models averages exports: seed 003's mean over fold models
+              and over backbones; it counts as its inputs' role, which must be one. Format version 2; a
+              bundle without one is written as version 1)
+  model       {"name", "num_classes", "in_channels", "options"}: `ich_jax.models.build` arguments (mean: null)
   task        the task config (`ich_jax.train.tasks.build`): how the model is called and what it predicts
   data        slice-input members only: how a slice becomes its input (`ich_jax.data.pipeline`): image_size,
               recipe [(slice offset, level, width), ...], intensity, clip_range, clip_out_range
-  inputs      sequence / ensemble_weights members: the names of the members whose outputs they read, in the
-              order their training exports were listed (`config.dataset.exports`)
-  params      the member's .npz file
+  inputs      sequence / ensemble_weights / mean members: the names of the members whose outputs they read, in
+              the order their training exports were listed (`config.dataset.exports`; a mean: its parts)
+  params      the member's .npz file (mean: null)
   source      where it came from (workdir, step, dataset): provenance only, never read
 
 `outputs` says how members make the bundle's answer:
@@ -49,7 +54,9 @@ A member (manifest `members`, in dependency order: a member's inputs come before
                  detectors: read as null). Its classes (groups of subtypes) are its task's `classes`; its boxes
                  are on its input (`data.image_size`²), which the predictor maps back to the stored slice
 
-So a seed 003 cascade is three members (CNN → seq_gru_1 → seq_gru_2, probabilities from the last), seed
+So a seed 003 cascade of single runs is three members (CNN → seq_gru_1 → seq_gru_2, probabilities from the
+last); the K-fold cascade exported from its root is, per backbone, K CNNs → their mean → J seq_gru_1 → their
+mean → J seq_gru_2 → their mean, and a mean over the backbones (what the cascade's evaluation computes); seed
 000's ensemble is U-Nets plus the weight model (probabilities and mask from it), and averaged backbones
 or a classifier beside a segmentation model are `combine` of single bundles.
 

@@ -1,6 +1,7 @@
 """The bundle command line: write a run folder's bundle, combine bundles, verify one.
 
   python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
+  python -m ich_jax.bundle export --run W --out DIR                          # an experiment: its final stage
   python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
   python -m ich_jax.bundle verify DIR                                        # hashes and members
 """
@@ -29,8 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   c.add_argument("--mask", help="a segmentation or detector bundle whose mask (and volumes) the new bundle reports")
   c.add_argument("--threshold", type=float, help="operating threshold (default: the inputs' common one)")
   e = sub.add_parser("export", help="the bundle of a run folder (an experiment's stage: W/ensemble_all, "
-                     "W/fold0/patch_unet), from its config.json and checkpoints")
-  e.add_argument("--run", required=True, help="a run folder with config.json and checkpoints/")
+                     "W/fold0/patch_unet; seed 003's combined stages W/ensemble, W/B/seq2 as their fold "
+                     "models and the means between them), from its config.json and checkpoints")
+  e.add_argument("--run", required=True, help="a run folder with config.json and checkpoints/, a seed 003 "
+                 "combined stage (combined.json), or an experiment's root (its final stage)")
   e.add_argument("--out", help="the bundle folder (default RUN/bundle)")
   v = sub.add_parser("verify", help="check a bundle's hashes, print its identity (SHA-256) and list its members")
   v.add_argument("bundle")
@@ -41,9 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       path = combine(args.out, args.average, args.mask, threshold=args.threshold)
       print(f"Wrote {path} ({len(read_manifest(path)['members'])} members)")
     elif args.command == "export":
-      from ich_jax.train import loop
-
-      export_bundle(loop.read_config(args.run), args.run, args.out)
+      export_bundle(None, args.run, args.out)
     else:
       manifest = read_manifest(args.bundle, expected_sha256=args.expect_sha256)
       print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['sha256']} (pin it: "
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(sorted(manifest["files"])))
       for e in manifest["members"]:
         w = window(e)
-        print(f"  {e['name']}: {e['role']} {e['model']['name']}" + (f" <- {e['inputs']}" if e["inputs"] else "")
+        print(f"  {e['name']}: {e['role']}" + (f" {e['model']['name']}" if e["model"] else "")
+              + (f" <- {e['inputs']}" if e["inputs"] else "")
               + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
       print(f"  outputs: {json.dumps(manifest['outputs'])}")
   except (BundleError, FileNotFoundError, atomic.NotOurs, lock.Locked) as e:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ich_jax.bundle.format import BundleError, read_listed, read_manifest, write
+from ich_jax.bundle.format import MEAN, BundleError, read_listed, read_manifest, write
 
 
 def combine(out, average: Sequence, mask=None, *, threshold: float | None = None) -> pathlib.Path:
@@ -28,8 +28,11 @@ def combine(out, average: Sequence, mask=None, *, threshold: float | None = None
     rename = {e["name"]: f"{k}.{e['name']}" for e in manifest["members"]}
     for e in manifest["members"]:
       entry = {**e, "name": rename[e["name"]], "inputs": [rename[i] for i in e["inputs"]],
-               "params": f"params/{rename[e['name']]}.npz",
+               "params": None if e["role"] == MEAN else f"params/{rename[e['name']]}.npz",
                "source": {**e.get("source", {}), "bundle": str(path.absolute()), "bundle_sha256": manifest["sha256"]}}
+      if e["role"] == MEAN:
+        members.append((entry, None))
+        continue
       with np.load(io.BytesIO(read_listed(path, manifest, e["params"])), allow_pickle=False) as z:
         members.append((entry, {key: z[key] for key in z.files}))
     o = manifest["outputs"]

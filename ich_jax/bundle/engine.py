@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax.bundle.format import SLICE_ROLES, BundleError, read_manifest
+from ich_jax.bundle.format import MEAN, MEAN_FIELDS, SLICE_ROLES, BundleError, read_manifest
 from ich_jax.bundle.members import Member, load_member, window
 
 # Sequence members see a series padded to a multiple of this many slices: few shapes, few compilations.
@@ -25,12 +25,27 @@ class Bundle:
     self.members = members
     self.outputs = manifest["outputs"]
     self.threshold = float(manifest["threshold"])
-    # Which outputs each member must give: features for sequence model 1, maps for the weight model.
-    self._needs_features = {i for m in members.values() if m.role == "sequence"
-                            and m.task.inputs == "features" for i in m.entry["inputs"]}
-    self._needs_maps = {i for m in members.values() if m.role == "ensemble_weights" for i in m.entry["inputs"]}
+    # Which outputs each member must give: features for sequence model 1, maps for the weight model (through a
+    # mean member: its inputs).
+    self._needs_features = self._through_means({i for m in members.values() if m.role == "sequence"
+                                                and m.task.inputs == "features" for i in m.entry["inputs"]})
+    self._needs_maps = self._through_means({i for m in members.values() if m.role == "ensemble_weights"
+                                            for i in m.entry["inputs"]})
     self._gradcam_fns: dict = {}
     self.gradcam_error: str | None = None
+
+  def _through_means(self, names: set[str]) -> set[str]:
+    """`names` and, for each mean member among them, its inputs (recursively): who must give what a mean averages."""
+    out = set(names)
+    for m in reversed(list(self.members.values())):   # dependency order reversed: a mean before its inputs
+      if m.role == MEAN and m.name in out:
+        out.update(m.entry["inputs"])
+    return out
+
+  def _model_of(self, name: str) -> Member:
+    """The member that stands for `name`'s kind: itself, or a mean member's first input (recursively)."""
+    m = self.members[name]
+    return self._model_of(m.entry["inputs"][0]) if m.role == MEAN else m
 
   @property
   def hash(self) -> str:
@@ -65,7 +80,7 @@ class Bundle:
     """False when every probability member is a blood-only segmentation (its subtype columns repeat "any")."""
     return any(m.role in ("classifier", "sequence", "detector")
                or (m.role == "segmentation" and m.task.maps == "subtypes")
-               for m in (self.members[n] for n in self.outputs["probabilities"]["members"]))
+               for m in (self._model_of(n) for n in self.outputs["probabilities"]["members"]))
 
   def warm_up(self, batch_size: int, *, gradcam_batch: int = 0) -> None:
     """Compiles every member for `batch_size` (and Grad-CAM for `gradcam_batch` slices) on a blank slice."""
@@ -76,7 +91,8 @@ class Bundle:
       self.gradcam(images, [0], batch=gradcam_batch)
 
   def describe(self) -> list[dict]:
-    return [{"name": m.name, "role": m.role, "model": m.entry["model"]["name"], "inputs": m.entry["inputs"],
+    return [{"name": m.name, "role": m.role, "model": m.entry["model"]["name"] if m.entry["model"] else None,
+             "inputs": m.entry["inputs"],
              "image_size": m.plan.image_size if m.plan else None, "window": window(m.entry),
              **({"classes": [list(g) for g in m.task.classes]} if m.role == "detector" else {})}
             for m in self.members.values()]
@@ -159,6 +175,24 @@ class Bundle:
     out = jax.device_get(member.jitted("predict")(member.state, batch))
     return {"probabilities": np.asarray(out["probabilities"])[0, :n]}
 
+  def _mean_outputs(self, member: Member, results: Mapping[str, dict]) -> dict:
+    """A mean member: each of MEAN_FIELDS its inputs all give, averaged as ich_jax.data.stacking.mean_over_models
+    averages exports (a float64 sum; float32, maps float16 as an export stores them): seed 003's mean over fold
+    models."""
+    sources = [results[name] for name in member.entry["inputs"]]
+    out = {}
+    for key in MEAN_FIELDS:
+      if all(key in s for s in sources):
+        shapes = {s[key].shape for s in sources}
+        if len(shapes) > 1:
+          raise BundleError(f"{self.directory}: mean member {member.name!r} averages {key} of shapes "
+                            f"{sorted(shapes)} from {member.entry['inputs']}")
+        total = np.zeros(sources[0][key].shape, np.float64)
+        for s in sources:
+          total += s[key]
+        out[key] = (total / len(sources)).astype(np.float16 if key == "maps" else np.float32)
+    return out
+
   def _ensemble_outputs(self, member: Member, results: Mapping[str, dict], images, n: int, batch_size: int,
                         bar) -> dict:
     # float16 → float32, as the weight model read the base maps it was trained on (ich_jax.data.base_maps).
@@ -205,6 +239,8 @@ class Bundle:
           results[m.name] = self._batched(m, {"image": images[m.plan]}, n, batch_size, bar)
         elif m.role == "ensemble_weights":
           results[m.name] = self._ensemble_outputs(m, results, images[m.plan], n, batch_size, bar)
+        elif m.role == MEAN:
+          results[m.name] = self._mean_outputs(m, results)
         else:
           results[m.name] = self._sequence_outputs(m, results, z_positions)
     finally:

@@ -15,10 +15,16 @@ from ich_jax import LABELS, atomic, lock
 from ich_jax.jsonable import jsonable
 
 FORMAT = "ich-jax-bundle"
-VERSION = 1
+# Version 2 adds "mean" members (seed 003's fold means); a bundle without one is written as version 1, so that
+# code from before reads it. Both are read.
+VERSION = 2
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 ROLES = {"multilabel_classification": "classifier", "segmentation": "segmentation",
          "sequence_classification": "sequence", "ensemble": "ensemble_weights", "detection": "detector"}
+# A member without a model: the mean of its inputs' outputs (MEAN_FIELDS), seed 003's mean over fold models.
+MEAN = "mean"
+MEAN_FIELDS = ("probabilities", "features", "maps")   # what ich_jax.data.stacking.mean_over_models averages
 # Members that read preprocessed slices; members whose `pred_mask` a bundle may output.
 SLICE_ROLES = ("classifier", "segmentation", "ensemble_weights", "detector")
 MASK_ROLES = ("segmentation", "ensemble_weights", "detector")
@@ -101,6 +107,14 @@ def member_entry(name: str, *, model: Mapping, task: Mapping, state, data: Mappi
   return entry, arrays, keys
 
 
+def mean_entry(name: str, inputs: Sequence[str], source: Mapping | None = None) -> dict:
+  """The manifest entry of a mean member: no model and no file, the mean of `inputs`' outputs (`MEAN_FIELDS`)."""
+  if not inputs:
+    raise BundleError(f"member {name!r} (mean): a mean needs inputs")
+  return {"name": name, "role": MEAN, "model": None, "task": None, "data": None, "inputs": list(inputs),
+          "params": None, "key_arrays": {}, "source": jsonable(source or {})}
+
+
 def _sha256(path: pathlib.Path) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
@@ -116,11 +130,20 @@ def manifest_hash(manifest: Mapping) -> str:
 
 
 def check_outputs(members: Sequence[Mapping], outputs: Mapping) -> None:
-  """The members are in dependency order and `outputs` names members of the right roles."""
+  """The members are in dependency order and `outputs` names members of the right roles (a mean member counts as
+  its inputs' role where it is read, which must be one)."""
   seen: dict[str, str] = {}
+  roles: dict[str, str] = {}
   for m in members:
     if m["name"] in seen:
       raise BundleError(f"member name {m['name']!r} appears twice")
+    if m["role"] == MEAN:
+      kinds = {seen.get(i) for i in m["inputs"]}
+      if not m["inputs"] or len(kinds) != 1 or None in kinds:
+        raise BundleError(f"mean member {m['name']!r} averages {m['inputs']}: it needs earlier members of one role, "
+                          f"got roles {sorted(str(k) for k in kinds)}")
+      seen[m["name"]], roles[m["name"]] = kinds.pop(), MEAN
+      continue
     for i in m["inputs"]:
       if i not in seen:
         raise BundleError(f"member {m['name']!r} reads {i!r}, which is not an earlier member")
@@ -129,24 +152,25 @@ def check_outputs(members: Sequence[Mapping], outputs: Mapping) -> None:
       if m["role"] == "sequence" and seen[i] not in ("classifier", "sequence"):
         raise BundleError(f"sequence member {m['name']!r} reads {i!r}, a {seen[i]}: it needs classifier or "
                           "sequence outputs")
-    seen[m["name"]] = m["role"]
+    seen[m["name"]] = roles[m["name"]] = m["role"]
   probs = outputs.get("probabilities") or {}
   if probs.get("combine") != "mean" or not probs.get("members"):
     raise BundleError(f"outputs.probabilities must be {{'combine': 'mean', 'members': [...]}}, got {probs!r}")
   for name in probs["members"]:
     if name not in seen:
       raise BundleError(f"outputs.probabilities names {name!r}, not a member ({sorted(seen)})")
-  if outputs.get("mask") is not None and seen.get(outputs["mask"]) not in MASK_ROLES:
+  if outputs.get("mask") is not None and roles.get(outputs["mask"]) not in MASK_ROLES:
     raise BundleError(f"outputs.mask={outputs['mask']!r} is not a segmentation, ensemble_weights or detector member")
-  if outputs.get("detections") is not None and seen.get(outputs["detections"]) != "detector":
+  if outputs.get("detections") is not None and roles.get(outputs["detections"]) != "detector":
     raise BundleError(f"outputs.detections={outputs['detections']!r} is not a detector member")
-  if outputs.get("gradcam") is not None and seen.get(outputs["gradcam"]) != "classifier":
+  if outputs.get("gradcam") is not None and roles.get(outputs["gradcam"]) != "classifier":
     raise BundleError(f"outputs.gradcam={outputs['gradcam']!r} is not a classifier member")
 
 
 def write(directory, members: Sequence[tuple[dict, dict]], outputs: Mapping, *, threshold: float,
           meta: Mapping | None = None, inputs: Sequence = ()) -> pathlib.Path:
-  """Writes a bundle: `members` are (entry, arrays) in dependency order. Written beside, then swapped into place.
+  """Writes a bundle: `members` are (entry, arrays) in dependency order (a mean member: arrays None, no file).
+  Written beside, then swapped into place.
 
   `directory` is refused (`atomic.NotOurs`) if it holds anything but an earlier
   bundle, or is, holds or lies inside one of `inputs` (the run folders or
@@ -168,11 +192,14 @@ def write(directory, members: Sequence[tuple[dict, dict]], outputs: Mapping, *, 
       (tmp / "params").mkdir()
       files = {}
       for entry, arrays in members:
+        if entry["role"] == MEAN:
+          continue
         path = tmp / entry["params"]
         with open(path, "wb") as f:
           np.savez(f, **arrays)
         files[entry["params"]] = _sha256(path)
-      manifest = {"format": FORMAT, "version": VERSION, "labels": list(LABELS), "threshold": threshold,
+      version = VERSION if any(e["role"] == MEAN for e in entries) else 1
+      manifest = {"format": FORMAT, "version": version, "labels": list(LABELS), "threshold": threshold,
                   "members": entries, "outputs": outputs, "files": files, "meta": jsonable(meta or {})}
       manifest["hash"] = manifest_hash(manifest)
       (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -217,11 +244,14 @@ def read_manifest(directory, *, expected_sha256: str | None = None) -> dict:
     raise BundleError(f"{path}: not valid JSON ({e}); the bundle is damaged") from e
   if manifest.get("format") != FORMAT:
     raise BundleError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-  if manifest.get("version") != VERSION:
-    raise BundleError(f"{path}: bundle version {manifest.get('version')!r}; this code reads version {VERSION}")
+  if manifest.get("version") not in READ_VERSIONS:
+    raise BundleError(f"{path}: bundle version {manifest.get('version')!r}; this code reads versions "
+                      f"{list(READ_VERSIONS)}")
   if manifest.get("hash") != manifest_hash(manifest):
     raise BundleError(f"{path}: the manifest's hash does not match its content: the manifest was edited or damaged")
   for m in manifest["members"]:
+    if m.get("role") == MEAN and m.get("params") is None:
+      continue
     if m.get("params") not in manifest["files"]:
       raise BundleError(f"{path}: member {m.get('name')!r} loads {m.get('params')!r}, which the manifest's `files` "
                         "does not list with a SHA-256: every file a bundle loads must be hashed")

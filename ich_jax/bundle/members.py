@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ich_jax.bundle.format import DATA_FIELDS, BundleError, read_listed, unflatten_state
+from ich_jax.bundle.format import DATA_FIELDS, MEAN, BundleError, read_listed, unflatten_state
 from ich_jax.train.config_record import as_tuples
 
 
@@ -22,6 +22,8 @@ def window(entry: Mapping) -> dict | None:
 
   from ich_jax.train import tasks
 
+  if entry["task"] is None:   # a mean member
+    return None
   task = tasks.build(ml_collections.ConfigDict(entry["task"]))
   return {"patch": task.patch, "stride": task.stride} if getattr(task, "patch", 0) else None
 
@@ -38,7 +40,8 @@ def plan_of(data: Mapping):
 
 @dataclasses.dataclass
 class Member:
-  """One loaded model: its entry, task, eval-mode graph and variables, preprocessing plan and jit functions."""
+  """One loaded model: its entry, task, eval-mode graph and variables, preprocessing plan and jit functions (a
+  mean member: its entry alone)."""
   entry: dict
   task: Any
   graphdef: Any
@@ -88,6 +91,8 @@ def load_member(directory: pathlib.Path, manifest: Mapping, entry: dict) -> Memb
   from ich_jax import models
   from ich_jax.train import tasks
 
+  if entry["role"] == MEAN:
+    return Member(entry, None, None, None)
   m = entry["model"]
   try:
     abstract = nnx.eval_shape(lambda: models.build(m["name"], num_classes=int(m["num_classes"]),

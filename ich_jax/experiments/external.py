@@ -26,10 +26,27 @@ from ich_jax.experiments.runner import Stage
 STAGE = "external"
 
 
+PHANTOMS = "synthetic_ich"
+
+
 def sets(config) -> list[external.ExternalSet]:
-  """The experiment's external sets (none when `experiment.external` is absent or empty)."""
+  """The experiment's external sets (none when `experiment.external` is absent or empty), checked before any
+  stage runs: a real set needs its download (or a finished build), and phantoms are no external set of a
+  model trained on real data (the full configs' phantom default is for runs on the phantoms)."""
   e = config.experiment
-  return external.parse(e.get("external", ()), config.dataset, e.get("external_manual_dir", None))
+  out = external.parse(e.get("external", ()), config.dataset, e.get("external_manual_dir", None))
+  for s in out:
+    if s.name == PHANTOMS and config.dataset.name != PHANTOMS:
+      raise ValueError(f"config experiment.external names the phantoms ({s.label}) for a model trained on "
+                       f"{config.dataset.name}: name real sets, e.g. --config.experiment.external="
+                       "cq500:test,physionet_ct_ich:fold0+fold1+fold2+fold3+fold4, or none: "
+                       "--config.experiment.external=''")
+    if s.name != PHANTOMS and not s.manual_dir and not datasets.builder(
+        external.dataset_config(config.dataset, s)).is_prepared():
+      raise ValueError(f"config experiment.external names {s.label}, which is not built in "
+                       f"{datasets.data_dir(config.dataset)}: give its download with "
+                       f"--config.experiment.external_manual_dir.{s.name}=DIR")
+  return out
 
 
 def export_stage_config(c, test_sets) -> None:

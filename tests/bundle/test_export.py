@@ -93,3 +93,34 @@ def test_a_detection_run_exports_a_bundle_that_detects_as_its_checkpoint_evaluat
   np.testing.assert_array_equal(got["pred_mask"], expected["pred_mask"])
   # Untrained at a 0.1 threshold (tests/conftest.py): boxes to list and masks pasted, so what follows checks content.
   assert (d["scores"] >= det.threshold).any() and got["pred_mask"].any()
+
+
+def test_member_names_are_the_shortest_distinct_tail_of_their_run_folders():
+  import pathlib
+
+  runs = [pathlib.Path(p) for p in ("/w/densenet121/cnn_fold0", "/w/densenet169/cnn_fold0", "/w/densenet121/cnn",
+                                    "/w/ensemble", "/x/a b/cnn", "/y/a_b/cnn")]
+  assert list(export.member_names(runs).values()) == [
+      "densenet121.cnn_fold0", "densenet169.cnn_fold0", "densenet121.cnn", "ensemble", "a_b.cnn", "a_b.cnn-2"]
+
+
+def test_a_host_step_without_a_mean_record_and_a_bad_record_are_refused_naming_file_and_field(tmp_path):
+  """A seed 003 combined stage finished before it recorded its parts (stage.json, no combined.json): the error
+  says how to get the record; a record with no parts names the file and the field."""
+  import json
+
+  import pytest
+
+  from ich_jax.experiments import rsna_cascade
+
+  stage = tmp_path / "densenet121" / "seq1"
+  stage.mkdir(parents=True)
+  (stage / "stage.json").write_text(json.dumps({"name": "densenet121/seq1", "status": "done"}))
+  with pytest.raises(FileNotFoundError, match="neither config.json nor combined.json.*delete its stage.json"):
+    export.export_bundle(None, stage, tmp_path / "bundle")
+  (stage / rsna_cascade.MEAN_RECORD).write_text(json.dumps({"combine": "mean", "parts": [], "threshold": 0.5}))
+  with pytest.raises(ValueError, match=f"{stage / 'combined.json'}: expected combine .* parts=\\[\\]"):
+    export.export_bundle(None, stage, tmp_path / "bundle")
+  rsna_cascade.write_mean_record(stage, [tmp_path / "densenet121" / "seq1_fold0"], 0.25)
+  assert rsna_cascade.read_mean_record(stage) == {"parts": [tmp_path / "densenet121" / "seq1_fold0"],
+                                                  "threshold": 0.25}

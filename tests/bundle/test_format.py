@@ -60,3 +60,32 @@ def test_every_loaded_file_is_listed_and_the_bundle_identity_can_be_pinned(runs,
   (unlisted / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(bundle_lib.BundleError, match=f"loads '{params}', which the manifest's `files` does not list"):
     bundle_lib.load(unlisted)
+
+
+def test_a_mean_member_counts_as_its_inputs_role_and_never_stands_for_a_mask_or_gradcam(runs):
+  """Seed 003's fold means: a sequence member may read a mean of classifiers; a mean over members of two roles,
+  over a later member or over nothing is refused, and outputs that need a model (mask, Grad-CAM) cannot name one."""
+  def model(name, role, inputs=()):
+    return {"name": name, "role": role, "inputs": list(inputs)}
+
+  probs = {"probabilities": {"combine": "mean", "members": ["seq"]}}
+  folds = [model("cnn0", "classifier"), model("cnn1", "classifier")]
+  cnn = bundle_format.mean_entry("cnn", ["cnn0", "cnn1"])
+  assert cnn["model"] is None and cnn["params"] is None
+  bundle_format.check_outputs(folds + [cnn, model("seq", "sequence", ["cnn"])], probs)
+  with pytest.raises(bundle_lib.BundleError, match=r"averages \['cnn0', 'seg'\]: it needs earlier members of one "):
+    bundle_format.check_outputs([folds[0], model("seg", "segmentation"),
+                                 bundle_format.mean_entry("cnn", ["cnn0", "seg"]), model("seq", "sequence", ["cnn"])],
+                                probs)
+  with pytest.raises(bundle_lib.BundleError, match="needs earlier members of one role"):
+    bundle_format.check_outputs([bundle_format.mean_entry("cnn", ["cnn0"])] + folds, probs)
+  with pytest.raises(bundle_lib.BundleError, match="a mean needs inputs"):
+    bundle_format.mean_entry("cnn", [])
+  with pytest.raises(bundle_lib.BundleError, match="outputs.gradcam='cnn' is not a classifier member"):
+    bundle_format.check_outputs(folds + [cnn], {"probabilities": {"combine": "mean", "members": ["cnn"]},
+                                                "gradcam": "cnn"})
+  segs = [model("s0", "segmentation"), model("s1", "segmentation"), bundle_format.mean_entry("s", ["s0", "s1"])]
+  with pytest.raises(bundle_lib.BundleError, match="outputs.mask='s' is not a segmentation"):
+    bundle_format.check_outputs(segs, {"probabilities": {"combine": "mean", "members": ["s"]}, "mask": "s"})
+  # Version 2 only where a bundle has a mean member: code that reads version 1 still reads the others.
+  assert bundle_lib.read_manifest(runs["root"] / "cls_bundle")["version"] == 1

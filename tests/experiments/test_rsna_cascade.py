@@ -102,3 +102,78 @@ def test_the_report_tables_are_complete_and_computed_from_the_stages_predictions
     assert (got is not None) == bool(present[c])
     if present[c]:
       assert got == pytest.approx(M.roc_auc(scan_y[:, c] > 0.5, scan_p[:, c]))
+
+
+def _test_study(config, series_id):
+  """The smoke dataset's test-split slices of `series_id` (TFDS records), in z order."""
+  from ich_jax.data import pipeline
+
+  source = pipeline.open_split(config.dataset, config.dataset.eval_split)
+  records = [source[i] for i in range(len(source))]
+  return sorted((r for r in records if r["series_id"].decode() == series_id), key=lambda r: float(r["z_position"]))
+
+
+def test_the_k_fold_cascade_is_one_bundle_that_predicts_a_dicom_study_as_the_ensemble_export(cascade, tmp_path):
+  """Exported from the root's experiment config (what `launch.py --mode export` passes), the bundle is per
+  backbone the 2 fold CNNs → their mean → 2 seq_gru_1 → mean → 2 seq_gru_2 → mean, then the mean over backbones;
+  on a test study written as DICOM its per-slice probabilities are the ensemble stage's own export of that study."""
+  import csv
+
+  from ich_jax import bundle as bundle_lib
+  from ich_jax import predict
+  from ich_jax.bundle import export
+  from ich_jax.bundle.__main__ import main as bundle_main
+  from ich_jax.data import dicom
+  from ich_jax.eval.prediction_files import PROB_COLUMNS
+
+  config, root = cascade
+  cascade_bundle = bundle_lib.load(export.export_bundle(config, root, tmp_path / "bundle"))
+  members = [(m["name"], m["role"], m["inputs"]) for m in cascade_bundle.describe()]
+  b = BACKBONES[0]
+  assert members[:9] == [
+      (f"{b}.cnn_fold0", "classifier", []), (f"{b}.cnn_fold1", "classifier", []),
+      (f"{b}.cnn", "mean", [f"{b}.cnn_fold0", f"{b}.cnn_fold1"]),
+      (f"{b}.seq1_fold0", "sequence", [f"{b}.cnn"]), (f"{b}.seq1_fold1", "sequence", [f"{b}.cnn"]),
+      (f"{b}.seq1", "mean", [f"{b}.seq1_fold0", f"{b}.seq1_fold1"]),
+      (f"{b}.seq2_fold0", "sequence", [f"{b}.cnn", f"{b}.seq1"]),
+      (f"{b}.seq2_fold1", "sequence", [f"{b}.cnn", f"{b}.seq1"]),
+      (f"{b}.seq2", "mean", [f"{b}.seq2_fold0", f"{b}.seq2_fold1"])]
+  assert len(members) == 3 * 9 + 1 and members[-1] == ("ensemble", "mean", [f"{b}.seq2" for b in BACKBONES])
+  assert cascade_bundle.outputs["probabilities"]["members"] == ["ensemble"]
+  assert cascade_bundle.manifest["version"] == 2 and cascade_bundle.threshold == config.eval.threshold
+
+  # One test study as a scanner writes it, through predict: the ensemble's export of that study, slice by slice.
+  ens = stage_exports.read_export(stage_exports.export_dir(root / "ensemble", "test"))
+  series = str(ens["series_id"][0])
+  rows = np.flatnonzero(ens["series_id"] == series)
+  records = _test_study(config, series)
+  hu = np.stack([r["image"] for r in records])
+  z = np.array([r["z_position"] for r in records])
+  spacing = (float(records[0]["slice_thickness"]), *map(float, records[0]["pixel_spacing"]))
+  dicom.write_series(hu, spacing, tmp_path / "study", z_positions=z)
+  predict.predict_study(cascade_bundle, tmp_path / "study", tmp_path / "pred",
+                        predict.Options(batch_size=8, progress=False))
+  with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
+    got = np.array([[float(r[c]) for c in PROB_COLUMNS] for r in csv.DictReader(f)])
+  np.testing.assert_allclose(got, ens["probabilities"][rows], rtol=1e-5, atol=1e-6)
+
+  # The stages between: a backbone's fold-mean CNN features and its seq_gru_1 mean are its stages' exports; a fold
+  # model alone and one backbone alone differ from them (so the means above are not vacuous).
+  out = cascade_bundle.predict(cascade_bundle.preprocess(records), z, batch_size=8)["members"]
+  for name, stage, key in (("cnn", "cnn", "features"), ("seq1", "seq1", "probabilities")):
+    mine = stage_exports.read_export(stage_exports.export_dir(root / b / stage, "test"))
+    np.testing.assert_allclose(out[f"{b}.{name}"][key], mine[key][rows], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out[f"{b}.{name}_fold0"][key], mine[key][rows], atol=1e-4)
+  assert not np.allclose(out[f"{b}.seq2"]["probabilities"], ens["probabilities"][rows], atol=1e-4)
+
+  # `python -m ich_jax.bundle export --run W/B/seq1`: a combined stage by its combined.json, its fold runs with it.
+  assert bundle_main(["export", "--run", str(root / b / "seq1"), "--out", str(tmp_path / "seq1")]) == 0
+  seq1 = bundle_lib.load(tmp_path / "seq1")
+  assert [m["name"] for m in seq1.describe()] == ["cnn_fold0", "cnn_fold1", "cnn", "seq1_fold0", "seq1_fold1", "seq1"]
+  np.testing.assert_allclose(seq1.predict(seq1.preprocess(records), z, batch_size=8)["probabilities"],
+                             out[f"{b}.seq1"]["probabilities"], rtol=1e-6)
+  # combine renames a mean member and its inputs alike, and the combined bundle predicts the same.
+  again = bundle_lib.load(bundle_lib.combine(tmp_path / "combined", average=[tmp_path / "seq1"]))
+  assert again.members["0.seq1"].entry["inputs"] == ["0.seq1_fold0", "0.seq1_fold1"]
+  np.testing.assert_allclose(again.predict(again.preprocess(records), z, batch_size=8)["probabilities"],
+                             out[f"{b}.seq1"]["probabilities"], rtol=1e-6)
