@@ -16,8 +16,11 @@ BACKBONES = ("se_resnext101_32x4d", "densenet169", "densenet121")
 
 
 @pytest.fixture(scope="module")
-def cascade(tiny_data_dir, tmp_path_factory):
-  return run_smoke(cascade_config, tiny_data_dir, tmp_path_factory.mktemp("cascade"))
+def cascade(tiny_data_dir, cq500_fixture, tmp_path_factory):
+  """The smoke cascade, also scored on an external set: a CQ500 build of the qure.ai-layout fixture."""
+  return run_smoke(cascade_config, tiny_data_dir, tmp_path_factory.mktemp("cascade"),
+                   {"experiment.external": "cq500/slices256:test",
+                    "experiment.external_manual_dir.cq500": str(cq500_fixture.root)})
 
 
 def _preds(path):
@@ -27,7 +30,7 @@ def _preds(path):
 def test_every_stage_ran_and_a_rerun_skips_them_all(cascade, capsys):
   config, root = cascade
   stages = experiments.stages(config, root)
-  assert len(stages) == 3 * (2 + 1 + 2 * (2 + 1)) + 2
+  assert len(stages) == 3 * (2 + 1 + 2 * (2 + 1)) + 3 and stages[-1].name == "external"
   assert all(json.loads((root / s.name / "stage.json").read_text())["status"] == "done" for s in stages)
   capsys.readouterr()
   experiments.run(config, root)
@@ -59,6 +62,33 @@ def test_training_exports_are_out_of_fold_and_test_exports_the_fold_mean(cascade
   seq2 = json.loads((b / "seq2_fold0" / "config.json").read_text())
   assert seq2["dataset"]["exports"] == [str(b / "cnn"), str(b / "seq1")]
   assert seq2["dataset"]["train_split"] == "train[fold!=0/2]" and seq2["model"]["name"] == "seq_gru_2"
+
+
+def test_the_external_set_runs_through_every_stage_and_table_4_gets_its_column(cascade):
+  """Seed 003 Table 4: the cascade on CQ500. Each stage reads its upstream stages' export of the set."""
+  config, root = cascade
+  key = "cq500.test"
+  b = root / BACKBONES[0]
+  read = lambda d: stage_exports.read_export(stage_exports.export_dir(d, key))  # noqa: E731
+  for stage in ("cnn", "seq1", "seq2"):
+    parts = [read(b / f"{stage}_fold{k}") for k in range(2)]
+    assert not np.allclose(parts[0]["probabilities"], parts[1]["probabilities"])
+    np.testing.assert_allclose(read(b / stage)["probabilities"],
+                               (parts[0]["probabilities"] + parts[1]["probabilities"]) / 2, rtol=1e-6)
+  seq1 = json.loads((b / "seq1_fold0" / "config.json").read_text())
+  assert [e["name"] for e in seq1["export"]["external"]] == ["cq500"]
+  ens = read(root / "ensemble")
+  np.testing.assert_allclose(ens["probabilities"], np.mean([read(root / x / "seq2")["probabilities"]
+                                                            for x in BACKBONES], 0), rtol=1e-6)
+  t = json.loads((root / "external" / "metrics.json").read_text())
+  r = t["results"][key]["Model_ensemble"]
+  ids, p = M.scan_scores(ens["probabilities"], ens["study_id"])
+  _, y = M.scan_scores(ens["labels"], ens["study_id"])
+  assert len(ids) == 2 and r["scan"]["any"]["auc"] == pytest.approx(M.roc_auc(y[:, 0] > 0.5, p[:, 0]))
+  assert r["slice"] is None and t["table_model"] == "Model_ensemble"
+  text = (root / "external" / "report.md").read_text()
+  scan = text.split("## Table 4, scan level")[1].split("## ")[0]
+  assert "| IVH | n/a |" in scan and "cq500/slices256:test AUC [95% CI]" in scan   # no IVH in the fixture
 
 
 def test_the_ensemble_is_the_mean_of_the_backbones_last_stage(cascade):
