@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # (`--config.dataset.name=physionet_ct_ich --config.dataset.config=slices`) is the real data with masks.
   c.dataset.config = "small256"
   c.dataset.data_dir = "data/tfds"
+  c.dataset.manual_dir = ""             # a real dataset's download (docs/datasets.md)
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
 

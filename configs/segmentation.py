@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.dataset.name = "synthetic_ich"
   c.dataset.config = "small"
   c.dataset.data_dir = "data/tfds"      # built on first use
+  c.dataset.manual_dir = ""             # a real dataset's download (docs/datasets.md)
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
 

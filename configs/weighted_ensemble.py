@@ -14,16 +14,20 @@ ones on a rerun, and writes report.md (`ich_jax.eval.ensemble_tables`):
   model3_sdh         Model 3: subdural slices and as many normal ones
   model4_sah         Model 4: subarachnoid slices and as many normal ones
   model5_small       Model 5: slices of studies with ≤ 5 mL of blood and as many normal ones
-  (each base model is exported: its maps of the train and held-out splits become data)
+  (each base model is exported: its maps of the held-out split become data)
+  oof/<stage>/fold<k>, oof/<base>   the pre-training and each base model again on the training split's studies
+                     outside fold k (k < experiment.map_folds = 5), exporting fold k's maps; assembled, each
+                     training slice's map from the fold model that did not see it (<base>/export/<train split>)
   ensemble_basic / _sdh / _sah / _small / _all   the weight model on the maps of models 1+2, 1+2+3, 1+2+4,
                      1+2+5 and 1–5 (Dice loss; seed 000 §2.2.3), each evaluated on the held-out split
   report             Table 3, Table 4 against the strong-vs-weak classifiers (the strong runs in the
                      workdir experiment.strong_vs_weak of configs/strong_vs_weak.py), and the difficult cases
 
-Choices the paper leaves open are said where they are made: balancing is by slice (the paper balances
-scans); the weight model trains on the base models' maps of the training split (in-sample, as
-configs/ensemble.py); its layers are the project's small CNN; batch size and step counts are not in our
-copy of Supplementary Table S2.
+Choices the paper leaves open are said where they are made: the weight model trains on out-of-fold maps
+of the training split (experiment.weight_maps; "in_sample", the full base models' maps of their own
+training slices as configs/ensemble.py, is the option); its layers are the project's small CNN; batch
+size and step counts are not in our copy of Supplementary Table S2. Training sets are balanced by scan,
+as the paper's (data.sampling.mode "balanced_scans"; "balanced" balances slices instead).
 """
 from ml_collections import ConfigDict
 
@@ -51,10 +55,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # skull stripping (classical mask here; the paper's in-house 3D U-Net is not public).
   c.data.recipe = windows.SEED000_4WINDOW
   # Seed 000 §2.2.1: "an equal number of brain CT scans with and without ICH", the subtype-specific sets
-  # "balanced ... normal and lesion cases equally"; by slice here, subtypes balanced for the all-ICH models.
-  c.data.sampling.mode = "balanced"
+  # "balanced the number of normal and lesion cases equally": scans, every slice of each, drawn once.
+  # (§2.1's classifiers balance slices and subtypes; "balanced" does that here.)
+  c.data.sampling.mode = "balanced_scans"
   c.data.sampling.lesion = "any"
-  c.data.sampling.balance_subtypes = True
+  c.data.sampling.balance_subtypes = False
   c.data.small_bleed_ml = 5.0            # seed 000 §2.2.1, Model 5: "small lesion (≤ 5 mL)"
   # Seed 000 names no augmentation; the pipeline's default linear warps (seed 002's magnitudes, no flips).
   c.model.init_from = ""                 # Model 2 gets pretrain_encoder's workdir (ich_jax.train.loop.load_pretrained)
@@ -70,6 +75,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
   e.name = "weighted_ensemble"
   e.only = ()                            # stage names or folder prefixes to run alone (runner.run_stages)
   e.table3 = TABLE3
+  # Which maps of the training split train the weight models (seed 000 §2.2.3 does not say):
+  # "out_of_fold" (each slice's map from a base model trained without its study, as seed 003 stacks its
+  # stages) or "in_sample" (the full base models' maps of their own training slices; no fold models).
+  e.weight_maps = "out_of_fold"
+  e.map_folds = 5                        # ours (seed 003 §2 folds its CNNs 5-fold); folds by study
   # Table 4's classifiers: the strong runs <strong_vs_weak>/<backbone>/strong of that experiment's workdir.
   e.strong_vs_weak = "runs/strong_vs_weak"
   e.classifiers = CLASSIFIERS
@@ -105,6 +115,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # tiny's 12 training studies hold no subarachnoid slice, which Model 4 trains on: the smoke trains on
     # train+test so every base model has its lesion. A check of the code path, not a measurement.
     c.dataset.train_split = "train+test"
+    # tiny's one subarachnoid study lies in one fold, so one fold model of Model 4 would have no lesion to
+    # train on: the smoke's weight models read in-sample maps (the out-of-fold path is tested on Model 1,
+    # tests/experiments/test_weighted_ensemble.py).
+    e.weight_maps = "in_sample"
+    e.map_folds = 2
     # Table 4 against a strong-vs-weak smoke run only when named (--config.experiment.strong_vs_weak=W),
     # never against the full experiment's runs/strong_vs_weak (scans of another dataset build).
     e.strong_vs_weak = ""

@@ -20,6 +20,15 @@ stored last axis). The build
   testing, one for validation, three for training). `fold_splits(k)` names a
   round: test fold k, validation fold k+1 (our choice; the paper does not say
   which), train the other three;
+* measures blood volumes (`blood_volumes`): per slice and per study, in total
+  and per subtype, from the mask's voxels at the NIfTI's native resolution
+  (before the resize to `resolution`) times the voxel volume (slice gap × row
+  × column spacing). A stored pixel is blood if any native pixel in it is, so
+  counting stored pixels would inflate every bleed, most of all the small ones
+  that seed 000's Model 5 (≤ 5 mL, §2.2.1) and seed 001's size bins select. A
+  slice's blood goes to the subtype its `mask` gives it (the one the CSV
+  names, or the highest of several), so the subtype volumes sum to the total;
+  blood on a slice the CSV calls blood-free is left out, as from the mask;
 * keeps the chronic-bleed subject unless `exclude_chronic` (seed 002 §3 excluded
   "one of cases [that] had a chronic ICH"; it is found in
   Patient_demographics.csv, or named by `chronic_patients`).
@@ -200,15 +209,20 @@ def _patient_result(task: PatientTask) -> build_report.Result:
   blood = fit.mask(blood_full)
   spacing = fit.spacing(ct.spacing[1:])
   pid = f"{task.number:03d}"
+  rows = [task.rows[int(ct.source_slice[s]) + 1] for s in range(image.shape[0])]
+  # The subtype index each slice's blood gets in `mask` (0: the CSV names none).
+  mask_subtype = np.asarray([int((np.flatnonzero(r.labels[1:]) + 1).max(initial=0)) for r in rows], np.int64)
+  slice_ml = blood_volumes(blood_full, mask_subtype, ct.spacing)
+  study_ml = slice_ml.sum(axis=0)
   examples = []
   for s in range(image.shape[0]):
     number = int(ct.source_slice[s]) + 1
-    row = task.rows[number]
+    row = rows[s]
     subtypes = np.flatnonzero(row.labels[1:]) + 1
     m = np.zeros(blood[s].shape, np.uint8)
     exact = len(subtypes) <= 1
     if subtypes.size:
-      m[blood[s]] = subtypes.max()
+      m[blood[s]] = mask_subtype[s]
     elif blood_full[s].any():
       out.notes.append((task.mask, f"slice {number}: {int(blood_full[s].sum())} mask voxels but the CSV names no "
                                    "subtype; mask left empty (labels come from the CSV)"))
@@ -221,14 +235,37 @@ def _patient_result(task: PatientTask) -> build_report.Result:
         "pixel_spacing": spacing, "slice_thickness": np.float32(ct.spacing[0]),
         "slice_number": np.int32(number), "fold": np.int32(task.fold), "fracture": np.uint8(row.fracture),
         "mask_subtype_exact": np.uint8(exact), "chronic": np.uint8(task.chronic),
+        "slice_blood_ml": np.float32(slice_ml[s].sum()), "slice_subtype_ml": slice_ml[s].astype(np.float32),
+        "study_blood_ml": np.float32(study_ml.sum()), "study_subtype_ml": study_ml.astype(np.float32),
     })
   if cfg.level == "slice":
     out.examples = [(f"{pid}_{s:04d}", ex) for s, ex in enumerate(examples)]
   else:
-    scan = schemas.to_scan_example(examples, keys=("fold", "chronic"))
+    scan = schemas.to_scan_example(examples, keys=("fold", "chronic", "study_blood_ml", "study_subtype_ml"),
+                                   stacked=("slice_blood_ml", "slice_subtype_ml"))
     scan["slice_numbers"] = np.asarray([ex["slice_number"] for ex in examples], np.int32)
     scan["mask_subtype_exact"] = np.asarray([ex["mask_subtype_exact"] for ex in examples], np.uint8)
     out.examples = [(pid, scan)]
+  return out
+
+
+def blood_volumes(blood: np.ndarray, mask_subtype: np.ndarray, spacing) -> np.ndarray:
+  """mL of blood per slice and subtype, float64 [S, 5] (LABELS[1:] order), at the mask's own resolution.
+
+  blood: bool [S, H, W], the mask as the NIfTI stores it (reoriented, not
+  resized); mask_subtype: int [S], the subtype index 1–5 the slice's blood
+  gets in `mask` (0: none, its blood is not counted); spacing: (slice gap,
+  row, column) mm. A voxel is slice gap × row × column mm³ (PhysioNet's 5 mm
+  slices are contiguous: gap = thickness).
+  """
+  blood, mask_subtype = np.asarray(blood, bool), np.asarray(mask_subtype, np.int64)
+  if blood.ndim != 3 or mask_subtype.shape != blood.shape[:1]:
+    raise ValueError(f"blood_volumes: blood {blood.shape} and mask_subtype {mask_subtype.shape} do not match")
+  voxel_ml = float(np.prod(np.asarray(spacing, np.float64))) / 1000.0
+  voxels = blood.reshape(len(blood), -1).sum(axis=1)
+  out = np.zeros((len(blood), len(LABELS) - 1), np.float64)
+  labelled = np.flatnonzero(mask_subtype > 0)
+  out[labelled, mask_subtype[labelled] - 1] = voxels[labelled] * voxel_ml
   return out
 
 
@@ -247,8 +284,10 @@ def _patient_where(task: PatientTask) -> str:
 class PhysionetCtIch(ingest.IngestBuilder):
   """PhysioNet CT-ICH head CT slices (or scans) with hemorrhage masks and per-slice subtypes."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": schemas.BYTES_RELEASE_NOTE}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": schemas.BYTES_RELEASE_NOTE,
+                   "1.2.0": "Blood volumes from the masks at native resolution: study_blood_ml, study_subtype_ml, "
+                            "slice_blood_ml, slice_subtype_ml (mL; subtypes in LABELS[1:] order)."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download "Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation" 1.3.1
   from PhysioNet (https://physionet.org/content/ct-ich/1.3.1/; credentialed access, sign the data use
@@ -269,6 +308,11 @@ class PhysionetCtIch(ingest.IngestBuilder):
           "fracture": tfds.features.Scalar(dtype=np.uint8),
           "mask_subtype_exact": tfds.features.Scalar(dtype=np.uint8),   # 0: several subtypes share the mask
           "chronic": tfds.features.Scalar(dtype=np.uint8),
+          # Blood volumes (mL, blood_volumes): the slice's and its study's, total and per subtype.
+          "slice_blood_ml": tfds.features.Scalar(dtype=np.float32),
+          "slice_subtype_ml": tfds.features.Tensor(shape=(len(LABELS) - 1,), dtype=np.float32),
+          "study_blood_ml": tfds.features.Scalar(dtype=np.float32),
+          "study_subtype_ml": tfds.features.Tensor(shape=(len(LABELS) - 1,), dtype=np.float32),
       })
     else:
       features = schemas.scan_features(cfg.resolution, mask=True, extra={
@@ -276,6 +320,10 @@ class PhysionetCtIch(ingest.IngestBuilder):
           "mask_subtype_exact": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
           "fold": tfds.features.Scalar(dtype=np.int32),
           "chronic": tfds.features.Scalar(dtype=np.uint8),
+          "slice_blood_ml": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+          "slice_subtype_ml": tfds.features.Tensor(shape=(None, len(LABELS) - 1), dtype=np.float32),
+          "study_blood_ml": tfds.features.Scalar(dtype=np.float32),
+          "study_subtype_ml": tfds.features.Tensor(shape=(len(LABELS) - 1,), dtype=np.float32),
       })
     return tfds.core.DatasetInfo(builder=self, description=__doc__, features=features,
                                  homepage="https://physionet.org/content/ct-ich/1.3.1/")

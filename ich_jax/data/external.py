@@ -12,7 +12,8 @@ choice, geometry and HU (`ich_jax.data.dicom`), with the run's own
 preprocessing on top (window recipe, resize), as on its training data.
 
 A set without "/config" uses the training dataset's builder config (slices256
-with slices256), so one resolution serves all. The real datasets' downloads
+with slices256; with rsna_ich's slices256_stage1 the set's slices256), so one
+resolution serves all. The real datasets' downloads
 are `experiment.external_manual_dir.<name>`. Labels are harmonised by the
 builders: CQ500's are the majority of three readers per scan, carried by every
 slice (`scan_level`: slice-level statistics do not exist there);
@@ -70,9 +71,9 @@ def parse(entries, dataset_config, manual_dirs=None) -> list[ExternalSet]:
     if name not in datasets.BUILDERS:
       raise KeyError(f"config experiment.external entry {entry!r}: dataset {name!r} is not known; known: "
                      f"{', '.join(sorted(datasets.BUILDERS))}")
-    s = ExternalSet(name=name, config=m["config"] or str(dataset_config.config), split=m["split"],
-                    manual_dir=str(manual_dirs.get(name) or ""))
     known = [c.name for c in getattr(datasets.builder_class(name), "BUILDER_CONFIGS", ())]
+    s = ExternalSet(name=name, config=m["config"] or _same_kind(str(dataset_config.config), known),
+                    split=m["split"], manual_dir=str(manual_dirs.get(name) or ""))
     if known and s.config not in known:
       raise ValueError(f"config experiment.external entry {entry!r}: {name} has no builder config {s.config!r} "
                        f"(the training dataset's, when none is named); name one: {', '.join(known)}, e.g. "
@@ -82,6 +83,15 @@ def parse(entries, dataset_config, manual_dirs=None) -> list[ExternalSet]:
     seen.add(s.key)
     out.append(s)
   return out
+
+
+def _same_kind(config: str, known) -> str:
+  """The external builder's config of the training config's kind: the same name, else the longest of its
+  names that begins it (rsna_ich's slices256_stage1 → slices256), else the name as given (refused below)."""
+  if config in known:
+    return config
+  prefixes = [k for k in known if config.startswith(k)]
+  return max(prefixes, key=len) if prefixes else config
 
 
 def from_dicts(entries) -> list[ExternalSet]:

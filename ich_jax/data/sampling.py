@@ -1,9 +1,12 @@
 """Which training slices make up each epoch (`config.data.sampling`, `small_bleed_repeat`): `EpochSampler`.
 
 Plain epochs are every record once; the sampler repeats small-bleed slices
-(seed 000 §2.2.1, Model 5) or draws a balanced set of lesion and normal slices
-(seed 000 §2.1 and §2.2.1). Grain then shuffles the sampler's slots
-(`ich_jax.data.streams.train_batches`).
+(seed 000 §2.2.1, Model 5), draws a balanced set of lesion and normal slices
+(seed 000 §2.1: "the same number of slices with and without hemorrhage"), or
+a balanced set of scans, every slice of each (seed 000 §2.2.1: "an equal
+number of brain CT scans with and without ICH", and for the SDH, SAH and
+small-lesion models "the number of normal and lesion cases equally"). Grain
+then shuffles the sampler's slots (`ich_jax.data.streams.train_batches`).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 from ich_jax import LABELS
 from ich_jax.data import config_defaults, datasets, series_index
 
-SAMPLING_MODES = ("all", "balanced")
+SAMPLING_MODES = ("all", "balanced", "balanced_scans")
 
 
 class EpochSampler:
@@ -85,6 +88,30 @@ def balanced_records(labels: np.ndarray, lesion: np.ndarray, num_lesion: int, rn
   return np.concatenate([chosen, _take(rng, normal_ids, num_lesion)]).astype(np.int64)
 
 
+def balanced_scan_records(scan: np.ndarray, lesion: np.ndarray, normal: np.ndarray, num_lesion: int,
+                          rng: np.random.Generator) -> np.ndarray:
+  """Record indices of `num_lesion` lesion scans and as many normal scans, every slice of each, scan by scan.
+
+  scan: [N] the scan of each record (any ids); lesion, normal: [N] bool, per
+  record: a scan is a lesion scan if one of its records is a lesion slice, a
+  normal scan if none of its records shows blood (`normal` all true). Scans
+  with blood but no lesion slice are never drawn. Scans are drawn as
+  `balanced_records` draws slices (without replacement while they last).
+  """
+  ids, scan_of = np.unique(np.asarray(scan), return_inverse=True)
+  scan_of = scan_of.reshape(-1)
+  lesion_scans = np.flatnonzero(np.bincount(scan_of, weights=np.asarray(lesion, np.float64), minlength=len(ids)) > 0)
+  abnormal = np.bincount(scan_of, weights=(~np.asarray(normal, bool)).astype(np.float64), minlength=len(ids))
+  normal_scans = np.flatnonzero(abnormal == 0)
+  if not len(lesion_scans) or not len(normal_scans):
+    raise ValueError(f"scan-balanced sampling needs lesion and normal scans; the split has {len(lesion_scans)} "
+                     f"lesion and {len(normal_scans)} normal ones")
+  chosen = np.concatenate([_take(rng, lesion_scans, num_lesion), _take(rng, normal_scans, num_lesion)])
+  order = np.argsort(scan_of, kind="stable")
+  starts = np.searchsorted(scan_of[order], np.arange(len(ids) + 1))
+  return np.concatenate([order[starts[k]:starts[k + 1]] for k in chosen]).astype(np.int64)
+
+
 def _draw_balanced(labels, lesion, num_lesion, balance_subtypes, redraw, seed, epoch):
   rng = np.random.default_rng([int(seed), 7, int(epoch) if redraw else 0])
   return balanced_records(labels, lesion, num_lesion, rng, balance_subtypes=balance_subtypes)
@@ -101,11 +128,15 @@ def epoch_sampler(source, cfg, *, seed: int = 0) -> EpochSampler | None:
     raise ValueError(f"config data.sampling.mode={mode!r}; expected one of {SAMPLING_MODES}")
   if mode == "all" and repeat == 1:
     return None
-  lesion_kind = sampling.get("lesion", "any") if mode == "balanced" else "any"
+  lesion_kind = sampling.get("lesion", "any") if mode != "all" else "any"
   small = repeat > 1 or lesion_kind == "small"
+  by_scan = mode == "balanced_scans"
+  if by_scan and sampling.get("redraw_each_epoch", False):
+    raise ValueError("config data.sampling.redraw_each_epoch=True with mode='balanced_scans': scans differ in "
+                     "slice count, so every epoch must be the one drawn set; set it False")
   src = series_index.as_series_source(source)
   try:
-    meta = src.metadata(("labels",) + (("study_blood_ml",) if small else ()))
+    meta = src.metadata(("labels",) + (("study_blood_ml",) if small else ()) + (("study_id",) if by_scan else ()))
   except datasets.MissingField as e:
     key, i = e.key, e.record
     why = (f"config data.small_bleed_repeat={repeat}" if repeat > 1 else
@@ -131,6 +162,12 @@ def epoch_sampler(source, cfg, *, seed: int = 0) -> EpochSampler | None:
     raise ValueError(f"config data.sampling.lesion={lesion_kind!r}; expected 'any', 'small' or one of {LABELS[1:]}")
   if not lesion.any():
     raise ValueError(f"config data.sampling.lesion={lesion_kind!r}: no training slice is a lesion slice")
+  if by_scan:
+    # Seed 000 §2.2.1 balances cases (scans), by study as the scan-level metrics group them; drawn once.
+    study = meta["study_id"].reshape(-1)
+    num_scans = int(sampling.get("num_lesion", 0)) or len(np.unique(study[lesion]))
+    records = balanced_scan_records(study, lesion, ~blood, num_scans, np.random.default_rng([int(seed), 7, 0]))
+    return EpochSampler(len(records), functools.partial(_draw_fixed, records))
   num_lesion = int(sampling.get("num_lesion", 0)) or int(lesion.sum())
   balance = bool(sampling.get("balance_subtypes", True)) and lesion_kind in ("any", "small")
   draw = functools.partial(_draw_balanced, labels, lesion, num_lesion, balance,

@@ -50,12 +50,19 @@ def _same_outputs(parts, dirs) -> None:
                        f"{[p[key].shape[1:] for p in parts]}")
 
 
-def out_of_fold(fold_dirs: Sequence, out_dir, meta: Mapping | None = None) -> pathlib.Path:
+def out_of_fold(fold_dirs: Sequence, out_dir, meta: Mapping | None = None,
+                records: tuple[np.ndarray, np.ndarray] | None = None) -> pathlib.Path:
   """One export of a whole split from the exports of its folds `NAME[fold=k/K]`, k = 0 … K-1.
 
   Each fold export must name its fold in meta.json's "split" (what
   `launch.py --mode export_features` writes); all K folds of one split must
   be there, each once, and no series may appear in two of them.
+
+  `records`: (series_id, slice_index) of the whole split's records, in record
+  order. A fold export's record_index numbers the records of its fold, so it
+  is dropped; given `records`, the assembled export gets each slice's record
+  in the whole split instead (what `ich_jax.data.base_maps` joins maps by),
+  and every record must be in exactly one fold.
   """
   parts = _read(fold_dirs)
   splits = [stage_exports.read_meta(d).get("split", "") for d in fold_dirs]
@@ -75,9 +82,27 @@ def out_of_fold(fold_dirs: Sequence, out_dir, meta: Mapping | None = None) -> pa
   keys = [k for k in parts[0] if k not in _RUN_FIELDS and all(k in p for p in parts)]
   rows = {k: np.concatenate([p[k] for p in parts]) for k in keys}
   name = names.pop()
+  if records is not None:
+    rows["record_index"] = _record_index(rows, records, f"out-of-fold assembly of {name!r} from "
+                                                         f"{[str(d) for d in fold_dirs]}")
   return stage_exports.write_export(out_dir, rows, {"split": name, "combined": "out_of_fold",
                                                     "parts": [str(pathlib.Path(d).absolute()) for d in fold_dirs],
                                                     **(meta or {})})
+
+
+def _record_index(rows: Mapping[str, np.ndarray], records, what: str) -> np.ndarray:
+  """Each row's record among `records` (series_id, slice_index), checking that the rows are those records."""
+  series, index = folds.as_text(records[0]), np.asarray(records[1], np.int64).reshape(-1)
+  record_of = {(s, int(i)): r for r, (s, i) in enumerate(zip(series, index))}
+  if len(record_of) != len(series):
+    raise ValueError(f"{what}: the split's records repeat a (series_id, slice_index)")
+  keys = list(zip(folds.as_text(rows["series_id"]), np.asarray(rows["slice_index"], np.int64).tolist()))
+  missing = [k for k in keys if k not in record_of]
+  if missing or len(keys) != len(record_of):
+    raise ValueError(f"{what}: the folds hold {len(keys)} slices, the split {len(record_of)} records"
+                     + (f"; series_id={missing[0][0]!r} slice_index={missing[0][1]} is not in the split"
+                        if missing else "") + ": export the folds of this split of this dataset build")
+  return np.asarray([record_of[k] for k in keys], np.int64)
 
 
 def mean_over_models(dirs: Sequence, out_dir, meta: Mapping | None = None) -> pathlib.Path:

@@ -21,7 +21,8 @@ z_position (then slice_index); series are sorted by series_id.
   z_position.npy     [N] float32        slice position along the scan axis (mm)
   slice_gap.npy      [N] float32        `ich_jax.grid.slice_gaps` of the whole series (mm)
   slice_index.npy    [N] int32          the dataset's slice index; (series_id, slice_index) names a slice
-  study_blood_ml.npy, mimic.npy [N]     optional, copied when the dataset has them (report size bins)
+  study_blood_ml.npy, mimic.npy [N]     optional, copied when the dataset has them (report size bins);
+  slice_blood_ml.npy [N], study_subtype_ml.npy, slice_subtype_ml.npy [N, 5]   likewise (physionet_ct_ich)
   maps.npy           [N, H, W] float16  optional: a segmentation model's blood-probability map per slice, at
                                         its input size (`config.data.image_size`); the ensemble's input
                                         (ich_jax.data.base_maps). float16, not uint8: a normal slice's score is
@@ -89,7 +90,7 @@ FORMAT = 1
 EXPORT_DIR = "export"
 # Per-slice fields an export is built from (besides the model's outputs).
 ID_FIELDS = ("series_id", "study_id", "slice_index", "z_position", "labels")
-EXTRA_FIELDS = ("study_blood_ml", "mimic")
+EXTRA_FIELDS = ("study_blood_ml", "study_subtype_ml", "slice_blood_ml", "slice_subtype_ml", "mimic")
 # Per-slice arrays of an example (leading axis: slices); the rest are per series.
 SLICE_FIELDS = ("features", "predictions", "labels", "z_position", "gap", "slice_index") + EXTRA_FIELDS
 

@@ -88,6 +88,10 @@ def table3(rows: dict[str, dict | None], basic: str, small_ml: float, n_boot: in
   picks = subsets(base, small_ml, seed)
   out = {"subsets": {k: {"n_scans": int(v.sum()), "n_positive": int((v & base["labels"][:, 0]).sum())}
                      for k, v in picks.items()}, "rows": {}}
+  if "blood_ml" not in base:
+    # A dataset without masks (rsna_ich) has no volumes, so no small-lesion cases: said, not silently absent.
+    out["note"] = ("no small-lesion subset: the predictions carry no study_blood_ml (the dataset has no blood "
+                   "volumes)")
   for label, scans in rows.items():
     if scans is None:
       out["rows"][label] = None
@@ -159,7 +163,8 @@ def format_markdown(t: dict, *, title: str, meta: str, max_difficult: int = 25) 
     subs = list(t3["subsets"])
     lines += [("Scan-level AUC [95% bootstrap CI] and DeLong p against basic. Subsets: "
                + "; ".join(f"{k}: {v['n_scans']} scans ({v['n_positive']} with blood)" for k, v in t3["subsets"].items())
-               + ". Each lesion subset holds its lesion's scans and as many scans without blood."), ""]
+               + ". Each lesion subset holds its lesion's scans and as many scans without blood."
+               + (f" {t3['note'][0].upper()}{t3['note'][1:]}." if "note" in t3 else "")), ""]
     header = ["Ensemble"] + [h for s in subs for h in (f"AUC {s}", f"p {s}")]
     rows = []
     for label, entry in t3["rows"].items():

@@ -39,7 +39,10 @@ ALLOW_FLAG = "--allow_config_change"
 # does matter to evaluate.select_checkpoint; an experiment stage that selects is also guarded by its
 # stage.json fingerprint, which covers the whole config (ich_jax.experiments.runner). Data-loading knobs
 # (data.read_threads, data.num_workers) are not here: the input iterator's saved state may depend on them.
-NO_EFFECT = ("train.log_every", "train.progress", "train.checkpoint_every", "train.keep_checkpoints", "eval.*")
+# Where a real dataset's download lies (dataset.manual_dir) changes no trained weight: the build it makes is
+# the same, and a folder moved between runs must not stop a resume.
+NO_EFFECT = ("train.log_every", "train.progress", "train.checkpoint_every", "train.keep_checkpoints", "eval.*",
+             "dataset.manual_dir")
 NO_EFFECT_HOW = "no effect on the run"
 ABSENT = "(absent)"
 

@@ -173,3 +173,64 @@ def test_a_volume_with_nan_voxels_is_skipped_naming_their_count(fx, tmp_path):
   assert list(skipped) == ["ct_scans/049.nii"]
   assert skipped["ct_scans/049.nii"].startswith(f"3 of {hu.size} voxels are NaN or infinite")
   assert {int(r["patient_id"]) for r in all_records(b)} == set(fx.patients) - {49}
+
+
+def _truth_ml(truth) -> np.ndarray:
+  """[S, 5] mL per slice and subtype from the fixture's own native 64² masks: voxels × 5 mm × 3.5 mm × 3.5 mm, each
+  slice's blood under the highest subtype its labels name (the `mask` convention)."""
+  voxel_ml = 5.0 * fixtures.PIXEL_MM ** 2 / 1000.0
+  out = np.zeros((len(truth.blood), 5))
+  for s, labels in enumerate(truth.labels):
+    named = np.flatnonzero(labels[1:])
+    if named.size:
+      out[s, named.max()] = truth.blood[s].sum() * voxel_ml
+  return out
+
+
+def test_blood_volumes_are_native_mask_voxels_times_voxel_volume(fx, slices, tmp_path):
+  """Per slice and per study, total and per subtype, at the NIfTI's 64² (not the stored 32², whose max-pooled
+  mask holds more blood: a stored pixel is blood if any of its four native pixels is)."""
+  by_patient = collections.defaultdict(list)
+  for r in all_records(slices):
+    by_patient[int(r["patient_id"])].append(r)
+  stored_ml, native_ml = 0.0, 0.0
+  for number, recs in by_patient.items():
+    truth = fx.patients[number]
+    recs.sort(key=lambda r: int(r["slice_index"]))
+    want = _truth_ml(truth)
+    for s, r in enumerate(recs):
+      np.testing.assert_allclose(r["slice_subtype_ml"], want[s], rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(float(r["slice_blood_ml"]), want[s].sum(), rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(r["study_subtype_ml"], want.sum(axis=0), rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(float(r["study_blood_ml"]), want.sum(), rtol=1e-5, atol=1e-6)
+      stored_ml += (r["mask"] > 0).sum() * 5.0 * float(np.prod(r["pixel_spacing"])) / 1000.0
+    native_ml += want.sum()
+  assert native_ml > 0 and stored_ml > 1.2 * native_ml   # counting stored pixels would inflate the bleeds
+  # Scans: the same volumes, per slice stacked in slice order. One slice's CSV row now names intraventricular
+  # and subdural blood: all of that slice's blood is subdural (the higher index, as in `mask`).
+  manual = fixtures.copy_tree(fx.root, tmp_path / "m")
+  truth = fx.patients[49]
+  canon = int(np.flatnonzero(truth.blood.any(axis=(1, 2)))[0])
+  number = int(np.flatnonzero(truth.stored_to_canonical == canon)[0]) + 1
+  _edit_csv(manual / "hemorrhage_diagnosis_raw_ct.csv",
+            lambda ls: [f"49,{number},1,0,0,0,1,0,0" if ln.startswith(f"49,{number},") else ln for ln in ls])
+  scans = build(manual, tmp_path / "d", level="scan")
+  mixed = _truth_ml(truth)[canon].sum()
+  for r in all_records(scans):
+    want = _truth_ml(fx.patients[int(r["patient_id"])])
+    if int(r["patient_id"]) == 49:
+      want[canon] = [0, 0, 0, 0, mixed]
+      assert int(r["mask_subtype_exact"][canon]) == 0 and set(np.unique(r["mask"][canon])) == {0, 5}
+    np.testing.assert_allclose(r["slice_subtype_ml"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r["slice_blood_ml"], want.sum(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(r["study_blood_ml"]), want.sum(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r["study_subtype_ml"], want.sum(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_blood_volumes_check_their_inputs():
+  blood = np.zeros((2, 4, 4), bool)
+  blood[0, :2, :2] = True
+  got = P.blood_volumes(blood, np.array([3, 0]), (2.0, 0.5, 0.5))
+  assert got.shape == (2, 5) and got[0].tolist() == [0, 0, 4 * 0.5 / 1000, 0, 0] and not got[1].any()
+  with pytest.raises(ValueError, match=r"blood \(2, 4, 4\) and mask_subtype \(3,\) do not match"):
+    P.blood_volumes(blood, np.array([1, 0, 0]), (2.0, 0.5, 0.5))

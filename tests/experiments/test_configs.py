@@ -90,7 +90,10 @@ def test_the_full_cascade_constructs(arg, tmp_path):
 def test_the_full_strong_vs_weak_constructs(tmp_path):
   config = strong_vs_weak.get_config()
   stages = experiments.stages(config, tmp_path)
-  assert [s.name for s in stages][-1] == "report"
+  assert [s.name for s in stages][-2:] == ["report", "external"]
+  # Every run also exports the full config's external set (300 other phantom patients).
+  assert {tuple(e["config"] for e in s.config.export.external) for s in stages[:-2]} == {("small_dev256",)}
+  stages = stages[:-1]
   for s in stages[:-1]:
     _common(s.config)
     task = tasks.build(s.config.task)
@@ -122,7 +125,9 @@ def test_the_full_segmentation_experiments_construct(module, arg, tmp_path):
     _model(s.config, loop.input_module(s.config).in_channels(s.config))
   if module == "weighted_ensemble":
     # Seed 000 §2.2: five base models on the four-channel input, five weight models on their maps.
-    assert sum(s.config.model.name == "inception_unet" for s in runs) == 5
+    assert sum(s.config.model.name == "inception_unet" and not s.name.startswith("oof/") for s in runs) == 5
+    # ... and each again on 5 folds of the training split, for the weight models' out-of-fold maps.
+    assert sum(s.config.model.name == "inception_unet" and s.name.startswith("oof/") for s in runs) == 25
     assert {slice_plan.num_channels(s.config.data) for s in runs} == {4}
     assert [len(s.config.dataset.exports) for s in runs if s.config.model.name == "ensemble_weights"] == [2, 3, 3, 3, 5]
   else:

@@ -12,12 +12,13 @@ from configs import weighted_ensemble
 from ich_jax import bundle as bundle_lib
 from ich_jax.bundle import __main__ as bundle_cli
 from ich_jax import experiments
-from ich_jax.data import pipeline
+from ich_jax.data import base_maps, datasets, folds, pipeline, sampling, stacking, stage_exports
 from ich_jax.eval import ensemble_tables, prediction_files
 from ich_jax.eval import metrics as M
 from ich_jax.experiments import sweep
 from ich_jax.experiments import weighted_ensemble as we
 from ich_jax.train import loop
+from tests.data_builders import fixtures
 from tests.experiments.conftest import run_smoke
 
 
@@ -174,3 +175,110 @@ def test_a_rerun_skips_every_finished_stage_and_refuses_a_changed_one(ensemble_r
   changed = sweep.override(c, {"experiment.stages.model3_sdh.overrides.data.sampling.lesion": "epidural"})
   with pytest.raises(RuntimeError, match=r"3 stage\(s\) .*'model3_sdh', 'ensemble_sdh', 'ensemble_all'"):
     experiments.run(changed, workdir)
+
+
+def test_out_of_fold_plans_fold_models_and_their_assembly(tiny_data_dir, tmp_path):
+  c = sweep.override(weighted_ensemble.get_config("smoke"), {"dataset.data_dir": tiny_data_dir,
+                                                            "experiment.weight_maps": "out_of_fold"})
+  stages = {s.name: s for s in experiments.stages(c, tmp_path)}
+  train = c.dataset.train_split
+  # Each fold model trains outside fold k and exports fold k; the full model exports only the held-out split.
+  f1 = stages["oof/model1_all/fold1"]
+  assert f1.config.dataset.train_split == f"{train}[fold!=1/2]" and list(f1.config.export.splits) == [f"{train}[fold=1/2]"]
+  assert list(stages["model1_all"].config.export.splits) == [c.dataset.eval_split]
+  # Model 2's fold model starts from its own fold's pre-training, never from the encoder that saw every slice.
+  assert stages["oof/model2_pretrained/fold0"].config.model.init_from == str(tmp_path / "oof/pretrain_encoder/fold0")
+  assert stages["oof/pretrain_encoder/fold0"].config.dataset.train_split == f"{train}[fold!=0/2]"
+  assert stages["oof/model3_sdh"].after == ("oof/model3_sdh/fold0", "oof/model3_sdh/fold1", "model3_sdh")
+  assert set(stages["ensemble_sdh"].after) == {"model1_all", "model2_pretrained", "model3_sdh", "oof/model1_all",
+                                               "oof/model2_pretrained", "oof/model3_sdh"}
+  # The weight model still reads the full base models' folders (their checkpoints make the bundle).
+  assert list(stages["ensemble_sdh"].config.dataset.exports) == [str(tmp_path / m) for m in we.BASES[:3]]
+  assert not any(n.startswith("oof/") for n in (s.name for s in experiments.stages(
+      weighted_ensemble.get_config("smoke"), tmp_path)))   # the smoke: in-sample, no fold models
+  with pytest.raises(ValueError, match="experiment.weight_maps='both'"):
+    experiments.stages(sweep.override(c, {"experiment.weight_maps": "both"}), tmp_path)
+  with pytest.raises(ValueError, match="make their own folds of a plain split"):
+    experiments.stages(sweep.override(c, {"dataset.train_split": "train[fold!=0/5]"}), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def oof_run(tiny_data_dir, tmp_path_factory):
+  """Model 1 with out-of-fold maps (2 folds) alone: the full model, its two fold models and their assembly."""
+  return run_smoke(weighted_ensemble, tiny_data_dir, tmp_path_factory.mktemp("we_oof"),
+                   {"experiment.weight_maps": "out_of_fold", "experiment.only": ("model1_all", "oof/model1_all")})
+
+
+def test_the_weight_model_trains_on_out_of_fold_maps(oof_run):
+  c, root = oof_run
+  train = c.dataset.train_split
+  ens = {s.name: s for s in experiments.stages(c, root)}["ensemble_basic"].config
+  ds = sweep.override(ens, {"dataset.exports": (str(root / "model1_all"),)}).dataset
+  source = base_maps.open_split(ds, train)          # what the weight model's training reads
+  full = pipeline.open_split(ds, train)
+  ids = full.metadata(("series_id", "slice_index"))
+  series, index = folds.as_text(ids["series_id"]), ids["slice_index"].astype(int)
+  seen = set()
+  for k in range(2):
+    run = root / f"oof/model1_all/fold{k}"
+    fold = stage_exports.read_export(stage_exports.export_dir(run, f"{train}[fold={k}/2]"))
+    # The fold model never trained on the slices whose maps it gave.
+    trained_on = set(folds.as_text(datasets.read_field(datasets.open_split(ds, f"{train}[fold!={k}/2]"),
+                                                       "study_id")))
+    assert loop.read_config(run).dataset.train_split == f"{train}[fold!={k}/2]"
+    assert not trained_on & set(fold["study_id"]) and len(fold["maps"])
+    for row in range(len(fold["maps"])):
+      r = np.flatnonzero((series == fold["series_id"][row]) & (index == int(fold["slice_index"][row])))
+      assert len(r) == 1
+      np.testing.assert_array_equal(source.maps(r[0], fold["series_id"][row], fold["slice_index"][row])[..., 0],
+                                    fold["maps"][row].astype(np.float32))
+      seen.add(r[0])
+  assert seen == set(range(len(source)))            # every training slice, each from its fold's model
+  # Not the maps the full model (which saw every training slice) makes of them.
+  exp, state, _ = loop.restore_for_eval(loop.read_config(root / "model1_all"), root / "model1_all")
+  in_sample = loop.predict_split(exp, state, full, batch_size=16, method="export", fields=("slice_index",))
+  oof = np.stack([source.maps(i, series[i], index[i])[..., 0] for i in range(len(full))])
+  assert not np.array_equal(oof, np.asarray(in_sample["maps"], np.float16).astype(np.float32))
+  # The assembly checks that the folds are the split's records.
+  folds_dirs = [stage_exports.export_dir(root / f"oof/model1_all/fold{k}", f"{train}[fold={k}/2]") for k in range(2)]
+  with pytest.raises(ValueError, match="the folds hold 160 slices, the split 159 records"):
+    stacking.out_of_fold(folds_dirs, root / "x", records=(ids["series_id"][1:], ids["slice_index"][1:]))
+
+
+def test_on_physionet_model5_trains_on_the_studies_of_at_most_5_ml(tmp_path_factory):
+  """PhysioNet has volumes now (from its masks), so Model 5's small-lesion set exists there: its scans are
+  the studies with 0 < blood ≤ 5 mL (the fixture's 049: 1.3 mL, 053: 3.2 mL; not 052's 5.7 mL) and as many
+  blood-free ones."""
+  root = tmp_path_factory.mktemp("we_physionet")
+  fx = fixtures.write_physionet(root / "manual")
+  c = weighted_ensemble.get_config("smoke")
+  c.dataset.manual_dir = str(fx.root)     # as --config.dataset.manual_dir=... (the smoke's tiny set has none)
+  c = sweep.override(c, {"dataset.name": "physionet_ct_ich", "dataset.config": "slices256",
+                         "dataset.data_dir": str(root / "tfds"), "dataset.train_split": "fold0+fold1+fold2+fold3",
+                         "dataset.eval_split": "fold4", "experiment.only": ("model5_small",)})
+  workdir = root / "runs"
+  experiments.run(c, workdir)
+  m5 = loop.read_config(workdir / "model5_small")
+  assert m5.data.sampling.lesion == "small" and m5.data.sampling.mode == "balanced_scans"
+  assert (workdir / "model5_small" / "export" / "fold4" / "maps.npy").is_file()
+  source = pipeline.open_split(m5.dataset, m5.dataset.train_split)
+  meta = source.metadata(("study_id", "study_blood_ml"))
+  drawn = sampling.epoch_sampler(source, m5.data, seed=m5.seed).records(0)
+  study = np.char.decode(meta["study_id"].astype(bytes))
+  ml = {s: float(v) for s, v in zip(study, meta["study_blood_ml"])}
+  np.testing.assert_allclose([ml["049"], ml["052"], ml["053"]],
+                             [fx.patients[n].blood.sum() * 5 * fixtures.PIXEL_MM ** 2 / 1000 for n in (49, 52, 53)],
+                             rtol=1e-5)
+  # Two small-bleed scans and two blood-free draws (the training folds hold one blood-free scan: drawn twice).
+  assert sorted(study[drawn]) == sorted(["049"] * 6 + ["053"] * 6 + ["051"] * 12)
+
+
+def test_table3_says_why_a_dataset_without_volumes_has_no_small_subset():
+  y = np.array([[1, 0, 0, 0, 0, 1], [0] * 6, [1, 0, 0, 0, 1, 0], [0] * 6], bool)
+  scans = {"study_id": np.array(["a", "b", "c", "d"]), "prob": np.array([0.9, 0.2, 0.6, 0.4]), "labels": y}
+  t = {"table3": ensemble_tables.table3({"basic": scans}, "basic", 5.0, 0, 0), "table4": {}, "difficult": []}
+  assert "small" not in t["table3"]["subsets"] and "no study_blood_ml" in t["table3"]["note"]
+  assert "No small-lesion subset: the predictions carry no study_blood_ml" in ensemble_tables.format_markdown(
+      t, title="t", meta="m")
+  with_ml = ensemble_tables.table3({"basic": {**scans, "blood_ml": np.array([2.0, 0, 30.0, 0])}}, "basic", 5.0, 0, 0)
+  assert with_ml["subsets"]["small"] == {"n_scans": 2, "n_positive": 1} and "note" not in with_ml
