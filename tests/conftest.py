@@ -3,13 +3,8 @@ bundles (`runs`, and a detector's: `detection_run`, for tests/bundle and tests/t
 import os
 
 # Must precede the first JAX import of the session: the data-parallel mesh then
-# spans 8 devices, as on an 8-GPU host. The tests' programs are compiled at
-# XLA:CPU's lowest backend optimisation level: compiling, not running, is what
-# a test's tiny model spends its time on (a training test takes about half the
-# CPU time), and the tests check values, never speed. Runs, benchmarks and
-# prediction keep XLA's defaults.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                                   "--xla_llvm_disable_expensive_passes=true")
+# spans 8 devices, as on an 8-GPU host.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
