@@ -4,6 +4,8 @@
   python -m ich_jax.bundle export --run W --out DIR                          # an experiment: its final stage
   python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
   python -m ich_jax.bundle verify DIR                                        # hashes and members
+  python -m ich_jax.bundle evaluate --model DIR --dataset cq500/slices256:test --manual-dir D --out OUT
+                                                                             # a bundle on any builder's split
 """
 from __future__ import annotations
 
@@ -35,6 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   e.add_argument("--run", required=True, help="a run folder with config.json and checkpoints/, a seed 003 "
                  "combined stage (combined.json), or an experiment's root (its final stage)")
   e.add_argument("--out", help="the bundle folder (default RUN/bundle)")
+  x = sub.add_parser("evaluate", help="a bundle on another builder's split (an external test set): predictions, "
+                     "seed 003 Table 4, reader agreement")
+  x.add_argument("--model", required=True, help="the bundle folder")
+  x.add_argument("--dataset", required=True, help="name/config:split, e.g. cq500/slices256:test, "
+                 "physionet_ct_ich/slices256:fold0+fold1+fold2+fold3+fold4")
+  x.add_argument("--out", required=True, help="the output folder (predictions.csv, report.md, metrics.json)")
+  x.add_argument("--data-dir", default="data/tfds", help="where the dataset is (or is built)")
+  x.add_argument("--manual-dir", default="", help="the dataset's download, to build it on first use")
+  x.add_argument("--threshold", type=float, help="operating threshold (default: the bundle's)")
+  x.add_argument("--n-boot", type=int, default=500, help="bootstrap replications for the 95%% CIs")
   v = sub.add_parser("verify", help="check a bundle's hashes, print its identity (SHA-256) and list its members")
   v.add_argument("bundle")
   v.add_argument("--expect-sha256", metavar="SHA256", help="also fail unless the identity is this one")
@@ -45,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"Wrote {path} ({len(read_manifest(path)['members'])} members)")
     elif args.command == "export":
       export_bundle(None, args.run, args.out)
+    elif args.command == "evaluate":
+      from ich_jax.bundle.evaluate import evaluate
+
+      evaluate(args.model, args.dataset, args.out, data_dir=args.data_dir, manual_dir=args.manual_dir,
+               threshold=args.threshold, n_boot=args.n_boot)
     else:
       manifest = read_manifest(args.bundle, expected_sha256=args.expect_sha256)
       print(f"{args.bundle}: {FORMAT} v{manifest['version']}, sha256 {manifest['sha256']} (pin it: "
@@ -57,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f" <- {e['inputs']}" if e["inputs"] else "")
               + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
       print(f"  outputs: {json.dumps(manifest['outputs'])}")
-  except (BundleError, FileNotFoundError, atomic.NotOurs, lock.Locked) as e:
+  except (BundleError, FileNotFoundError, KeyError, ValueError, atomic.NotOurs, lock.Locked) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

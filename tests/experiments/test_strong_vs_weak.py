@@ -97,5 +97,9 @@ def test_the_strong_arm_needs_masks():
   with pytest.raises(ValueError, match="rsna_ich/slices256 has no masks.*annotations"):
     experiments.stages(config, "/nonexistent")
   config.experiment.annotations = ("weak",)
+  # The full config's external set is phantoms: refused for a model trained on real data, naming the fix.
+  with pytest.raises(ValueError, match="names the phantoms .*rsna_ich.*external=''"):
+    experiments.stages(config, "/nonexistent")
+  config.experiment.external = ""
   assert [s.name for s in experiments.stages(config, "/nonexistent")][:2] == ["densenet121/weak",
                                                                              "inception_resnet_v2/weak"]
