@@ -253,6 +253,7 @@ def _patient_result(task: PatientTask) -> build_report.Result:
         "pixel_spacing": fit.spacing(h.pixel_spacing), "slice_thickness": np.float32(ordered.thickness),
         "scan_level_label": np.uint8(1), "sop_uid": h.sop_uid, "category": task.reads.category,
         "reader_labels": task.reads.reads, "series_description": description,
+        "dicom_window": np.asarray(h.window, np.float32),
     }))
   out.extra["shapes"] = shapes
   if not examples:
@@ -280,8 +281,9 @@ def _patient_where(task: PatientTask) -> str:
 class Cq500(ingest.IngestBuilder):
   """CQ500 head CT scans: one selected series per patient, majority-of-three scan labels, BHX boxes."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": schemas.BYTES_RELEASE_NOTE}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": schemas.BYTES_RELEASE_NOTE,
+                   "1.2.0": "slices keep their DICOM header window (dicom_window), as rsna_ich's do."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download CQ500 from qure.ai (http://headctstudy.qure.ai/dataset; the zips CQ500-CT-<n>.zip and
   reads.csv), unzip every zip into one folder and point manual_dir at it:
@@ -309,6 +311,8 @@ class Cq500(ingest.IngestBuilder):
           "boxes": tfds.features.Tensor(shape=(k, 4), dtype=np.float32),
           "box_labels": tfds.features.Tensor(shape=(k,), dtype=np.int32),
           "boxes_annotated": tfds.features.Scalar(dtype=np.uint8),
+          # First WindowCenter, WindowWidth (nan if absent): seed 003's public-code input (intensity dicom_window).
+          "dicom_window": tfds.features.Tensor(shape=(2,), dtype=np.float32),
       })
     else:
       features = schemas.scan_features(cfg.resolution, mask=False, per_slice_labels=False, extra={

@@ -48,6 +48,8 @@ def test_chosen_series_in_order_with_majority_scan_labels(fx, slices):
       np.testing.assert_array_equal(r["labels"], fx.labels[name])
       np.testing.assert_array_equal(r["reader_labels"], fx.reads[name])
       assert int(r["scan_level_label"]) == 1
+      # The header window the phantom writer puts in every slice (brain 40/80): intensity dicom_window's input.
+      np.testing.assert_array_equal(r["dicom_window"], [40.0, 80.0])
   # CT-0: ICH 2 of 3, IPH 3 of 3, SAH 2 of 3, SDH 1 of 3 (not a majority).
   np.testing.assert_array_equal(fx.labels["CQ500-CT-0"], [1, 0, 1, 0, 1, 0])
   assert float(scans["CQ500-CT-1"][0]["slice_thickness"]) == pytest.approx(2.5)
