@@ -37,7 +37,12 @@ def _gather(config, split: str) -> dict[str, np.ndarray]:
 
 def run_stage(workdir, *, config) -> dict:
   """Grid search on `config`'s training split, predictions and report on its held-out split, in `workdir`."""
+  from ich_jax.data import pipeline
+
   workdir = pathlib.Path(workdir)
+  # The first stage of seed 002's rounds: on a fresh data_dir the dataset is not built yet (training builds it
+  # in loop.train; this host step reads it first).
+  pipeline.ensure_ready(config.dataset)
   train = _gather(config, config.dataset.train_split)
   chosen = threshold.search(*threshold.histograms(train["grey"], train["mask"]))
   test = _gather(config, config.dataset.eval_split)
