@@ -70,12 +70,8 @@ def evaluate(model, dataset: str, out, *, data_dir: str = "data/tfds", manual_di
   name = f"bundle {bundle.hash[:12]}"
   metrics = external_tables.set_metrics(rows, scan_level_labels=external.scan_level(s.name), threshold=threshold,
                                         n_boot=n_boot, seed=seed)
-  b = datasets.builder(ds)
-  agreement = None
-  if "reader_labels" in b.info.features:
-    fields = datasets.read_fields(datasets.metadata_source(b, s.split), ("study_id", "reader_labels"))
-    _, first = np.unique(np.asarray(fields["study_id"]).astype(str), return_index=True)
-    agreement = external_tables.reader_agreement(np.asarray(fields["reader_labels"])[np.sort(first)])
+  readers = external.reader_labels(base, s)
+  agreement = None if readers is None else external_tables.reader_agreement(readers)
   t = external_tables.external_tables({s.key: {name: metrics}}, {s.key: {}}, {}, name, {s.key: agreement})
   t.update({"bundle": str(pathlib.Path(model).absolute()), "bundle_sha256": bundle.hash, "set": s.as_dict()})
   text = "\n".join([f"# {model} on {s.label}", "",

@@ -77,7 +77,7 @@ def open_split(config, split: str):
   b = builder(config)
   if not b.is_prepared():
     raise FileNotFoundError(
-        f"dataset {config.name}/{config.config} is not built in {data_dir(config)}; "
+        f"dataset {config.name}/{b.builder_config.name} is not built in {data_dir(config)}; "
         f"run training (which builds it) or ich_jax.data.datasets.ensure_built first")
   fold = None
   if folds.is_fold_split(split):

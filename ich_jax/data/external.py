@@ -26,6 +26,7 @@ import re
 import sys
 
 import ml_collections
+import numpy as np
 
 from ich_jax.data import datasets
 
@@ -110,3 +111,19 @@ def dataset_config(base, s: ExternalSet) -> ml_collections.ConfigDict:
 def scan_level(name: str) -> bool:
   """True when the dataset labels scans, not slices (its builder module's SCAN_LEVEL_LABELS: CQ500)."""
   return bool(getattr(sys.modules[datasets.builder_class(name).__module__], "SCAN_LEVEL_LABELS", False))
+
+
+def reader_labels(base, s: ExternalSet) -> np.ndarray | None:
+  """[scans, readers, 6] of a set whose builder keeps several readers' labels (CQ500's `reader_labels`), in
+  study order of first appearance; None for a set with one reference."""
+  b = datasets.builder(dataset_config(base, s))
+  if "reader_labels" not in b.info.features:
+    return None
+  fields = datasets.read_fields(datasets.metadata_source(b, s.split), ("study_id", "reader_labels"))
+  _, first = np.unique(np.asarray(fields["study_id"]).astype(str), return_index=True)
+  return np.asarray(fields["reader_labels"])[np.sort(first)]
+
+
+def has_feature(base, s: ExternalSet, name: str) -> bool:
+  """Whether the set's builder writes feature `name` (read from its schema; nothing is built)."""
+  return name in datasets.builder(dataset_config(base, s)).info.features

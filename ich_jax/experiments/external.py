@@ -17,8 +17,6 @@ import functools
 import pathlib
 import re
 
-import numpy as np
-
 from ich_jax.data import datasets, external, stacking, stage_exports
 from ich_jax.eval import external_tables, prediction_files, report
 from ich_jax.experiments.runner import Stage
@@ -53,6 +51,14 @@ def export_stage_config(c, test_sets) -> None:
   """Adds the sets to loop config `c`'s exports (in place); nothing without sets (fingerprints unchanged)."""
   if not test_sets:
     return
+  if c.get("data") is not None and c.data.get("intensity") == "dicom_window":
+    # Seed 003's public-code input needs every slice's header window; a set stored without one (PhysioNet's
+    # NIfTI volumes, the phantoms) would fail only when its export comes, after training.
+    lacking = [s.label for s in test_sets if not external.has_feature(c.dataset, s, "dicom_window")]
+    if lacking:
+      raise ValueError(f"config data.intensity='dicom_window' reads each slice's DICOM header window, which "
+                       f"external set(s) {', '.join(lacking)} do not store: drop them from experiment.external, "
+                       "or use data.intensity='window'")
   with c.unlocked():
     if c.get("export") is None:
       c.export = {"splits": []}
@@ -68,18 +74,6 @@ def combine(workdir: pathlib.Path, parts, test_sets) -> None:
 
 def _file_name(model: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_") + ".csv"
-
-
-def _reader_labels(dataset_config, s: external.ExternalSet) -> np.ndarray | None:
-  """[scans, readers, 6] of a set whose builder keeps several readers' labels (CQ500), else None."""
-  ds = external.dataset_config(dataset_config, s)
-  b = datasets.builder(ds)
-  if "reader_labels" not in b.info.features:
-    return None
-  split = s.split
-  fields = datasets.read_fields(datasets.metadata_source(b, split), ("study_id", "reader_labels"))
-  _, first = np.unique(np.asarray(fields["study_id"]).astype(str), return_index=True)
-  return np.asarray(fields["reader_labels"])[np.sort(first)]
 
 
 def run_stage(workdir: pathlib.Path, *, models: dict, pairs: dict, table_model: str | None, test_sets: list,
@@ -105,7 +99,7 @@ def run_stage(workdir: pathlib.Path, *, models: dict, pairs: dict, table_model: 
     results[s.key] = {name: external_tables.set_metrics(r, scan_level_labels=scan_only, threshold=threshold,
                                                         n_boot=n_boot, seed=seed) for name, r in rows.items()}
     delong[s.key] = external_tables.delong_pairs(rows, pairs)
-    readers = _reader_labels(dataset_config, s)
+    readers = external.reader_labels(dataset_config, s)
     agreement[s.key] = None if readers is None else external_tables.reader_agreement(readers)
   t = external_tables.external_tables(results, delong, pairs, table_model, agreement)
   t["sets_label"] = {s.key: s.label for s in test_sets}

@@ -77,6 +77,11 @@ def test_opening_an_unbuilt_dataset_names_it_and_the_folder(tmp_path):
   assert datasets.data_dir(config) == str(tmp_path.absolute())
   with pytest.raises(FileNotFoundError, match=f"dataset synthetic_ich/tiny is not built in {tmp_path}; run training"):
     datasets.open_split(config, "train")
+  # A run that leaves out PhysioNet's chronic subject reads a build of its own, and the message names that build.
+  config = ConfigDict({"name": "physionet_ct_ich", "config": "slices", "data_dir": str(tmp_path),
+                       "exclude_chronic": True})
+  with pytest.raises(FileNotFoundError, match="dataset physionet_ct_ich/slices_exclude_chronic is not built"):
+    datasets.open_split(config, "fold0")
 
 
 def test_a_dataset_with_stored_folds_uses_them_for_a_round(tmp_path):

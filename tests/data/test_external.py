@@ -37,3 +37,18 @@ def test_scan_level_labels_are_cq500s():
 def test_a_bad_entry_is_refused_naming_it(entry, match):
   with pytest.raises((ValueError, KeyError), match=match):
     external.parse(entry, _dataset())
+
+
+def test_a_header_window_model_is_refused_a_set_without_header_windows_before_anything_trains():
+  from configs import rsna_cascade
+  from ich_jax import experiments
+
+  config = rsna_cascade.get_config("neighbours")
+  config.cnn.data.intensity = "dicom_window"
+  config.experiment.external = "cq500/slices256:test,physionet_ct_ich/slices256:fold0"
+  config.experiment.external_manual_dir.cq500 = "/data/cq500"
+  config.experiment.external_manual_dir.physionet_ct_ich = "/data/ct-ich"
+  with pytest.raises(ValueError, match="dicom_window.*physionet_ct_ich/slices256:fold0 do not.*intensity='window'"):
+    experiments.stages(config, "/nonexistent")
+  config.experiment.external = "cq500/slices256:test"   # cq500 keeps each slice's header window
+  assert experiments.stages(config, "/nonexistent")[-1].name == "external"
