@@ -286,11 +286,16 @@ def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native,
                     found=None) -> tuple[list[dict], str]:
   from ich_jax.data import resample, windows
   from ich_jax.data.windows import BRAIN_WINDOW
+  from ich_jax.eval import plots
 
   prob = outputs["probabilities"]
   size = min(OVERVIEW_SIZE, max(study.hu.shape[1:]))
   cams = None if mask_native is not None else bundle.gradcam(images_by_plan, rows, batch=OVERVIEW_SLICES)
-  label = "predicted mask" if mask_native is not None else ("Grad-CAM (any)" if cams is not None else "")
+  # A Grad-CAM is normalised to its own maximum, so on a slice of probability 0.01 it would look as sure as on
+  # a positive one: each map is scaled by its slice's probability of any hemorrhage and drawn from
+  # plots.HEAT_FLOOR up, so a slice below that probability shows none.
+  label = ("predicted mask" if mask_native is not None else
+           (f"Grad-CAM (any) × slice probability, shown from {plots.HEAT_FLOOR:g}" if cams is not None else ""))
   if found is not None:
     label = "; ".join(t for t in (label, f"boxes ≥ {bundle.threshold:g}") if t)
   tiles = []
@@ -303,7 +308,9 @@ def _overview_tiles(study, images_by_plan, bundle, outputs, rows, mask_native,
     if mask_native is not None:
       overlay = example["mask"]
     elif cams is not None:
-      overlay, kind = resample.resize({"image": cams[j][..., None]}, size)["image"][..., 0], "heat"
+      cam = resample.resize({"image": cams[j][..., None]}, size)["image"][..., 0]
+      peak = float(cam.max())
+      overlay, kind = (cam / peak if peak > 0 else np.zeros_like(cam)) * float(prob[i, 0]), "heat"
     sub = 1 + int(np.argmax(prob[i, 1:]))
     caption = (f"slice {i} (z {study.z_positions[i]:.1f} mm)\nICH {prob[i, 0]:.2f}"
                + (f" · {SHORT[LABELS[sub]]} {prob[i, sub]:.2f}" if bundle.predicts_subtypes else ""))

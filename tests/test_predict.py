@@ -396,3 +396,20 @@ def test_a_bundle_other_than_the_pinned_one_is_refused_before_any_output(runs, t
   assert predict.main(["--model", str(edited), "--expect-sha256", identity, "--input", str(study), "--output",
                        str(tmp_path / "out"), "--no-progress"]) == 1
   assert "is not the expected" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_overview_grad_cam_is_scaled_by_the_slices_probability():
+  """A Grad-CAM normalised to its own maximum would show a 0.01 slice as hot as a positive one."""
+  import types
+
+  from ich_jax import predict as P
+
+  cam = np.zeros((2, 8, 8), np.float32)
+  cam[:, 2:4, 2:4] = 5.0                            # the same hot spot on both slices
+  bundle = types.SimpleNamespace(gradcam=lambda images, rows, batch: cam[:len(rows)], threshold=0.5,
+                                 predicts_subtypes=False)
+  study = types.SimpleNamespace(hu=np.zeros((2, 8, 8), np.int16), z_positions=np.array([0.0, 5.0]))
+  prob = np.array([[0.9] + [0.1] * 5, [0.01] + [0.0] * 5], np.float32)
+  tiles, label = P._overview_tiles(study, {}, bundle, {"probabilities": prob}, [0, 1], None)
+  assert [t["kind"] for t in tiles] == ["heat", "heat"] and "× slice probability" in label
+  assert tiles[0]["overlay"].max() == pytest.approx(0.9) and tiles[1]["overlay"].max() == pytest.approx(0.01)

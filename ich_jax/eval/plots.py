@@ -102,15 +102,21 @@ def outline(rgb: np.ndarray, box, color) -> np.ndarray:
   return rgb
 
 
+# A heat overlay is drawn where it reaches this value (on the one [0, 1] scale every tile shares).
+HEAT_FLOOR = 0.2
+
+
 def study_overview(tiles: Sequence[Mapping], path: str | pathlib.Path, *, title: str = "",
                    overlay_label: str = "") -> pathlib.Path:
   """A montage of slices, each {"image": [h, w] in [0, 1] (brain window), "overlay": [h, w] or None,
-  "kind": "heat" (a Grad-CAM, scaled to its maximum) or "mask" (non-zero = blood), "caption": str, and
+  "kind": "heat" (a saliency map in [0, 1], already scaled by the caller: predict scales each slice's
+  Grad-CAM by the slice's probability) or "mask" (non-zero = blood), "caption": str, and
   optionally "boxes": [{"box": (y1, x1, y2, x2) in the tile's pixel edges, "label": str}] (a detector's,
   outlined with the label above)}.
 
   At most three per row, every tile the first one's size. The overlay is blended where it is non-zero
-  (heat: above a fifth of its maximum), so the anatomy stays readable under it. The montage is composed as
+  (heat: at or above `HEAT_FLOOR`, coloured by its value on one scale for every tile), so the anatomy stays
+  readable under it. The montage is composed as
   one RGB array and drawn unscaled with its captions (no axes, no layout pass): a fraction of the time a
   grid of matplotlib axes takes, which matters when a study's report should cost less than its model.
   """
@@ -133,9 +139,8 @@ def study_overview(tiles: Sequence[Mapping], path: str | pathlib.Path, *, title:
       if tile.get("kind") == "mask":
         where, color, alpha = overlay > 0, np.array([1.0, 0.15, 0.0], np.float32), 0.45
       else:
-        peak = float(overlay.max())
-        heat = overlay / peak if peak > 0 else overlay
-        where, color, alpha = heat > 0.2, jet(heat)[..., :3].astype(np.float32), 0.4
+        heat = np.clip(overlay, 0.0, 1.0)
+        where, color, alpha = heat >= HEAT_FLOOR, jet(heat)[..., :3].astype(np.float32), 0.4
       rgb = np.where(where[..., None], (1 - alpha) * rgb + alpha * color, rgb)
     for b in tile.get("boxes") or ():
       outline(rgb, b["box"], BOX_COLOR)

@@ -40,8 +40,8 @@ def test_study_overview_lays_out_tiles_three_to_a_row(tmp_path):
   mask = np.zeros((h, w))
   mask[10:20, 30:40] = 1
   heat = np.zeros((h, w))
-  heat[5:15, 5:15] = 2.0
-  heat[30:35, 5:15] = 0.3                   # under a fifth of the maximum: not drawn
+  heat[5:15, 5:15] = 0.9
+  heat[30:35, 5:15] = 0.15                  # under HEAT_FLOOR (0.2): not drawn
   tiles = [{"image": np.zeros((h, w)), "overlay": mask, "kind": "mask", "caption": "slice 3: blood"},
            {"image": np.full((h, w), 0.5), "overlay": heat, "kind": "heat", "caption": "slice 4"},
            {"image": np.ones((h, w)), "overlay": None, "caption": "slice 5"},
@@ -61,6 +61,11 @@ def test_study_overview_lays_out_tiles_three_to_a_row(tmp_path):
   # The heat map colours its hot square and leaves the faint one (and the rest) grey.
   assert np.ptp(tile(1)[10, 10]) > 50
   np.testing.assert_allclose(tile(1)[32, 10], [128, 128, 128], atol=2)
+  # One scale for every tile: the same map at a tenth of the values (a slice of probability 0.1 in predict)
+  # stays under the floor, not normalised back to its own maximum.
+  tiles[1]["overlay"] = heat / 10
+  faint = np.asarray(Image.open(plots.study_overview(tiles, tmp_path / "faint.png")).convert("RGB")).astype(int)
+  np.testing.assert_allclose(faint[band:band + h, w:2 * w][10, 10], [128, 128, 128], atol=2)
   np.testing.assert_allclose(tile(2)[20, 25], [255, 255, 255], atol=2)
   np.testing.assert_allclose(tile(3)[20, 25], [64, 64, 64], atol=2)
   # The sixth place of the second row stays empty (black).
