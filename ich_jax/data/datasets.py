@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import pathlib
 
 import numpy as np
@@ -29,8 +30,18 @@ def builder_class(name: str):
   return getattr(importlib.import_module(module), cls)
 
 
+# The configs' data_dir; TFDS_DATA_DIR (TFDS's own variable) replaces it when set, so a shared dataset folder
+# serves every config without a flag. Any other data_dir (--config.dataset.data_dir=...) is used as given.
+DEFAULT_DATA_DIR = "data/tfds"
+
+
 def data_dir(config) -> str:
-  return str(pathlib.Path(config.data_dir).expanduser().absolute())
+  """The absolute folder datasets are built in and read from: `config.data_dir`, or $TFDS_DATA_DIR in place of
+  the default `data/tfds` (relative paths are the working directory's)."""
+  d = str(config.data_dir)
+  if os.environ.get("TFDS_DATA_DIR") and pathlib.PurePath(d) == pathlib.PurePath(DEFAULT_DATA_DIR):
+    d = os.environ["TFDS_DATA_DIR"]
+  return str(pathlib.Path(d).expanduser().absolute())
 
 
 def builder(config):
@@ -65,6 +76,7 @@ def ensure_built(config) -> None:
     tfds.display_progress_bar(False)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=config.get("manual_dir") or None))
+  print(f"Dataset {config.name}/{b.builder_config.name}: {pathlib.Path(str(b.data_dir)).absolute()}", flush=True)
 
 
 def open_split(config, split: str):

@@ -1,6 +1,8 @@
 """`ich_jax.data.datasets` without a built dataset: builders by name, reading fields of a random-access source,
 record subsets, an unbuilt dataset named, and a cross-validation round of a dataset that stores its folds
 (built datasets: fold splits, tests/data/test_folds.py; decoded records, tests/data/test_records.py)."""
+import pathlib
+
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
@@ -92,3 +94,20 @@ def test_a_dataset_with_stored_folds_uses_them_for_a_round(tmp_path):
   other = ConfigDict({"name": "synthetic_ich", "config": "tiny", "data_dir": str(tmp_path)})
   assert datasets.cv_round(other, 5, 4, pool="train+test") == {
       "train": "train+test[fold=1,2,3/5]", "validation": "train+test[fold=0/5]", "test": "train+test[fold=4/5]"}
+
+
+def test_tfds_data_dir_replaces_the_default_and_the_path_read_is_printed(tiny_data_dir, monkeypatch, capsys):
+  monkeypatch.setenv("TFDS_DATA_DIR", tiny_data_dir)
+  default = ConfigDict({"name": "synthetic_ich", "config": "tiny", "data_dir": datasets.DEFAULT_DATA_DIR})
+  assert datasets.data_dir(default) == str(pathlib.Path(tiny_data_dir).absolute())
+  # An explicit data_dir is used as given, relative to the working directory.
+  monkeypatch.chdir(pathlib.Path(tiny_data_dir).parent)
+  explicit = ConfigDict({"name": "synthetic_ich", "config": "tiny", "data_dir": "elsewhere"})
+  assert datasets.data_dir(explicit) == str(pathlib.Path(tiny_data_dir).parent / "elsewhere")
+  # The default, resolved through TFDS_DATA_DIR, reads the session's build (nothing built again) and says where.
+  datasets.ensure_built(default)
+  out = capsys.readouterr().out
+  assert "Building" not in out
+  assert f"Dataset synthetic_ich/tiny: {pathlib.Path(tiny_data_dir).absolute() / 'synthetic_ich' / 'tiny'}" in out
+  monkeypatch.delenv("TFDS_DATA_DIR")
+  assert datasets.data_dir(default) == str(pathlib.Path(datasets.DEFAULT_DATA_DIR).absolute())
