@@ -23,15 +23,11 @@ import numpy as np
 
 from ich_jax import atomic
 from ich_jax.bundle.engine import load
-from ich_jax.data import datasets, external, series_index
+from ich_jax.data import datasets, external, folds, series_index
 from ich_jax.eval import external_tables, prediction_files, report
 
 KIND = "external_evaluation"
 _IDS = ("study_id", "series_id", "patient_id")
-
-
-def _text(x) -> str:
-  return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def predict_split(bundle, source, *, batch_size: int = 32) -> dict[str, np.ndarray]:
@@ -45,13 +41,13 @@ def predict_split(bundle, source, *, batch_size: int = 32) -> dict[str, np.ndarr
     rows["probabilities"].append(out["probabilities"])
     for r in records:
       for k in _IDS:
-        rows[k].append(_text(r.get(k, r["study_id"])))
+        rows[k].append(r.get(k, r["study_id"]))
       rows["slice_index"].append(int(r["slice_index"]))
       rows["z_position"].append(float(r["z_position"]))
       rows["labels"].append(np.asarray(r["labels"], np.float32))
   if not rows["probabilities"]:
     raise ValueError("the split holds no slices")
-  out = {k: np.asarray(v) for k, v in rows.items() if k != "probabilities"}
+  out = {k: (folds.as_text(v) if k in _IDS else np.asarray(v)) for k, v in rows.items() if k != "probabilities"}
   out["probabilities"] = np.concatenate(rows["probabilities"]).astype(np.float32)
   return out
 

@@ -21,8 +21,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ich_jax import LABELS, SHORT
+from ich_jax.eval import compare
 from ich_jax.eval import metrics as M
-from ich_jax.eval.classification import binary_labels, classification_metrics
+from ich_jax.eval.classification import classification_metrics
 from ich_jax.eval.formatting import MISSING, auc_ci, md_table, number, p_value
 
 LEVELS = ("scan", "slice")
@@ -47,25 +48,17 @@ def set_metrics(rows: Mapping[str, np.ndarray], *, scan_level_labels: bool, thre
   return out
 
 
-def _scan_table(rows: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(study ids sorted, labels [S, 6] bool, probabilities [S, 6]): each study's maximum slice."""
-  study = np.asarray(rows["study_id"]).astype(str)
-  ids, p = M.scan_scores(M.check_scores(rows["probabilities"], "probabilities"), study)
-  _, y = M.scan_scores(binary_labels(rows).astype(np.float64), study)
-  return np.asarray(ids).astype(str), y > 0.5, p
-
-
 def delong_pairs(rows_by_model: Mapping[str, Mapping[str, np.ndarray]], pairs: Mapping[str, str]) -> dict:
   """{model: {class: delong_test(model vs pairs[model])}} at scan level on one set; the two models of a pair must
   have predicted the same studies with the same labels."""
   out = {}
   for name, reference in pairs.items():
-    ids, y, p_ref = _scan_table(rows_by_model[reference])
-    other_ids, other_y, p = _scan_table(rows_by_model[name])
-    if not np.array_equal(other_ids, ids) or not np.array_equal(other_y, y):
+    ref, other = compare.study_scores(rows_by_model[reference]), compare.study_scores(rows_by_model[name])
+    if not np.array_equal(other["study_id"], ref["study_id"]) or not np.array_equal(other["labels"], ref["labels"]):
       raise ValueError(f"models {name!r} and {reference!r} did not predict the same studies with the same labels "
-                       f"({len(other_ids)} and {len(ids)} studies)")
-    out[name] = {c: M.delong_test(y[:, k], p[:, k], p_ref[:, k]) for k, c in enumerate(LABELS)}
+                       f"({len(other['study_id'])} and {len(ref['study_id'])} studies)")
+    y = ref["labels"]
+    out[name] = {c: M.delong_test(y[:, k], other["scores"][:, k], ref["scores"][:, k]) for k, c in enumerate(LABELS)}
   return out
 
 
