@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from ich_jax import atomic, host_malloc, lock, xla_flags
+from ich_jax import atomic, extras, host_malloc, lock, xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, reports.")
@@ -132,5 +133,46 @@ def _run(config, workdir: pathlib.Path, *, several: bool, allow: bool) -> None:
     export.export_bundle(config, workdir, _OUT.value)
 
 
+# Flags whose value is a config file (path[:arg]).
+CONFIG_FLAGS = ("--config", "--sweep")
+
+
+def packaged_config(value: str) -> str:
+  """A `--config`/`--sweep` value whose file is not here → the installed `configs` package's file of that name.
+
+  So `ich-jax-train --config configs/quickstart.py` (or `--config quickstart`) works from any folder once the
+  package is installed; a file that exists here is always the one used.
+  """
+  file, sep, arg = value.partition(":")
+  if not file or pathlib.Path(file).exists():
+    return value
+  import configs
+
+  root = pathlib.Path(configs.__file__).parent
+  name = pathlib.Path(file).name
+  for candidate in (root / name, root / f"{name}.py"):
+    if candidate.is_file():
+      return f"{candidate}{sep}{arg}"
+  return value  # config_flags reports the missing file by name
+
+
+def with_packaged_configs(argv: list[str]) -> list[str]:
+  """`argv` with each config-file flag's value resolved by `packaged_config` (`--flag V` and `--flag=V`)."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    flag, eq, value = a.partition("=")
+    if flag in CONFIG_FLAGS and eq:
+      out[i] = f"{flag}={packaged_config(value)}"
+    elif a in CONFIG_FLAGS and i + 1 < len(out):
+      out[i + 1] = packaged_config(out[i + 1])
+  return out
+
+
+def cli() -> None:
+  """`ich-jax-train` and `python launch.py`: refuses without the [train] extra, then runs `main`."""
+  extras.require_training("ich-jax-train (launch.py)")
+  app.run(main, argv=with_packaged_configs(sys.argv))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -2,6 +2,9 @@
 
 import numpy as np
 
+# The package version (pyproject.toml reads it from here).
+__version__ = "0.1.0"
+
 # Label order used everywhere (dataset features, model outputs, metrics, reports).
 # "any" first, then the five subtypes alphabetically, as in the RSNA 2019 challenge
 # CSV and the seed 003 paper (§2, the 6-digit label vector).

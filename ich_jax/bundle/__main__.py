@@ -14,9 +14,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ich_jax import atomic, lock
+from ich_jax import atomic, extras, lock
 from ich_jax.bundle.combine import combine
-from ich_jax.bundle.export import export_bundle
 from ich_jax.bundle.format import FORMAT, BundleError, read_manifest
 from ich_jax.bundle.members import window
 
@@ -51,11 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   v.add_argument("bundle")
   v.add_argument("--expect-sha256", metavar="SHA256", help="also fail unless the identity is this one")
   args = parser.parse_args(argv)
+  if args.command in ("export", "evaluate"):
+    extras.require_training(f"ich-jax-bundle {args.command}")
   try:
     if args.command == "combine":
       path = combine(args.out, args.average, args.mask, threshold=args.threshold)
       print(f"Wrote {path} ({len(read_manifest(path)['members'])} members)")
     elif args.command == "export":
+      # Imported here: export needs the training install, verify and combine do not.
+      from ich_jax.bundle.export import export_bundle
+
       export_bundle(None, args.run, args.out)
     elif args.command == "evaluate":
       from ich_jax.bundle.evaluate import evaluate
