@@ -41,7 +41,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ich_jax.data.dicom import files, geometry
+from ich_jax.data.dicom import files, frames, geometry
 
 # A Dataset or any mapping with .get(keyword): selection reads headers only.
 Header = Any
@@ -129,6 +129,8 @@ def summarize(series_uid: str, headers: Sequence[Header]) -> SeriesInfo:
   """One series' SeriesInfo from the headers of its slices (any order, at least one)."""
   if not headers:
     raise ValueError(f"series {series_uid}: no headers")
+  # An Enhanced CT file's frames are its slices, their tags in functional groups (dicom.frames).
+  headers = [h for header in headers for h in frames.frame_headers(header, strict=False)]
   first = headers[0]
   orientations = [o for h in headers if (o := geometry.tag_floats(h, "ImageOrientationPatient", 6, strict=False))
                   is not None]

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from ich_jax.data.dicom.files import DicomError
 from ich_jax.data.dicom.geometry import first_value
+from ich_jax.data.dicom.pixels import single_frame
 
 # datasets.md (RSNA, "Quirk, 12-bit images"): an unsigned 12-bit slice whose
 # RescaleIntercept is above this stores its values offset by -1000 modulo 4096.
@@ -109,7 +110,8 @@ def slice_hu(ds: Dataset, *, assume_intercept: float | None = None) -> tuple[np.
   """One slice in HU (float32) and the Rescale that made it (see ``rescale_of``)."""
   # The CT Image IOD has no Modality LUT module: slope and intercept are the whole LUT.
   rescale = rescale_of(ds, assume_intercept=assume_intercept)
-  return apply_rescale(ds.pixel_array, rescale), rescale
+  # Decoded by the plugin ``pixels`` names for the syntax, whatever plugin was imported first.
+  return apply_rescale(single_frame(ds, _where(ds)), rescale), rescale
 
 
 def to_hu(ds: Dataset, *, assume_intercept: float | None = None) -> np.ndarray:
