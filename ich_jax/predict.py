@@ -27,6 +27,11 @@ bundle's jit-compiled models (`ich_jax.bundle`). OUT receives
                     else 1; a detector's: its class's smallest LABELS index, so EDH/SDH reads 1)
   overview.png      the most suspicious slices in the brain window with the Grad-CAM (classifier bundles) or
                     the predicted mask, a detector's boxes with their class and score, and their probabilities
+  seg.dcm           DICOM input and a mask: the mask as a DICOM Segmentation (one segment per label, SNOMED CT
+                    coded), each frame referencing its source instance, for a viewer to overlay (`ich_jax.pacs`)
+  overview_sc.dcm   DICOM input: a Secondary Capture in the study (new series) of the findings (probability,
+                    threshold, decision per class) above overview.png; report.json's "dicom_outputs" lists both
+                    (UIDs) or says why one was not written
 
 Batch mode is explicit (`--batch`): then `--input` holds one study per entry,
 each sub-folder (a DICOM study) or .nii/.nii.gz file, and OUT gets one folder
@@ -61,7 +66,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax import LABELS, SHORT, SUBTYPES, atomic, lock, size_bin
+from ich_jax import LABELS, SHORT, SUBTYPES, atomic, lock, provenance, size_bin
+from ich_jax.bundle.format import provenance_of
 from ich_jax.data import study as study_lib
 from ich_jax.eval.formatting import MISSING, number
 from ich_jax.jsonable import jsonable
@@ -438,7 +444,10 @@ def _predict_study(bundle, input_path, out_dir: pathlib.Path, options: Options) 
                        "num_slices": study.num_slices, "spacing_mm": list(study.spacing),
                        "slice_thickness_mm": study.slice_thickness, "matrix": list(study.hu.shape[1:]),
                        "selection": study.selection, "hu_check": study.hu_check},
-            "bundle": {"path": str(bundle.directory.absolute()), "sha256": bundle.hash, "members": bundle.describe()},
+            # What made this report: the bundle's provenance (its software and each member's run) and ours.
+            "bundle": {"path": str(bundle.directory.absolute()), "sha256": bundle.hash, "members": bundle.describe(),
+                       "provenance": provenance_of(bundle.manifest)},
+            "software": provenance.software(),
             "threshold": bundle.threshold,
             "findings": study_findings(prob, bundle.threshold, subtypes_predicted=bundle.predicts_subtypes,
                                        classes=_probability_classes(bundle)),
@@ -505,6 +514,14 @@ def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, lab
     plots.study_overview(tiles, tmp / "overview.png", title=f"{study.path.name}: most suspicious slices",
                          overlay_label=label)
     written.append("overview.png")
+  from ich_jax import pacs
+
+  # DICOM objects for a PACS (seg.dcm, overview_sc.dcm): what was written, or why not, in "dicom_outputs".
+  report["dicom_outputs"] = pacs.write_outputs(
+      tmp, study, report, mask=mask_native if bundle.has_mask else None, subtypes=bundle.mask_subtypes,
+      classes=bundle.mask_classes, overview=tmp / "overview.png" if "overview.png" in written else None)
+  written += pacs.written(report["dicom_outputs"])
+  report["notes"] += pacs.notes(report["dicom_outputs"])
   report["outputs"] = written
   clock.stop()
   report["timings"] = clock.as_dict()

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 
 from ich_jax.data import dicom, phantom
-from ich_jax.train import checkpoint, loop
+from ich_jax.train import checkpoint, config_record, loop
 
 # 128² phantoms at ~1.8 mm pixels, 5 mm slices: about ten slices, a bleed in each study.
 SPEC = phantom.PhantomSpec(matrix=128, pixel_spacing_mm=(1.7, 1.9), slice_thickness_mm=(5.0,), max_slices=10,
@@ -57,7 +57,8 @@ def make_run(config, workdir, seed):
 
   state["model_state"] = jax.tree_util.tree_map_with_path(perturb, state["model_state"])
   workdir.mkdir(parents=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  # config.json as loop.train writes it: the config and the run's provenance.
+  config_record.record(workdir, config, at_step=0, provenance=config_record.run_provenance(config))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=1)
   ckpt.save(1, state)
   ckpt.close()

@@ -19,7 +19,7 @@ LAYERS = (
     ("ich_jax.eval", 2),
     ("ich_jax.train", 3),
     ("ich_jax.experiments", 4),
-    ("ich_jax.bundle", 5), ("ich_jax.predict", 5),
+    ("ich_jax.bundle", 5), ("ich_jax.predict", 5), ("ich_jax.pacs", 5),
     ("launch", 6),
 )
 # Layer 1 holds two sides that must not import each other (STYLE.md: models know nothing of datasets).

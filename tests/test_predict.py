@@ -44,7 +44,8 @@ def test_dicom_folder_with_decoys_gives_the_checkpoints_eval_probabilities_and_a
   report = predict.predict_study(runs["pair"], tmp_path / "study", tmp_path / "out", OPTIONS)
   out = tmp_path / "out"
   assert sorted(f.name for f in out.iterdir()) == [".ich-jax-output.json", "mask.nii.gz", "overview.png",
-                                                  "predictions.csv", "report.json", "report.md"]
+                                                  "overview_sc.dcm", "predictions.csv", "report.json", "report.md",
+                                                  "seg.dcm"]
   # The soft-tissue axial series, chosen over the bone kernel and the sagittal reformat, and why.
   chosen = pydicom.dcmread(files[0])
   assert report["series"]["series_uid"] == chosen.SeriesInstanceUID and report["series"]["num_slices"] == len(p.hu)

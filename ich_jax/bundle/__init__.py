@@ -4,13 +4,14 @@
   python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
   python -m ich_jax.bundle export --run W --out DIR                          # an experiment: its final stage
   python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
-  python -m ich_jax.bundle verify DIR                                        # hashes and members
+  python -m ich_jax.bundle verify DIR                                        # hashes, members, provenance
 
 A bundle is a folder:
 
   manifest.json          what the members are and how they combine (below), the label order, the operating
                          threshold, the format version, the SHA-256 of every file a member loads (`files`),
-                         and a hash of the manifest's own content (`hash`: catches an accidental edit)
+                         the software that wrote the bundle (`provenance`, below), and a hash of the manifest's
+                         own content (`hash`: catches an accidental edit)
   params/<member>.npz    one member's variables as flat numpy arrays, keyed by their nnx state path
                          ("params/blocks/0/conv/kernel/value", "model_state/blocks/0/norm/mean/value", ...);
                          PRNG keys are stored as their key data (manifest: `key_arrays`, path → impl)
@@ -41,7 +42,10 @@ A member (manifest `members`, in dependency order: a member's inputs come before
   inputs      sequence / ensemble_weights / mean members: the names of the members whose outputs they read, in
               the order their training exports were listed (`config.dataset.exports`; a mean: its parts)
   params      the member's .npz file (mean: null)
-  source      where it came from (workdir, step, dataset): provenance only, never read
+  source      where it came from (workdir, step, dataset), and `provenance`: its run's record (the run's
+              config.json, ich_jax.train.config_record: the software that trained it, the dataset's name,
+              builder config, version and folder, the splits trained, evaluated and validated on, and the
+              config hash). Never read to predict
 
 `outputs` says how members make the bundle's answer:
 
@@ -53,6 +57,12 @@ A member (manifest `members`, in dependency order: a member's inputs come before
   detections     the detector member whose boxes the report lists, or null (absent in bundles written before
                  detectors: read as null). Its classes (groups of subtypes) are its task's `classes`; its boxes
                  are on its input (`data.image_size`²), which the predictor maps back to the stored slice
+
+`provenance` (as MONAI bundles' metadata.json): {"software": ich-jax's version and git commit, Python's and the
+libraries' versions when the bundle was written (`ich_jax.provenance.software`)}. Each member's
+`source.provenance` says how that member was trained; `verify` prints both and a prediction's report.json copies
+them. The manifest's `hash` covers them. A bundle written before they were recorded has neither and still loads
+(`format.provenance_of` reads them as None).
 
 So a seed 003 cascade of single runs is three members (CNN → seq_gru_1 → seq_gru_2, probabilities from the
 last); the K-fold cascade exported from its root is, per backbone, K CNNs → their mean → J seq_gru_1 → their

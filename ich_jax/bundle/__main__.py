@@ -3,7 +3,7 @@
   python -m ich_jax.bundle export --run W/STAGE --out DIR                    # a run folder, by its config.json
   python -m ich_jax.bundle export --run W --out DIR                          # an experiment: its final stage
   python -m ich_jax.bundle combine --out DIR --average B1 B2 [--mask B3]     # ensembles of bundles
-  python -m ich_jax.bundle verify DIR                                        # hashes and members
+  python -m ich_jax.bundle verify DIR                                        # hashes, members, provenance
   python -m ich_jax.bundle evaluate --model DIR --dataset cq500/slices256:test --manual-dir D --out OUT
                                                                              # a bundle on any builder's split
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from ich_jax import atomic, extras, lock
 from ich_jax.bundle.combine import combine
-from ich_jax.bundle.format import FORMAT, BundleError, read_manifest
+from ich_jax.bundle.format import FORMAT, BundleError, describe_provenance, read_manifest
 from ich_jax.bundle.members import window
 
 
@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   x.add_argument("--manual-dir", default="", help="the dataset's download, to build it on first use")
   x.add_argument("--threshold", type=float, help="operating threshold (default: the bundle's)")
   x.add_argument("--n-boot", type=int, default=500, help="bootstrap replications for the 95%% CIs")
-  v = sub.add_parser("verify", help="check a bundle's hashes, print its identity (SHA-256) and list its members")
+  v = sub.add_parser("verify", help="check a bundle's hashes, print its identity (SHA-256), list its members and "
+                     "what made them (provenance: software, dataset, splits, config hash)")
   v.add_argument("bundle")
   v.add_argument("--expect-sha256", metavar="SHA256", help="also fail unless the identity is this one")
   args = parser.parse_args(argv)
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f" <- {e['inputs']}" if e["inputs"] else "")
               + (f", sliding window {w['patch']}/{w['stride']}" if w else ""))
       print(f"  outputs: {json.dumps(manifest['outputs'])}")
+      print("\n".join(f"  {line}" for line in describe_provenance(manifest)))
   except (BundleError, FileNotFoundError, KeyError, ValueError, atomic.NotOurs, lock.Locked) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -59,6 +59,16 @@ def _read_config(run: pathlib.Path):
   return loop.read_config(run)
 
 
+def member_provenance(run: pathlib.Path, config) -> dict:
+  """The provenance `run`'s config.json recorded in training (config_record.PROVENANCE); a run trained before it
+  was recorded gets its dataset and config hash from `config`, and software None (not recorded)."""
+  recorded = config_record.read_provenance(run)
+  if recorded is not None:
+    return recorded
+  return {"software": None, "dataset": config_record.dataset_record(config),
+          "config_hash": config_record.config_hash(config)}
+
+
 def _final_stage(config, workdir: pathlib.Path) -> pathlib.Path:
   from ich_jax import experiments
 
@@ -84,6 +94,8 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
   (`task.patch`, `task.stride`) predicts stitched, as its evaluation did. A
   combined stage of seed 003 (`rsna_cascade.read_mean_record`) is a mean
   member over its runs, which join as members too.
+  Each member's `source.provenance` is what its run's config.json recorded
+  (`member_provenance`: the software that trained it, dataset, splits, config hash).
   Outputs: the run's own probabilities; its mask if it segments or detects
   (a detector's mask is the label map of its instance masks); its boxes if it
   detects; Grad-CAM from the first classifier member. The threshold: the run's
@@ -134,7 +146,8 @@ def export_bundle(config, workdir: str | pathlib.Path, out: str | pathlib.Path |
     entry, arrays, _ = member_entry(
         names[key], model=model, task=cfg.task, state=state,
         data=data_entry(cfg.data) if role in SLICE_ROLES else None, inputs=[names[i] for i in inputs],
-        source={"workdir": str(key), "step": int(step), "dataset": f"{cfg.dataset.name}/{cfg.dataset.config}"})
+        source={"workdir": str(key), "step": int(step), "dataset": f"{cfg.dataset.name}/{cfg.dataset.config}",
+                "provenance": member_provenance(folder, cfg)})
     members.append((entry, arrays))
   roles = {e["name"]: e["role"] for e, _ in members}
   classifiers = [n for n, r in roles.items() if r == "classifier"]

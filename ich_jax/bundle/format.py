@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ich_jax import LABELS, atomic, lock
+from ich_jax import LABELS, atomic, lock, provenance
 from ich_jax.jsonable import jsonable
 
 FORMAT = "ich-jax-bundle"
@@ -199,8 +199,10 @@ def write(directory, members: Sequence[tuple[dict, dict]], outputs: Mapping, *, 
           np.savez(f, **arrays)
         files[entry["params"]] = _sha256(path)
       version = VERSION if any(e["role"] == MEAN for e in entries) else 1
+      # Optional to readers (a bundle from before has none), so no new format version: covered by `hash`.
       manifest = {"format": FORMAT, "version": version, "labels": list(LABELS), "threshold": threshold,
-                  "members": entries, "outputs": outputs, "files": files, "meta": jsonable(meta or {})}
+                  "members": entries, "outputs": outputs, "files": files, "meta": jsonable(meta or {}),
+                  "provenance": {"software": provenance.software()}}
       manifest["hash"] = manifest_hash(manifest)
       (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     except BaseException:
@@ -266,6 +268,37 @@ def read_manifest(directory, *, expected_sha256: str | None = None) -> dict:
   check_outputs(manifest["members"], manifest["outputs"])
   manifest["sha256"] = sha   # in memory only: the manifest file's own digest
   return manifest
+
+
+def provenance_of(manifest: Mapping) -> dict:
+  """What made a bundle: {"software": the exporting software (None in a bundle from before provenance was
+  recorded), "members": {name: its run's provenance (`ich_jax.train.config_record.PROVENANCE`: software,
+  dataset, config_hash), None if not recorded}}; mean members, which have no run of their own, are left out."""
+  return {"software": (manifest.get("provenance") or {}).get("software"),
+          "members": {e["name"]: (e.get("source") or {}).get("provenance")
+                      for e in manifest["members"] if e["role"] != MEAN}}
+
+
+def describe_provenance(manifest: Mapping) -> list[str]:
+  """`provenance_of` as lines for people (`bundle verify`): the exporting software, then per member the software
+  that trained it, its dataset (name/config, builder version, folder), splits and config hash."""
+  p = provenance_of(manifest)
+  if p["software"] is None and not any(p["members"].values()):
+    return ["provenance: not recorded (a bundle written before bundles recorded it)"]
+  lines = ["provenance:", f"  exported with {provenance.describe(p['software'])}"]
+  for name, run in p["members"].items():
+    if not run:
+      lines.append(f"  {name}: not recorded")
+      continue
+    d = run.get("dataset") or {}
+    splits = ", ".join(f"{k.removesuffix('_split')} {d[k]!r}"
+                       for k in ("train_split", "eval_split", "validation_split") if d.get(k))
+    # A TFDS dataset's builder version and folder; a run of exports only (seed 003's sequence models) has none.
+    read = (f" v{d['version']} ({d.get('folder')})" if d.get("version")
+            else f", the exports of {len(d.get('exports') or [])} run(s)")
+    lines += [f"  {name}: dataset {d.get('name')}/{d.get('config')}{read}; splits: {splits or '?'}",
+              f"    config sha256 {run.get('config_hash')}; trained with {provenance.describe(run.get('software'))}"]
+  return lines
 
 
 def read_listed(directory: pathlib.Path, manifest: Mapping, name: str) -> bytes:

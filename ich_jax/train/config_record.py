@@ -15,10 +15,20 @@ The record is config.json's reserved top-level key HISTORY, a list of
 {"time", "at_step", "changes": {key: [old, new]}, "how"} ("(absent)" for a key
 one side lacks). `read` takes it out, so config.json still loads as the config
 (`loop.read_config`).
+
+Training also records the run's provenance under the reserved key PROVENANCE
+(`run_provenance`, as MONAI bundles' metadata.json records theirs): the software
+that trained it (`ich_jax.provenance.software`), the data it read
+(`dataset_record`: dataset name, builder config and version, the build's folder,
+the splits trained, evaluated and validated on) and `config_hash`, which a
+bundle member carries on (`ich_jax.bundle.export`). A run resumed under other
+software (a new jax) is not refused: its newer provenance replaces the old one
+and the differences join HISTORY (how: PROVENANCE_HOW).
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import pathlib
@@ -31,6 +41,7 @@ log = logging.getLogger("ich_jax.train")
 
 RECORD = "config.json"
 HISTORY = "config_history"
+PROVENANCE = "provenance"
 ALLOW_FLAG = "--allow_config_change"
 # Keys that leave the trained weights as they are: how often metrics are logged or shown, when
 # checkpoints are written and how many are kept (the state after step N does not depend on them: a run
@@ -44,6 +55,7 @@ ALLOW_FLAG = "--allow_config_change"
 NO_EFFECT = ("train.log_every", "train.progress", "train.checkpoint_every", "train.keep_checkpoints", "eval.*",
              "dataset.manual_dir")
 NO_EFFECT_HOW = "no effect on the run"
+PROVENANCE_HOW = "resumed under other software or data (recorded, not refused)"
 ABSENT = "(absent)"
 
 
@@ -95,6 +107,42 @@ def has_effect(key: str) -> bool:
   return not any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in NO_EFFECT)
 
 
+def config_hash(config) -> str:
+  """SHA-256 of the canonical JSON (sorted keys, no spaces) of `config`'s keys that change the run (`has_effect`):
+  equal for two runs whose configs differ only in NO_EFFECT keys (logging, checkpoint cadence, evaluation)."""
+  body = {k: v for k, v in flatten(as_json(config)).items() if has_effect(k)}
+  return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def dataset_record(config) -> dict:
+  """What a run of `config` reads: {"name", "config", "version", "folder", "kind", "train_split", "eval_split"},
+  plus "validation_split" and "exports" (the runs whose outputs a staged run reads) where the config has them.
+
+  For a TFDS dataset (a `dataset.data_dir`) "config" is the builder config's name as built (physionet_ct_ich's
+  `<config>_exclude_chronic`, seed 002 §3), "version" the builder version whose folder the run reads
+  ("1.2.0") and "folder" that folder; None for a run of exports only (seed 003's sequence models)."""
+  d = config.dataset
+  out = {"name": d.get("name"), "config": d.get("config"), "version": None, "folder": None,
+         "kind": d.get("kind", "slices"), "train_split": d.get("train_split"), "eval_split": d.get("eval_split")}
+  if d.get("validation_split"):
+    out["validation_split"] = d.validation_split
+  if d.get("exports"):
+    out["exports"] = [str(e) for e in d.exports]
+  if d.get("data_dir"):
+    from ich_jax.data import datasets
+
+    b = datasets.builder(d)
+    out.update(config=b.builder_config.name, version=str(b.version), folder=str(b.data_dir))
+  return out
+
+
+def run_provenance(config) -> dict:
+  """config.json's PROVENANCE for a run of `config`: {"software", "dataset" (`dataset_record`), "config_hash"}."""
+  from ich_jax.provenance import software
+
+  return {"software": software(), "dataset": dataset_record(config), "config_hash": config_hash(config)}
+
+
 def _show(value) -> str:
   return ABSENT if value is ABSENT else json.dumps(value)
 
@@ -110,11 +158,11 @@ def refusal(path: pathlib.Path, changes: Mapping[str, tuple], at_step: int) -> s
           f"values (recorded in {path.name}'s {HISTORY!r}). Keys that may change freely: {', '.join(NO_EFFECT)}.")
 
 
-def read(workdir) -> tuple[dict | None, list]:
-  """A workdir's recorded config (plain JSON values, without HISTORY) and its history; (None, []) if none."""
+def _load(workdir) -> dict | None:
+  """config.json's whole content (the config, HISTORY and PROVENANCE); None if there is none."""
   path = pathlib.Path(workdir) / RECORD
   if not path.is_file():
-    return None, []
+    return None
   try:
     body = json.loads(path.read_text())
   except ValueError as e:
@@ -122,8 +170,25 @@ def read(workdir) -> tuple[dict | None, list]:
                      "restore it, or start afresh in another --workdir") from e
   if not isinstance(body, dict):
     raise ValueError(f"{path}: holds a {type(body).__name__}, not a config")
+  return body
+
+
+def read(workdir) -> tuple[dict | None, list]:
+  """A workdir's recorded config (plain JSON values, without HISTORY and PROVENANCE) and its history; (None, [])
+  if none."""
+  body = _load(workdir)
+  if body is None:
+    return None, []
+  body.pop(PROVENANCE, None)
   history = body.pop(HISTORY, [])
   return body, list(history)
+
+
+def read_provenance(workdir) -> dict | None:
+  """A workdir's recorded PROVENANCE (`run_provenance`); None if its config.json has none (a run trained before
+  provenance was recorded) or there is no config.json."""
+  body = _load(workdir)
+  return None if body is None else body.get(PROVENANCE)
 
 
 def _now() -> str:
@@ -131,26 +196,30 @@ def _now() -> str:
 
 
 def record(workdir, config, *, at_step: int, allow_change: bool = False, how: str = ALLOW_FLAG,
-           write: bool = True) -> dict | None:
+           write: bool = True, provenance: Mapping | None = None) -> dict | None:
   """Compares `config` with `workdir`'s config.json, then writes it there (atomically) with the changes.
 
   `at_step`: the step training resumes from (the newest checkpoint's, 0 if
   none). Differences that change the run raise ConfigChanged unless
   `allow_change`, in which case `how` says why they were accepted. `write`:
   False on the processes that only check (all check, so all refuse alike;
-  process 0 writes). Returns the history entry added, or None (the same config,
+  process 0 writes). `provenance`: the run's PROVENANCE (`run_provenance(config)`;
+  training passes it), replacing the recorded one, whose differences join
+  HISTORY when checkpoints exist (`at_step` > 0); None keeps the recorded one.
+  Returns the history entry of the config's changes, or None (the same config,
   or no config.json before).
   """
   workdir = pathlib.Path(workdir)
   new = as_json(config)
-  if HISTORY in new:
-    raise ValueError(f"config field {HISTORY!r} is reserved: {RECORD} records the config's changes under it")
+  for key in (HISTORY, PROVENANCE):
+    if key in new:
+      raise ValueError(f"config field {key!r} is reserved: {RECORD} records the run's {key.replace('_', ' ')} "
+                       "under it")
   old, history = read(workdir)
+  recorded = read_provenance(workdir)
   entry = None
-  if old is not None:
-    changes = differences(old, new)
-    if not changes:
-      return None
+  changes = differences(old, new) if old is not None else {}
+  if changes:
     effect = {k: v for k, v in changes.items() if has_effect(k)}
     if effect and not allow_change:
       raise ConfigChanged(refusal(workdir / RECORD, effect, at_step))
@@ -159,11 +228,24 @@ def record(workdir, config, *, at_step: int, allow_change: bool = False, how: st
              "how": how if effect else NO_EFFECT_HOW}
     history.append(entry)
     log.info("%s: config changed at step %d (%s): %s", workdir / RECORD, at_step, entry["how"], ", ".join(changes))
-  elif at_step:
+  elif old is None and at_step:
     log.warning("%s: checkpoints up to step %d but no %s to compare the config with; recording this one",
                 workdir, at_step, RECORD)
+  provenance = recorded if provenance is None else json.loads(json.dumps(provenance))
+  if at_step and provenance != recorded:
+    # The weights so far came from the recorded software and data; the run goes on under these. A changed
+    # config_hash follows from the config's changes, recorded above.
+    moved = differences({PROVENANCE: recorded} if recorded else {}, {PROVENANCE: provenance})
+    moved.pop(f"{PROVENANCE}.config_hash", None)
+    if moved:
+      history.append({"time": _now(), "at_step": int(at_step), "how": PROVENANCE_HOW,
+                      "changes": {k: list(pair) for k, pair in moved.items()}})
+      log.info("%s: provenance changed at step %d: %s", workdir / RECORD, at_step, ", ".join(moved))
+  if old is not None and not changes and provenance == recorded:
+    return None
   if write:
     workdir.mkdir(parents=True, exist_ok=True)
-    body = {**new, HISTORY: history} if history else new
+    body = {**new, **({PROVENANCE: provenance} if provenance is not None else {}),
+            **({HISTORY: history} if history else {})}
     atomic.write_text(workdir / RECORD, json.dumps(body, indent=2))
   return entry

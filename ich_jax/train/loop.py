@@ -230,9 +230,10 @@ def train(config, workdir: str | pathlib.Path, *, allow_config_change: bool = Fa
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  # Before any work: resuming must not continue another config's weights unnoticed.
+  # Before any work: resuming must not continue another config's weights unnoticed. The software and data
+  # that train are recorded with it (config_record.PROVENANCE).
   config_record.record(workdir, config, at_step=ckpt.latest_step or 0, allow_change=allow_config_change,
-                       write=is_main)
+                       write=is_main, provenance=config_record.run_provenance(config) if is_main else None)
   data = input_module(config)
   if is_main:
     data.ensure_ready(config.dataset)
@@ -341,7 +342,7 @@ def checkpoint_steps(config, workdir: str | pathlib.Path) -> list[int]:
 
 def read_config(workdir: str | pathlib.Path):
   """The config a run trained with (its workdir's config.json, written by `train`; without the record of
-  its changes, config_record.HISTORY), JSON lists back as the tuples configs hold (model options such as
+  its changes and provenance, config_record.HISTORY and PROVENANCE), JSON lists back as the tuples configs hold (model options such as
   `widths`)."""
   from ml_collections import ConfigDict
 

@@ -7,8 +7,9 @@ import numpy as np
 
 from ich_jax import bundle as bundle_lib
 from ich_jax.bundle import export
+from ich_jax.bundle import format as bundle_format
 from ich_jax.data import series_index
-from ich_jax.train import loop
+from ich_jax.train import config_record, loop
 from tests.fake_runs import make_phantom, make_run
 
 
@@ -56,6 +57,13 @@ def test_seed003_cascade_exports_as_one_bundle_and_predicts_as_its_stages_were_t
       ("cascade_cls", "classifier", []), ("seq_gru_1", "sequence", ["cascade_cls"]),
       ("seq_gru_2", "sequence", ["cascade_cls", "seq_gru_1"])]
   assert cascade.outputs["probabilities"]["members"] == ["seq_gru_2"] and cascade.outputs["gradcam"] == "cascade_cls"
+  # Each member carries its own run's provenance: the CNN its TFDS build, seq_gru_2 the exports it read.
+  prov = bundle_format.provenance_of(cascade.manifest)["members"]
+  assert prov["cascade_cls"]["dataset"]["version"] == "1.2.0" and prov["seq_gru_2"]["dataset"]["version"] is None
+  assert prov["seq_gru_2"]["dataset"]["exports"] == [str(cls), str(tmp_path / "seq_gru_1")]
+  assert prov["seq_gru_2"]["config_hash"] == config_record.config_hash(configs["seq_gru_2"])
+  assert (f"  seq_gru_2: dataset synthetic_ich/{configs['seq_gru_2'].dataset.config}, the exports of 2 run(s); "
+          "splits: train 'train', eval 'test'") in bundle_format.describe_provenance(cascade.manifest)
   got = cascade.predict(cascade.preprocess(records), p.z_positions_mm, batch_size=8)
   np.testing.assert_allclose(got["probabilities"], stage, rtol=1e-5, atol=1e-6)
   assert not np.allclose(got["members"]["seq_gru_1"]["probabilities"], got["probabilities"], atol=1e-3)
