@@ -1,4 +1,4 @@
-"""The one entry point: train or evaluate an experiment config.
+"""The one entry point: train or evaluate an experiment config (installed as the command `ich-jax-train`).
 
   python launch.py --config configs/quickstart.py --workdir runs/quickstart
   python launch.py --config configs/quickstart.py:smoke --workdir W --mode eval

@@ -1,7 +1,7 @@
 """Triage a study: a model bundle and a DICOM folder or NIfTI file in, a report a radiologist can read out.
 
-  python -m ich_jax.predict --model BUNDLE --input STUDY --output OUT [--batch-size N]
-  python -m ich_jax.predict --model BUNDLE --input STUDIES --output OUT --batch     # one sub-folder per study
+  ich-jax-predict --model BUNDLE --input STUDY --output OUT [--batch-size N]   # = python -m ich_jax.predict
+  ich-jax-predict --model BUNDLE --input STUDIES --output OUT --batch          # one sub-folder per study
 
 STUDY is a folder a scanner or PACS wrote (any file names, nested folders,
 several series mixed, compressed or not) or a .nii/.nii.gz volume in HU. The
