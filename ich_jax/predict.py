@@ -13,8 +13,8 @@ functions (`ich_jax.data.slice_inputs.load`), batched, and run through the
 bundle's jit-compiled models (`ich_jax.bundle`). OUT receives
 
   predictions.csv   per slice: study_id, series_id, slice_index (z order), sop_uid (DICOM) or source_slice
-                    (NIfTI stored index), z_position, prob_any … prob_subdural, and blood_ml with a mask; the
-                    format `python -m ich_jax.eval` reads
+                    (NIfTI stored index), frame_number (an Enhanced CT file's frame), z_position, prob_any …
+                    prob_subdural, and blood_ml with a mask; the format `python -m ich_jax.eval` reads
   report.json       study-level probability and decision per class with the threshold, volumes, the series used
                     and why, the bundle (hash, members), timings (read, preprocess, model, write) in seconds;
                     status "ok", or "incomplete" when the series may lack slices (unreadable files beside it,
@@ -334,7 +334,9 @@ def _markdown(report: Mapping) -> str:
            f"- Model bundle: `{report['bundle']['path']}` (sha256 {report['bundle']['sha256'][:12]}…; "
            + ", ".join(f"{m['name']} = {m['role']} {m['model'] or 'of ' + ', '.join(m['inputs'])}"
                        for m in report["bundle"]["members"]) + ")",
-           f"- Threshold: {report['threshold']} (a study is positive when its most suspicious slice reaches it)", ""]
+           f"- Threshold: {report['threshold']} (a study is positive when its most suspicious slice reaches it)",
+           f"- Made by: {provenance.describe(report['software'])}; the bundle's members were trained on "
+           + _trained_on(report["bundle"]["provenance"]), ""]
   if report["status"] == "incomplete":   # first, above the findings it qualifies
     lines[4:4] = ["**INCOMPLETE SERIES**: slices may be missing; the findings below cover only the slices present.",
                   "", *(f"- {r}" for r in report["completeness"]["reasons"]), ""]
@@ -373,6 +375,20 @@ def _markdown(report: Mapping) -> str:
 
 
 MARKDOWN_DETECTIONS = 30    # rows of report.md's detection table; report.json lists them all
+
+
+def _trained_on(bundle_provenance: Mapping) -> str:
+  """Each member's training data for report.md: "cls: synthetic_ich/small v1.2.0, split 'train'; ..."."""
+  parts = []
+  for name, run in bundle_provenance["members"].items():
+    d = (run or {}).get("dataset") or {}
+    if not d:
+      parts.append(f"{name}: not recorded")
+    elif d.get("name"):
+      parts.append(f"{name}: {d['name']}/{d.get('config')} v{d.get('version') or '?'}, split {d.get('train_split')!r}")
+    else:  # a run on other runs' exports (seed 003's sequence models)
+      parts.append(f"{name}: the exports of {', '.join(d.get('exports') or ['?'])}")
+  return "; ".join(parts) or "(no trained members)"
 
 
 def _markdown_detections(report: Mapping) -> list[str]:
@@ -493,6 +509,11 @@ def _write_outputs(tmp, study, bundle, outputs, images, rows, report, tiles, lab
   id_key, ids = _slice_ids(study)
   extra = [id_key, "z_position"]
   preds[id_key] = np.asarray(ids)
+  frames = getattr(study.geometry, "frame_numbers", None) if study.source == "dicom" else None
+  if frames and max(frames) > 1:
+    # An Enhanced (multi-frame) CT: its slices share one SOPInstanceUID, so each row also names its frame.
+    preds["frame_number"] = np.asarray(frames, np.int64)
+    extra.insert(1, "frame_number")
   written = ["predictions.csv", "report.json", "report.md"]
   if bundle.has_mask:
     mask_native = upsample_mask(outputs["pred_mask"], study.hu.shape[1:])

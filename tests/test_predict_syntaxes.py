@@ -4,6 +4,7 @@ sagittal reformat). The `runs` fixture is tests/conftest.py's; its classifier bu
 import csv
 
 import numpy as np
+import pydicom
 import pydicom.uid as uids
 import pytest
 
@@ -53,7 +54,15 @@ def test_a_compressed_or_enhanced_study_predicts_as_its_uncompressed_original(ru
   for name, finding in expected["findings"].items():
     assert report["findings"][name]["probability"] == pytest.approx(finding["probability"], abs=1e-6)
     assert report["findings"][name]["positive"] == finding["positive"]
-  if variant == "enhanced":  # one file: every slice names its one SOP instance
+  if variant == "enhanced":  # one file: every slice names its one SOP instance, and its frame
     assert len({r["sop_uid"] for r in rows}) == 1 != len({r["sop_uid"] for r in expected_rows})
+    (path,) = [f for f in (tmp_path / "study").rglob("*") if f.is_file() and f.suffix != ".txt"
+               and pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID == SERIES_UID]
+    frames = pydicom.dcmread(path, stop_before_pixels=True).PerFrameFunctionalGroupsSequence
+    z_of_frame = {i + 1: float(g.PlanePositionSequence[0].ImagePositionPatient[2]) for i, g in enumerate(frames)}
+    assert sorted(int(r["frame_number"]) for r in rows) == list(range(1, len(frames) + 1))
+    for r in rows:
+      assert z_of_frame[int(r["frame_number"])] == pytest.approx(float(r["z_position"]), abs=1e-4)
   else:
     assert [r["sop_uid"] for r in rows] == [r["sop_uid"] for r in expected_rows]
+    assert "frame_number" not in rows[0]

@@ -152,3 +152,9 @@ def test_a_prediction_report_says_which_software_and_runs_made_it(runs, tmp_path
   assert written["software"] == report["software"] == provenance.software()
   assert written["bundle"]["provenance"] == bundle_format.provenance_of(runs["pair"].manifest)
   assert written["bundle"]["provenance"]["members"]["0.cls"] == config_record.read_provenance(runs["cls"])
+  # report.md says it for people: the predicting software and each member's training data.
+  md = (tmp_path / "out" / "report.md").read_text()
+  dataset = written["bundle"]["provenance"]["members"]["0.cls"]["dataset"]
+  assert f"- Made by: {provenance.describe(provenance.software())}; " in md
+  assert (f"0.cls: {dataset['name']}/{dataset['config']} v{dataset['version']}, split "
+          f"{dataset['train_split']!r}") in md and dataset["version"] == "1.2.0"
